@@ -1,0 +1,94 @@
+"""Codebooks for ASTRA runs: k-means calibration on the model's own activations, a file cache, and loading.
+
+A codebook file is a safetensors file holding one tensor ``codebooks`` of shape (layers, G, K, hidden/G) plus
+string metadata (model name, groups, codebook_size). A trained checkpoint directory (``astra-train``) holds the
+same file as ``codebooks.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from . import vq
+from .models import ModelConfig, Transformer, build_model, make_inputs
+
+
+def calibration_vectors(model: Transformer, tokens: int, samples: int, seed: int) -> list[torch.Tensor]:
+    """Attention inputs (``ln1`` outputs) of every block, for ``samples`` random inputs -> list of (n, hidden)."""
+    acts: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    hooks = [
+        blk.ln1.register_forward_hook(lambda _m, _i, out, i=i: acts[i].append(out.detach().reshape(-1, out.shape[-1])))
+        for i, blk in enumerate(model.blocks)
+    ]
+    try:
+        with torch.no_grad():
+            for s in range(samples):
+                model(make_inputs(model.cfg, tokens, 1, seed=seed + 1000 + s))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(a) for a in acts]
+
+
+def calibration_samples(tokens: int, codebook_size: int, factor: int = 4) -> int:
+    """Enough random inputs that every block has at least ``factor``·K calibration vectors."""
+    return max(2, math.ceil(factor * codebook_size / tokens))
+
+
+def kmeans_codebooks(
+    model: Transformer, tokens: int, groups: int, codebook_size: int, seed: int = 0, max_iter: int = 20
+) -> torch.Tensor:
+    """Per-block grouped codebooks fitted by k-means on the model's activations for random inputs (not the
+    evaluation input: calibration inputs use other seeds)."""
+    samples = calibration_samples(tokens, codebook_size)
+    vecs = calibration_vectors(model, tokens, samples, seed)
+    return torch.stack([vq.fit_codebooks(v, groups, codebook_size, seed=seed, max_iter=max_iter) for v in vecs])
+
+
+def save_codebooks(path: str | os.PathLike, books: torch.Tensor, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file({"codebooks": books.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+def load_codebooks(path: str | os.PathLike) -> torch.Tensor:
+    """Load (layers, G, K, hidden/G) codebooks from a file or a checkpoint directory holding codebooks.safetensors."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "codebooks.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"codebook file {p} does not exist: pass method.checkpoint=<dir or .safetensors file>")
+    data = load_file(str(p))
+    if "codebooks" not in data:
+        raise ValueError(f"{p} holds no 'codebooks' tensor: it is not an astra codebook file")
+    return data["codebooks"]
+
+
+def cached_kmeans_codebooks(
+    model_cfg: ModelConfig, tokens: int, groups: int, codebook_size: int, seed: int, max_iter: int, cache_dir: str
+) -> Path:
+    """Path of k-means codebooks for this exact model/seed/G/K, computing and caching them on first use."""
+    key = json.dumps(
+        {"model": model_cfg.to_dict(), "tokens": tokens, "G": groups, "K": codebook_size, "seed": seed,
+         "iters": max_iter, "v": 1},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"codebooks-{model_cfg.name}-G{groups}-K{codebook_size}-{digest}.safetensors"
+    if not path.is_file():
+        model = build_model(model_cfg, seed=seed)
+        books = kmeans_codebooks(model, tokens, groups, codebook_size, seed=seed, max_iter=max_iter)
+        save_codebooks(path, books, {"model": model_cfg.name, "groups": groups, "codebook_size": codebook_size})
+    return path

@@ -1,0 +1,115 @@
+"""The only place collectives are called. Every call records its op, a tag, payload bytes and wall time.
+
+``payload_bytes`` is what this rank hands to the collective (its input tensor's bytes): for an all-gather its own
+shard, for an all-reduce the whole tensor. What the transport then moves (ring steps, TCP/IP headers) is measured
+elsewhere (interface counters on emulated networks) or modelled (analytic backend).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CommRecord:
+    op: str
+    tag: str
+    payload_bytes: int
+    seconds: float
+
+
+class Comm:
+    """Base class: a rank's view of its group. Subclasses implement ``_all_gather`` / ``_all_reduce``."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank = rank
+        self.world = world
+        self.records: list[CommRecord] = []
+
+    # -- public API -------------------------------------------------------------------------------------------
+    def all_gather(self, t: torch.Tensor, tag: str = "") -> list[torch.Tensor]:
+        """Gather equal-shaped tensors from all ranks (rank order). Pad uneven shards before calling."""
+        t = t.contiguous()
+        t0 = time.perf_counter()
+        out = self._all_gather(t) if self.world > 1 else [t]
+        self._record("all_gather", tag, t, t0)
+        return out
+
+    def all_reduce(self, t: torch.Tensor, tag: str = "") -> torch.Tensor:
+        """Sum ``t`` over ranks, in place; returns ``t``."""
+        t0 = time.perf_counter()
+        if self.world > 1:
+            self._all_reduce(t)
+        self._record("all_reduce", tag, t, t0)
+        return t
+
+    def barrier(self) -> None:
+        """Synchronise ranks; not recorded (used between timed repeats)."""
+
+    def reset(self) -> None:
+        self.records.clear()
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(r.payload_bytes for r in self.records)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _record(self, op: str, tag: str, t: torch.Tensor, t0: float) -> None:
+        nbytes = t.numel() * t.element_size() if self.world > 1 else 0
+        self.records.append(CommRecord(op, tag, nbytes, time.perf_counter() - t0))
+
+    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class LocalComm(Comm):
+    """A group of one: collectives are no-ops (the single-device baseline)."""
+
+    def __init__(self):
+        super().__init__(0, 1)
+
+
+class DistComm(Comm):
+    """torch.distributed (gloo on CPU) — the real thing, loopback or across emulated hosts."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+        super().__init__(dist.get_rank(), dist.get_world_size())
+
+    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        self.dist.all_gather(out, t)
+        return out
+
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        self.dist.all_reduce(t)
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
+class SimulatedComm(Comm):
+    """Pretends to be rank ``rank`` of ``world`` inside one process, for measuring that rank's compute alone.
+
+    All-gather returns copies of the caller's own shard in every slot and all-reduce leaves the tensor as it is:
+    values are wrong but shapes, dtypes, payload accounting and therefore the compute work are exactly those of
+    the real run. Time spent here is (near) zero, so the rank's measured time is its compute time.
+    """
+
+    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        return [t.clone() for _ in range(self.world)]
+
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        return None

@@ -1,0 +1,112 @@
+"""From a composed Hydra config to a validated run spec (the JSON every rank receives).
+
+Every check here turns bad input into one ``ConfigError`` line that names the problem and the fix, raised before
+anything is started or written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import vq
+from .models import ModelConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "method", "network", "experiment")
+MODEL_FIELDS = set(ModelConfig.__dataclass_fields__)
+
+
+class ConfigError(ValueError):
+    """Bad input: the message is one line saying what is wrong and what to do."""
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    """Reject ``model=nope`` style overrides before Hydra prints a multi-line error."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        for choice in value.split(","):
+            if choice and choice not in available(key):
+                raise ConfigError(f"unknown {key} '{choice}': choose one of {', '.join(available(key))}")
+
+
+def model_config(cfg: DictConfig) -> ModelConfig:
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    unknown = set(m) - MODEL_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown model option(s) {sorted(unknown)}: valid ones are {sorted(MODEL_FIELDS)}")
+    m["tokens"] = int(cfg.tokens)
+    mc = ModelConfig(**m)
+    if mc.kind not in ("vit", "gpt2"):
+        raise ConfigError(f"model.kind={mc.kind!r} is unknown: use vit or gpt2")
+    for key in ("layers", "hidden", "heads"):
+        if getattr(mc, key) < 1:
+            raise ConfigError(f"model.{key}={getattr(mc, key)} must be >= 1")
+    if mc.hidden % mc.heads:
+        raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
+    if mc.weights and not Path(mc.weights).is_dir():
+        raise ConfigError(
+            f"model.weights={mc.weights} is not a directory: pass a directory with an HF config.json and weights"
+        )
+    return mc
+
+
+def validate(cfg: DictConfig) -> None:
+    method = cfg.method.name
+    devices, tokens = int(cfg.devices), int(cfg.tokens)
+    if tokens < 1:
+        raise ConfigError(f"tokens={tokens} must be >= 1")
+    if devices < 1 or devices > tokens:
+        raise ConfigError(f"devices={devices} must be between 1 and tokens={tokens}: lower devices or raise tokens")
+    if int(cfg.repeats) < 1 or int(cfg.warmup) < 0:
+        raise ConfigError(f"repeats={cfg.repeats} must be >= 1 and warmup={cfg.warmup} >= 0")
+    if int(cfg.threads) < 1:
+        raise ConfigError(f"threads={cfg.threads} must be >= 1")
+    mc = model_config(cfg)
+    if method == "tp" and mc.heads % devices:
+        raise ConfigError(
+            f"tp splits heads over devices but heads={mc.heads} is not divisible by devices={devices}: "
+            f"use devices dividing {mc.heads}"
+        )
+    if method == "astra":
+        try:
+            vq.check_groups(mc.hidden, int(cfg.method.groups))
+            vq.bits_per_index(int(cfg.method.codebook_size))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if cfg.method.vq not in ("kmeans", "lossless", "checkpoint"):
+            raise ConfigError(f"method.vq={cfg.method.vq} is unknown: use kmeans, lossless or checkpoint")
+        if cfg.method.vq == "checkpoint" and not cfg.method.checkpoint:
+            raise ConfigError("method.vq=checkpoint needs method.checkpoint=<dir or codebooks .safetensors file>")
+
+
+def effective_devices(cfg: DictConfig) -> int:
+    """``single`` always runs on one device, whatever ``devices`` says."""
+    return 1 if cfg.method.name == "single" else int(cfg.devices)
+
+
+def run_spec(cfg: DictConfig, codebooks: str | None = None) -> dict:
+    """The JSON-able spec every rank receives."""
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    return {
+        "model": model_config(cfg).to_dict(),
+        "method": method,
+        "devices": effective_devices(cfg),
+        "tokens": int(cfg.tokens),
+        "batch": int(cfg.batch),
+        "seed": int(cfg.seed),
+        "repeats": int(cfg.repeats),
+        "warmup": int(cfg.warmup),
+        "verify": bool(cfg.verify),
+        "threads": int(cfg.threads),
+        "timeout_s": float(cfg.timeout_s),
+        "codebooks": codebooks,
+        "fault": OmegaConf.to_container(cfg.fault, resolve=True),
+    }

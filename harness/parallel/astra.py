@@ -1,0 +1,107 @@
+"""``astra``: sequence parallelism where only bit-packed VQ indices cross the network (Mixed-Precision Attention).
+
+Where VQ sits (the paper leaves it open, paper.md §1.2): we quantize the **attention input** — the block input after
+``ln1`` — i.e. exactly the tensor plain ``sp`` would all-gather. Remote K̂/V̂ are then linear projections of
+codewords, so per block we can precompute a table of projected codewords ("kv table"):
+
+    K̂|V̂ = W_kv x̂ + b = Σ_g W_kv[:, g] c_g[i_g] + b   →   table[g, i] = W_kv[:, g] c_g[i]
+
+which is exact (up to float rounding) and replaces the remote K/V projections by G row lookups per token. The table
+costs G·K·2·hidden floats per block, so ``kv_table=auto`` uses it only while all blocks' tables fit in
+``kv_table_max_mb``; otherwise remote K̂/V̂ are projected from the decoded embeddings.
+
+Per block each rank: encodes its local tokens (nearest codeword per group), bit-packs the indices (G·log2K bits per
+token), all-gathers the packed bytes (shards padded to the largest rank's token count), unpacks the indices it
+needs and looks up K̂/V̂. Local queries attend to local K/V in full precision and to remote K̂/V̂ (Eq. 1).
+
+ViT: Distributed Class Tokens (``dct=true``, default): the class token is replicated on every rank, each replica
+attends to its local tokens in full precision and to remote tokens through the codebook, and the final
+(LayerNormed) replicas are mean-pooled by an all-reduce of one hidden vector before the head. With ``dct=false`` the
+class token is an ordinary token of rank 0 (sent quantized like the others) and only rank 0 predicts.
+
+``vq=lossless`` sends the full-precision attention input instead of indices (a lossless stand-in for VQ): the
+result must equal ``sp``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import vq
+from .sp import SequenceParallel
+
+
+class Astra(SequenceParallel):
+    name = "astra"
+
+    def __init__(self, model, comm, opts=None):
+        opts = dict(opts or {})
+        self.dct = bool(opts.get("dct", True))
+        self.replicate_cls = self.dct
+        self.pool_cls = self.dct and model.cfg.kind == "vit"
+        super().__init__(model, comm, opts)
+        self.groups = int(opts.get("groups", 1))
+        self.codebook_size = int(opts.get("codebook_size", 1024))
+        self.lossless = opts.get("vq", "kmeans") == "lossless"
+        vq.check_groups(self.cfg.hidden, self.groups)
+        vq.bits_per_index(self.codebook_size)
+        self.tables = None
+        if self.lossless:
+            return
+        books = opts.get("codebooks")
+        if books is None:
+            raise ValueError("astra needs codebooks (method.vq=kmeans computes them; or pass method.checkpoint=...)")
+        want = (self.cfg.layers, self.groups, self.codebook_size, self.cfg.hidden // self.groups)
+        if tuple(books.shape) != want:
+            raise ValueError(
+                f"codebooks have shape {tuple(books.shape)} but this run needs {want} "
+                "(layers, groups, codebook_size, hidden/groups): use a codebook file made for this model, G and K"
+            )
+        self.codebooks = books.float().contiguous()
+        self.sq_norms = self.codebooks.pow(2).sum(-1)
+        if self.use_table(opts.get("kv_table", "auto"), float(opts.get("kv_table_max_mb", 512))):
+            self.tables = [self.kv_table(i) for i in range(self.cfg.layers)]
+
+    def use_table(self, mode, max_mb: float) -> bool:
+        if isinstance(mode, bool):
+            return mode
+        if str(mode).lower() in ("true", "on", "yes"):
+            return True
+        if str(mode).lower() in ("false", "off", "no"):
+            return False
+        size = self.cfg.layers * self.groups * self.codebook_size * 2 * self.cfg.hidden * 4
+        return size <= max_mb * 2**20
+
+    def kv_table(self, index: int) -> torch.Tensor:
+        """(G, K, 2*hidden): the K|V projection (without bias) of every group's codewords."""
+        w, _ = self.kv_weights[index]
+        g, dg = self.groups, self.cfg.hidden // self.groups
+        w_groups = w.view(w.shape[0], g, dg).permute(1, 2, 0)  # (G, dg, 2D)
+        return torch.bmm(self.codebooks[index], w_groups).contiguous()
+
+    def remote_kv(self, content: torch.Tensor, index: int):
+        if self.lossless:
+            return super().remote_kv(content, index)
+        b, n, d = content.shape
+        g, k = self.groups, self.codebook_size
+        idx = vq.encode(content.reshape(-1, d), self.codebooks[index], self.sq_norms[index]).view(b, n, g)
+        idx = self.pad(idx)
+        n_max = idx.shape[1]
+        shards = self.comm.all_gather(vq.pack_indices(idx, k), tag=f"block{index}")
+        need = self.needed_ranks()
+        if not need:
+            return []
+        got = [
+            vq.unpack_indices(shards[j], b * n_max * g, k).view(b, n_max, g)[:, : self.slices[j][1] - self.slices[j][0]]
+            for j in need
+        ]
+        idx_r = torch.cat(got, 1).reshape(-1, g)  # (b*m, G)
+        w, bias = self.kv_weights[index]
+        if self.tables is not None:
+            table = self.tables[index]
+            kv = table[0, idx_r[:, 0]] if g == 1 else table[torch.arange(g), idx_r].sum(1)
+            kv = (kv + bias).view(b, -1, 2 * d)
+        else:
+            kv = F.linear(vq.decode(idx_r, self.codebooks[index]).view(b, -1, d), w, bias)
+        return self.split_kv(kv, need)

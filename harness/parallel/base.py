@@ -1,0 +1,75 @@
+"""What every parallel method shares: the token partition and the method interface.
+
+A method is a *plan* applied to an untouched model (built identically on every rank from the same seed). It may
+replace modules inside the blocks; the model file never learns about ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..comm import Comm
+from ..models import Transformer
+
+
+def partition(n: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) slices of ``n`` tokens over ``world`` ranks, as even as possible (first ranks +1)."""
+    base, extra = divmod(n, world)
+    out, start = [], 0
+    for r in range(world):
+        size = base + (1 if r < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+@dataclass
+class Output:
+    """What one rank produces for one inference.
+
+    ``logits`` is None on ranks that hold no output (e.g. GPT2 ranks without the last token). ``positions`` names
+    the global output positions the rows of ``logits`` correspond to (GPT2: token positions; ViT: None, logits are
+    the class prediction).
+    """
+
+    logits: torch.Tensor | None
+    positions: torch.Tensor | None = None
+
+
+class Method:
+    """Base class. ``forward(inputs, all_positions)`` runs one inference on this rank.
+
+    ``inputs`` is the whole batch (identical on every rank, as if each device already held its own share — the
+    input scatter is not part of the measured inference). For GPT2, ``all_positions=False`` computes only the
+    next-token logits (prefill latency); ``True`` computes logits at every local position (verification).
+    """
+
+    name = "base"
+
+    def __init__(self, model: Transformer, comm: Comm, opts: dict | None = None):
+        self.model = model
+        self.cfg = model.cfg
+        self.comm = comm
+        self.opts = dict(opts or {})
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
+        raise NotImplementedError
+
+    def reference_slice(self, ref: torch.Tensor, out: Output) -> torch.Tensor:
+        """The part of the single-device output ``ref`` that ``out`` must equal."""
+        if out.positions is None:
+            return ref
+        return ref[:, out.positions]
+
+
+def single_device_output(model: Transformer, inputs: torch.Tensor, all_positions: bool) -> Output:
+    """The whole model on one device (used by ``single`` and ``tp``, whose ranks all see the full sequence)."""
+    if model.cfg.kind == "gpt2":
+        t = inputs.shape[1]
+        logits = model(inputs, all_positions=all_positions)
+        pos = torch.arange(t) if all_positions else torch.tensor([t - 1])
+        return Output(logits, pos)
+    return Output(model(inputs))

@@ -1,0 +1,138 @@
+"""``sp``: Voltage-style sequence parallelism.
+
+Tokens are split contiguously over ranks (as evenly as possible; T need not divide by N). Every rank holds the full
+weights. Per block, each rank all-gathers the full-precision attention input (the block input after ``ln1`` — the
+same size as the block input, and it saves every rank re-normalising remote tokens), computes attention for its own
+queries over all keys, and runs the MLP on its own tokens. The ViT class token is replicated on every rank
+(computed redundantly, never sent), so every rank ends with the exact class prediction.
+
+GPT2 (causal prefill): the mask is built on global positions, and a rank needs keys only up to its last token, so
+it projects K/V for earlier ranks' tokens only. The next-token logits come from the rank holding the last token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method, Output, partition
+
+
+class SeqParallelAttention(nn.Module):
+    """Stands in for ``Block.attn``; keeps the original module (its weights) and defers to the plan."""
+
+    def __init__(self, inner: nn.Module, plan: "SequenceParallel", index: int):
+        super().__init__()
+        self.inner = inner
+        self.index = index
+        self._plan = [plan]  # a list, so the plan is not registered as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._plan[0].attention(self.inner, x, self.index)
+
+
+class SequenceParallel(Method):
+    name = "sp"
+    # Replicate the ViT class token on every rank (never sent). Subclasses may partition it instead.
+    replicate_cls = True
+    # Mean-pool the class-token replicas over ranks before the head (ASTRA's Distributed Class Tokens).
+    pool_cls = False
+
+    def __init__(self, model, comm, opts=None):
+        super().__init__(model, comm, opts)
+        vit = self.cfg.kind == "vit"
+        self.prefix = 1 if (vit and self.replicate_cls) else 0
+        self.causal = self.cfg.causal
+        d = self.cfg.hidden
+        self.kv_weights = [(b.attn.qkv.weight[d:], b.attn.qkv.bias[d:]) for b in model.blocks]
+        for i, blk in enumerate(model.blocks):
+            blk.attn = SeqParallelAttention(blk.attn, self, i)
+        self.slices: list[tuple[int, int]] = []
+        self.mask = None
+
+    # -- sequence bookkeeping -----------------------------------------------------------------------------------
+    def setup(self, content_tokens: int) -> None:
+        """Partition for a sequence of ``content_tokens`` (plus the class token if it is partitioned)."""
+        extra = 1 if (self.cfg.kind == "vit" and not self.prefix) else 0
+        self.slices = partition(content_tokens + extra, self.comm.world)
+        s, e = self.slices[self.comm.rank]
+        if self.causal:
+            self.mask = torch.arange(e)[None, :] <= torch.arange(s, e)[:, None]
+
+    @property
+    def my_slice(self) -> tuple[int, int]:
+        return self.slices[self.comm.rank]
+
+    def needed_ranks(self) -> list[int]:
+        """Remote ranks whose tokens this rank attends to (earlier ranks only when causal)."""
+        last = self.comm.rank if self.causal else self.comm.world - 1
+        return [j for j in range(last + 1) if j != self.comm.rank]
+
+    def embed_local(self, inputs: torch.Tensor) -> torch.Tensor:
+        m, (s, e) = self.model, self.my_slice
+        if self.cfg.kind == "gpt2":
+            return m.embed_tokens(inputs[:, s:e], torch.arange(s, e))
+        b = inputs.shape[0]
+        if self.prefix:  # class token replicated
+            return torch.cat([m.embed_cls(b), m.embed_tokens(inputs[:, s:e], torch.arange(s, e))], 1)
+        # class token partitioned: it is sequence position 0, content token c sits at position c + 1
+        lo, hi = max(s, 1) - 1, e - 1
+        parts = [m.embed_cls(b)] if s == 0 else []
+        parts.append(m.embed_tokens(inputs[:, lo:hi], torch.arange(lo, hi)))
+        return torch.cat(parts, 1)
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """Pad dim 1 (tokens) to the largest rank's share so all-gather shards have equal shapes."""
+        n_max = max(e - s for s, e in self.slices)
+        short = n_max - t.shape[1]
+        return F.pad(t, (0, 0) * (t.dim() - 2) + (0, short)) if short else t
+
+    # -- the exchange (overridden by ASTRA) ---------------------------------------------------------------------
+    def remote_kv(self, content: torch.Tensor, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """K/V for the tokens of ``needed_ranks()`` (in that order), from a full-precision all-gather."""
+        shards = self.comm.all_gather(self.pad(content), tag=f"block{index}")
+        need = self.needed_ranks()
+        if not need:
+            return []
+        x = torch.cat([shards[j][:, : self.slices[j][1] - self.slices[j][0]] for j in need], 1)
+        w, b = self.kv_weights[index]
+        return self.split_kv(F.linear(x, w, b), need)
+
+    def split_kv(self, kv: torch.Tensor, need: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        sizes = [self.slices[j][1] - self.slices[j][0] for j in need]
+        return [tuple(part.chunk(2, dim=-1)) for part in kv.split(sizes, dim=1)]
+
+    # -- attention ----------------------------------------------------------------------------------------------
+    def attention(self, attn: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
+        p = self.prefix
+        q, k, v = attn.qkv(x).chunk(3, dim=-1)
+        remote = iter(self.remote_kv(x[:, p:], index))
+        ks, vs = [k[:, :p]], [v[:, :p]]
+        last = self.comm.rank if self.causal else self.comm.world - 1
+        for j in range(last + 1):
+            kj, vj = (k[:, p:], v[:, p:]) if j == self.comm.rank else next(remote)
+            ks.append(kj)
+            vs.append(vj)
+        return attn.proj(attn.attend(q, torch.cat(ks, 1), torch.cat(vs, 1), mask=self.mask))
+
+    # -- one inference ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
+        t = inputs.shape[1]
+        if not self.slices or self.slices[-1][1] != t + (1 if self.cfg.kind == "vit" and not self.prefix else 0):
+            self.setup(t)
+        h = self.model.encode(self.embed_local(inputs))
+        s, e = self.my_slice
+        if self.cfg.kind == "gpt2":
+            if all_positions:
+                return Output(self.model.logits(h), torch.arange(s, e))
+            if e == t:
+                return Output(self.model.logits(h[:, -1:]), torch.tensor([t - 1]))
+            return Output(None)
+        if self.prefix:
+            h_cls = h[:, 0]
+            if self.pool_cls:
+                h_cls = self.comm.all_reduce(h_cls.contiguous(), tag="cls_pool") / self.comm.world
+            return Output(self.model.logits(h_cls))
+        return Output(self.model.logits(h[:, 0]) if s == 0 else None)

@@ -1,0 +1,68 @@
+"""``tp``: Megatron-LM tensor parallelism.
+
+Per block: column-parallel q|k|v (each rank keeps its heads) and MLP-in; row-parallel attention-out and MLP-out,
+each followed by an all-reduce of the (B, T, hidden) partial sums — two all-reduces per block. Embeddings, final
+LayerNorm and head are replicated (every rank computes them and ends with the same output).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..comm import Comm
+from .base import Method, Output, single_device_output
+
+
+def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
+    """A Linear keeping the output features (rows of the weight) listed in ``parts``."""
+    w = torch.cat([linear.weight[s] for s in parts])
+    b = torch.cat([linear.bias[s] for s in parts])
+    new = nn.Linear(w.shape[1], w.shape[0])
+    new.weight.data.copy_(w)
+    new.bias.data.copy_(b)
+    return new
+
+
+class RowParallelLinear(nn.Module):
+    """Keeps the input features ``cols`` of ``linear``; all-reduces the partial output, then adds the bias once."""
+
+    def __init__(self, linear: nn.Linear, cols: slice, comm: Comm, tag: str):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.data[:, cols].clone(), requires_grad=False)
+        self.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+        self.comm = comm
+        self.tag = tag
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        self.comm.all_reduce(y, tag=self.tag)
+        return y + self.bias
+
+
+class TensorParallel(Method):
+    name = "tp"
+
+    def __init__(self, model, comm, opts=None):
+        super().__init__(model, comm, opts)
+        cfg = self.cfg
+        n, r = comm.world, comm.rank
+        if cfg.heads % n:
+            raise ValueError(
+                f"tp needs heads divisible by devices: {cfg.heads} heads over {n} devices; "
+                f"use devices dividing {cfg.heads}"
+            )
+        width = cfg.hidden // n
+        ffn = cfg.mlp_ratio * cfg.hidden // n
+        mine = slice(r * width, (r + 1) * width)
+        for i, blk in enumerate(model.blocks):
+            d = cfg.hidden
+            blk.attn.qkv = _rows(blk.attn.qkv, [slice(k * d + r * width, k * d + (r + 1) * width) for k in range(3)])
+            blk.attn.proj = RowParallelLinear(blk.attn.proj, mine, comm, f"block{i}.attn")
+            blk.mlp.fc = _rows(blk.mlp.fc, [slice(r * ffn, (r + 1) * ffn)])
+            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, slice(r * ffn, (r + 1) * ffn), comm, f"block{i}.mlp")
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
+        return single_device_output(self.model, inputs, all_positions)

@@ -1,0 +1,113 @@
+"""The results store: one tidy row per experiment point, parquet or CSV by file extension.
+
+Appends are atomic (read, concatenate, write a temporary file, ``os.replace``) under an exclusive lock file, so a
+crash mid-write never loses earlier rows and concurrent writers do not interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import statistics
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# The contract (design.md): at least these columns, in this order first.
+COLUMNS = [
+    "model", "method", "devices", "tokens", "network", "bandwidth_mbps", "groups", "codebook_size", "repeats",
+    "latency_ms", "latency_p90_ms", "compute_ms", "comm_ms", "payload_bytes", "wire_bytes", "max_abs_err",
+    "cpu_per_device", "oversubscribed", "status", "error", "run_id", "timestamp", "config",
+]
+
+
+def summarize(reports: list[dict]) -> dict:
+    """Combine per-rank reports into the measured columns.
+
+    Per repeat the end-to-end latency is the slowest rank's; that rank's time inside collectives is the
+    communication time (it includes waiting for slower peers) and the rest is compute. Each column is the median
+    over repeats; ``latency_p90_ms`` the 90th percentile.
+    """
+    repeats = len(reports[0]["latency_s"])
+    lat, comm = [], []
+    for i in range(repeats):
+        slowest = max(reports, key=lambda r: r["latency_s"][i])
+        lat.append(slowest["latency_s"][i])
+        comm.append(slowest["comm_s"][i])
+    errs = [r["max_abs_err"] for r in reports if r.get("max_abs_err") is not None]
+    return {
+        "latency_ms": 1e3 * statistics.median(lat),
+        "latency_p90_ms": 1e3 * float(np.percentile(lat, 90)),
+        "compute_ms": 1e3 * statistics.median(a - b for a, b in zip(lat, comm)),
+        "comm_ms": 1e3 * statistics.median(comm),
+        "payload_bytes": max(r["payload_bytes"] for r in reports),
+        "max_abs_err": max(errs) if errs else None,
+    }
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    return pd.read_parquet(path)
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"results.path={path} must end in .parquet or .csv")
+
+
+def append_row(path: str | os.PathLike, row: dict) -> None:
+    """Atomically append one row to the store at ``path``."""
+    path = Path(path)
+    _check_suffix(path)
+    new = pd.DataFrame([row])
+    with _locked(path):
+        df = pd.concat([_read(path), new], ignore_index=True) if path.exists() else new
+        ordered = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
+        df = df[ordered]
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            if path.suffix == ".csv":
+                df.to_csv(tmp, index=False)
+            else:
+                df.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def load(path: str | os.PathLike) -> pd.DataFrame:
+    """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
+    path = Path(path)
+    files = sorted([*path.rglob("*.parquet"), *path.rglob("*.csv")]) if path.is_dir() else [path]
+    files = [f for f in files if not f.name.startswith(".")]
+    if not files or not all(f.exists() for f in files):
+        raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
+    df = pd.concat([_read(f) for f in files], ignore_index=True)
+    return with_speedup(df)
+
+
+JOIN_KEYS = ["model", "tokens"]
+
+
+def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
+    """``speedup`` = latency of the matching ``single`` row (same model and tokens; latest ok run) / latency."""
+    ok = df[(df["method"] == "single") & (df["status"] == "ok")]
+    base = ok.sort_values("timestamp").groupby(JOIN_KEYS, dropna=False)["latency_ms"].last()
+    base = base.rename("single_latency_ms").reset_index()
+    df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").merge(base, on=JOIN_KEYS, how="left")
+    df["speedup"] = df["single_latency_ms"] / df["latency_ms"]
+    return df

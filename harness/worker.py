@@ -1,0 +1,123 @@
+"""One rank of a run. Initialises torch.distributed from ``env://`` (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE),
+so the same worker runs under the loopback and Mininet backends and under ``torchrun`` on real machines:
+
+    python -m harness.worker --spec spec.json --report rank0.json
+
+The spec is the resolved run (see ``harness.config.run_spec``). Each rank builds the same model and inputs from the
+same seed, applies its method, runs ``warmup`` untimed inferences and ``repeats`` timed ones, each started right
+after a barrier, and writes a JSON report: latency and communication time per repeat, payload bytes per inference,
+payload per collective tag, and (``verify``) the max abs error of its output against the single-device output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from .comm import Comm, DistComm, LocalComm
+from .models import ModelConfig, build_model, make_inputs
+from .parallel import METHODS
+
+
+def reference_output(model, inputs) -> torch.Tensor:
+    """Single-device output with every position (GPT2) / the class prediction (ViT)."""
+    with torch.no_grad():
+        return model(inputs, all_positions=True) if model.cfg.kind == "gpt2" else model(inputs)
+
+
+def method_options(spec: dict) -> dict:
+    opts = dict(spec["method"])
+    if spec.get("codebooks"):
+        from .codebooks import load_codebooks
+
+        opts["codebooks"] = load_codebooks(spec["codebooks"])
+    return opts
+
+
+def run_rank(spec: dict, comm: Comm) -> dict:
+    """Run one rank's share of the point described by ``spec`` over ``comm``; return its report."""
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    fault = spec.get("fault") or {}
+    if fault.get("crash_rank") == comm.rank:
+        raise RuntimeError(f"injected crash on rank {comm.rank} (fault.crash_rank)")
+    cfg = ModelConfig(**spec["model"])
+    seed = int(spec.get("seed", 0))
+    model = build_model(cfg, seed=seed)
+    inputs = make_inputs(cfg, int(spec["tokens"]), int(spec.get("batch", 1)), seed=seed)
+    ref = reference_output(model, inputs) if spec.get("verify") else None
+    plan = METHODS[spec["method"]["name"]](model, comm, method_options(spec))
+    if fault.get("hang_rank") == comm.rank:
+        while True:  # injected hang: the controller's timeout must end this run
+            time.sleep(1)
+
+    for _ in range(int(spec.get("warmup", 1))):
+        comm.barrier()
+        plan.forward(inputs)
+    lat, comm_s = [], []
+    out = None
+    for _ in range(int(spec.get("repeats", 3))):
+        comm.barrier()
+        comm.reset()
+        t0 = time.perf_counter()
+        out = plan.forward(inputs)
+        lat.append(time.perf_counter() - t0)
+        comm_s.append(comm.seconds)
+    per_tag: dict[str, int] = {}
+    for rec in comm.records:
+        per_tag[rec.tag] = per_tag.get(rec.tag, 0) + rec.payload_bytes
+    report = {
+        "rank": comm.rank,
+        "world": comm.world,
+        "threads": torch.get_num_threads(),
+        "latency_s": lat,
+        "comm_s": comm_s,
+        "payload_bytes": comm.payload_bytes,
+        "collectives": len(comm.records),
+        "payload_by_tag": per_tag,
+        "has_output": out is not None and out.logits is not None,
+        "max_abs_err": None,
+    }
+    if ref is not None:
+        comm.barrier()
+        full = plan.forward(inputs, all_positions=True)
+        if full.logits is not None:
+            report["max_abs_err"] = float((full.logits - plan.reference_slice(ref, full)).abs().max())
+    return report
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="one astra-bench rank (torch.distributed env:// init)")
+    ap.add_argument("--spec", required=True, help="JSON run spec written by the controller")
+    ap.add_argument("--report", required=True, help="where to write this rank's JSON report")
+    args = ap.parse_args(argv)
+    spec = json.loads(Path(args.spec).read_text())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        report = run_rank(spec, LocalComm())
+    else:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=float(spec["timeout_s"])))
+        try:
+            report = run_rank(spec, DistComm())
+        finally:
+            dist.destroy_process_group()
+    _write_json(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
