@@ -1,8 +1,127 @@
-"""``astra-plot``: placeholder until the plotting issue lands."""
+"""``astra-plot``: tables and speedup plots from the results store.
 
+    astra-plot results/results.parquet --out results/plots
+
+Prints a markdown table (one row per point, latest run of each) and writes PNG and PDF figures:
+``speedup_vs_bandwidth`` (log-x, one panel per device count, a line at 1x; only for shaped networks),
+``speedup_vs_devices`` and ``latency_breakdown`` (stacked compute / communication per point).
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .results import load
+
+POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
+TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
+                 "comm_ms", "payload_bytes", "wire_bytes", "max_abs_err", "speedup", "status"]
 
 
-def main() -> None:
-    print("astra-plot: not yet available", file=sys.stderr)
-    sys.exit(1)
+def label(row) -> str:
+    if row["method"] == "astra" and pd.notna(row.get("groups")):
+        return f"astra G={int(row['groups'])}"
+    return str(row["method"])
+
+
+def latest_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The latest row of every distinct point (re-runs supersede older rows)."""
+    df = df.copy()
+    df["label"] = df.apply(label, axis=1)
+    keys = [k for k in POINT_KEYS if k in df.columns]
+    return df.sort_values("timestamp").groupby(keys, dropna=False, sort=False).tail(1).sort_values(keys)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [c for c in TABLE_COLUMNS if c in df.columns]
+    return df[cols].to_markdown(index=False, floatfmt=".4g")
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", dpi=130)
+    return paths
+
+
+def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    ok = df[(df["status"] == "ok") & df["speedup"].notna()]
+    written: list[Path] = []
+    multi = ok[ok["method"] != "single"]
+
+    shaped = multi[multi["bandwidth_mbps"].notna()]
+    if not shaped.empty:
+        devs = sorted(shaped["devices"].unique())
+        fig, axes = plt.subplots(1, len(devs), figsize=(5 * len(devs), 4), squeeze=False, sharey=True)
+        for ax, n in zip(axes[0], devs):
+            for lab, g in shaped[shaped["devices"] == n].groupby("label"):
+                g = g.sort_values("bandwidth_mbps")
+                ax.plot(g["bandwidth_mbps"], g["speedup"], marker="o", label=lab)
+            ax.axhline(1.0, color="red", lw=1, ls="--")
+            ax.set_xscale("log")
+            ax.set_title(f"{n} devices")
+            ax.set_xlabel("bandwidth (Mbps)")
+        axes[0][0].set_ylabel("speedup over single device")
+        axes[0][-1].legend()
+        written += _save(fig, out, "speedup_vs_bandwidth")
+        plt.close(fig)
+
+    if not multi.empty:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (lab, bw), g in multi.groupby(["label", multi["bandwidth_mbps"].fillna(-1)]):
+            g = g.sort_values("devices")
+            name = lab if bw < 0 else f"{lab} @ {bw:g} Mbps"
+            ax.plot(g["devices"], g["speedup"], marker="o", label=name)
+        ax.axhline(1.0, color="red", lw=1, ls="--")
+        ax.set_xlabel("devices")
+        ax.set_ylabel("speedup over single device")
+        ax.legend(fontsize="small")
+        written += _save(fig, out, "speedup_vs_devices")
+        plt.close(fig)
+
+    if not ok.empty:
+        names = [
+            f"{r.label} N={r.devices}" + (f" {r.bandwidth_mbps:g}M" if pd.notna(r.bandwidth_mbps) else "")
+            for r in ok.itertuples()
+        ]
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(ok)), 4))
+        ax.bar(names, ok["compute_ms"], label="compute")
+        ax.bar(names, ok["comm_ms"], bottom=ok["compute_ms"], label="communication")
+        ax.set_ylabel("latency (ms)")
+        ax.tick_params(axis="x", rotation=60)
+        ax.legend()
+        written += _save(fig, out, "latency_breakdown")
+        plt.close(fig)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="astra-plot", description="tables and speedup plots from astra-bench results")
+    ap.add_argument("results", help="a results file (.parquet/.csv) or a directory of them")
+    ap.add_argument("--out", default=None, help="where to write the figures (default: beside the results)")
+    args = ap.parse_args(argv)
+    try:
+        df = load(args.results)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"astra-plot: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    pts = latest_points(df)
+    print(markdown_table(pts))
+    src = Path(args.results)
+    out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
+    for p in plot_all(pts, out):
+        print(f"wrote {p}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
