@@ -20,10 +20,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, ConfigError, check_group_overrides, effective_devices, model_config, run_spec, validate
+from .config import (
+    CONF_DIR,
+    ConfigError,
+    check_group_overrides,
+    effective_devices,
+    model_config,
+    point_key,
+    run_spec,
+    validate,
+)
 from .network import make_backend
 from .network.loopback import RunFailed, install_signal_handlers
-from .results import append_row, summarize
+from .results import append_row, find_ok, summarize
 
 
 def log(msg: str) -> None:
@@ -78,7 +87,7 @@ def check_weights(cfg: DictConfig) -> None:
 def base_row(cfg: DictConfig, backend_info: dict) -> dict:
     astra = cfg.method.name == "astra"
     devices = effective_devices(cfg)
-    threads = int(cfg.threads)
+    threads = int(cfg.device.threads)
     return {
         "model": cfg.model.name,
         "method": cfg.method.name,
@@ -87,7 +96,7 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "network": backend_info["network"],
         "bandwidth_mbps": backend_info["bandwidth_mbps"],
         "groups": int(cfg.method.groups) if astra else None,
-        "codebook_size": int(cfg.method.codebook_size) if astra else None,
+        "codebook_size": int(cfg.method.codebook_size) if astra and cfg.method.vq != "lossless" else None,
         "repeats": int(cfg.repeats),
         "latency_ms": None,
         "latency_p90_ms": None,
@@ -96,8 +105,8 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "payload_bytes": None,
         "wire_bytes": backend_info.get("wire_bytes"),
         "max_abs_err": None,
-        "cpu_per_device": float(threads),
-        "oversubscribed": devices * threads > (os.cpu_count() or 1),
+        "cpu_per_device": backend_info.get("cpu_per_device", float(threads)),
+        "oversubscribed": backend_info.get("oversubscribed", devices * threads > (os.cpu_count() or 1)),
         "status": "ok",
         "error": None,
         "run_id": uuid.uuid4().hex[:12],
@@ -107,6 +116,10 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "threads": threads,
         "seed": int(cfg.seed),
         "vq": cfg.method.vq if astra else None,
+        "topology": backend_info.get("topology"),
+        "device": cfg.device.name,
+        "setup_s": None,
+        "point_key": None,
         "wall_s": None,
     }
 
@@ -127,10 +140,20 @@ def run_point(cfg: DictConfig) -> dict:
     validate(cfg)
     check_weights(cfg)
     backend = make_backend(cfg)
+    key = point_key(cfg)
+    skip = cfg.results.get("skip_existing", "auto")
+    if (in_sweep() if str(skip) == "auto" else bool(skip)):
+        existing = find_ok(cfg.results.path, key)
+        if existing is not None:
+            log(f"skipped: this point is already in {cfg.results.path} (run {existing['run_id']}); "
+                "results.skip_existing=false re-runs it")
+            existing["skipped"] = True
+            return existing
     row = base_row(cfg, backend.describe())
+    row["point_key"] = key
     if row["oversubscribed"]:
         log(
-            f"WARNING: {row['devices']} devices x {row['threads']} threads exceed this machine's "
+            f"WARNING: {row['devices']} devices x {row['cpu_per_device']:g} cores exceed this machine's "
             f"{os.cpu_count()} cores: ranks compete for CPU (row marked oversubscribed=true)"
         )
     codebooks = prepare_codebooks(cfg)
@@ -161,8 +184,12 @@ def job(cfg: DictConfig) -> None:
         if not sweep:
             sys.exit(2 if isinstance(exc, ConfigError) else 1)
         return
+    if row.get("skipped"):
+        print(json.dumps(row, default=str), flush=True)
+        return
     log(
-        f"{row['model']} {row['method']} N={row['devices']} T={row['tokens']} {row['network']}: "
+        f"{row['model']} {row['method']} N={row['devices']} T={row['tokens']} {row['network']}"
+        + (f" {row['bandwidth_mbps']} Mbps" if row['bandwidth_mbps'] is not None else "") + ": "
         f"latency {row['latency_ms']:.1f} ms (compute {row['compute_ms']:.1f}, comm {row['comm_ms']:.1f}), "
         f"payload {row['payload_bytes']} B" + (f", max_abs_err {row['max_abs_err']:.2e}" if row["max_abs_err"] is not None else "")
     )

@@ -14,7 +14,7 @@ from . import vq
 from .models import ModelConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "method", "network", "experiment")
+GROUPS = ("model", "method", "network", "topology", "device", "experiment")
 MODEL_FIELDS = set(ModelConfig.__dataclass_fields__)
 
 
@@ -67,8 +67,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"devices={devices} must be between 1 and tokens={tokens}: lower devices or raise tokens")
     if int(cfg.repeats) < 1 or int(cfg.warmup) < 0:
         raise ConfigError(f"repeats={cfg.repeats} must be >= 1 and warmup={cfg.warmup} >= 0")
-    if int(cfg.threads) < 1:
-        raise ConfigError(f"threads={cfg.threads} must be >= 1")
+    if int(cfg.device.threads) < 1 or float(cfg.device.cores) <= 0:
+        raise ConfigError(f"device.threads={cfg.device.threads} must be >= 1 and device.cores={cfg.device.cores} > 0")
     mc = model_config(cfg)
     if method == "tp" and mc.heads % devices:
         raise ConfigError(
@@ -87,9 +87,45 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("method.vq=checkpoint needs method.checkpoint=<dir or codebooks .safetensors file>")
 
 
+def cpu_budget(cfg: DictConfig, enforced_cores: bool) -> dict:
+    """``cpu_per_device`` and ``oversubscribed`` for the row. With ``enforced_cores`` (Mininet CPU quotas) the
+    budget is ``device.cores`` and oversubscription is refused unless ``device.allow_oversubscribe``; otherwise the
+    budget is the thread count and oversubscription only warned about."""
+    import os
+
+    n = effective_devices(cfg)
+    per = float(cfg.device.cores) if enforced_cores else float(cfg.device.threads)
+    cores = os.cpu_count() or 1
+    over = n * per > cores + 1e-9
+    if over and enforced_cores and not bool(cfg.device.allow_oversubscribe):
+        raise ConfigError(
+            f"devices={n} x device.cores={per:g} need {n * per:g} cores but this machine has {cores}: use fewer "
+            "devices, a smaller device (e.g. device=cpu_half), or device.allow_oversubscribe=true (the row is then "
+            "marked oversubscribed=true)"
+        )
+    return {"cpu_per_device": per, "oversubscribed": over}
+
+
 def effective_devices(cfg: DictConfig) -> int:
     """``single`` always runs on one device, whatever ``devices`` says."""
     return 1 if cfg.method.name == "single" else int(cfg.devices)
+
+
+def point_key(cfg: DictConfig) -> str:
+    """A hash naming the experiment point: the resolved config without run-keeping keys (results store, cache,
+    timeouts, fault injection). ``single`` ignores devices, the bandwidth and the method knobs, so one single run
+    serves every point of a bandwidth or device sweep."""
+    import hashlib
+    import json
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("results", "cache_dir", "timeout_s", "fault", "hydra"):
+        c.pop(k, None)
+    c["devices"] = effective_devices(cfg)
+    if cfg.method.name == "single":
+        c["method"] = {"name": "single"}
+        c["network"] = {k: v for k, v in c["network"].items() if k in ("name",)}
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_spec(cfg: DictConfig, codebooks: str | None = None) -> dict:
@@ -105,7 +141,7 @@ def run_spec(cfg: DictConfig, codebooks: str | None = None) -> dict:
         "repeats": int(cfg.repeats),
         "warmup": int(cfg.warmup),
         "verify": bool(cfg.verify),
-        "threads": int(cfg.threads),
+        "threads": int(cfg.device.threads),
         "timeout_s": float(cfg.timeout_s),
         "codebooks": codebooks,
         "fault": OmegaConf.to_container(cfg.fault, resolve=True),

@@ -37,6 +37,7 @@ def summarize(reports: list[dict]) -> dict:
         lat.append(slowest["latency_s"][i])
         comm.append(slowest["comm_s"][i])
     errs = [r["max_abs_err"] for r in reports if r.get("max_abs_err") is not None]
+    wires = [statistics.median(r["wire_bytes"]) for r in reports if r.get("wire_bytes")]
     return {
         "latency_ms": 1e3 * statistics.median(lat),
         "latency_p90_ms": 1e3 * float(np.percentile(lat, 90)),
@@ -44,6 +45,7 @@ def summarize(reports: list[dict]) -> dict:
         "comm_ms": 1e3 * statistics.median(comm),
         "payload_bytes": max(r["payload_bytes"] for r in reports),
         "max_abs_err": max(errs) if errs else None,
+        "wire_bytes": max(wires) if wires else None,
     }
 
 
@@ -89,6 +91,22 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
+    """The latest ok row with this ``point_key`` in the store at ``path``, or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    df = _read(path)
+    if "point_key" not in df.columns:
+        return None
+    hit = df[(df["point_key"] == point_key) & (df["status"] == "ok")]
+    if hit.empty:
+        return None
+    row = hit.sort_values("timestamp").iloc[-1]
+    return {k: (None if (not isinstance(v, str) and pd.isna(v)) else (v.item() if hasattr(v, "item") else v))
+            for k, v in row.items()}
+
+
 def load(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
     path = Path(path)
@@ -100,14 +118,16 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     return with_speedup(df)
 
 
-JOIN_KEYS = ["model", "tokens"]
+JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]
 
 
 def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """``speedup`` = latency of the matching ``single`` row (same model and tokens; latest ok run) / latency."""
+    """``speedup`` = latency of the matching ``single`` row / latency. Matching: same model, tokens, network
+    backend, device budget and batch (latest ok run); bandwidth does not matter to a single device."""
+    keys = [k for k in JOIN_KEYS if k in df.columns]
     ok = df[(df["method"] == "single") & (df["status"] == "ok")]
-    base = ok.sort_values("timestamp").groupby(JOIN_KEYS, dropna=False)["latency_ms"].last()
+    base = ok.sort_values("timestamp").groupby(keys, dropna=False)["latency_ms"].last()
     base = base.rename("single_latency_ms").reset_index()
-    df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").merge(base, on=JOIN_KEYS, how="left")
+    df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").merge(base, on=keys, how="left")
     df["speedup"] = df["single_latency_ms"] / df["latency_ms"]
     return df

@@ -32,6 +32,11 @@ def reference_output(model, inputs) -> torch.Tensor:
         return model(inputs, all_positions=True) if model.cfg.kind == "gpt2" else model(inputs)
 
 
+def tx_bytes(ifaces: list[str]) -> int:
+    """Bytes sent so far on this host's interfaces (this network namespace's own sysfs)."""
+    return sum(int(Path(f"/sys/class/net/{i}/statistics/tx_bytes").read_text()) for i in ifaces)
+
+
 def method_options(spec: dict) -> dict:
     opts = dict(spec["method"])
     if spec.get("codebooks"):
@@ -60,14 +65,17 @@ def run_rank(spec: dict, comm: Comm) -> dict:
     for _ in range(int(spec.get("warmup", 1))):
         comm.barrier()
         plan.forward(inputs)
-    lat, comm_s = [], []
+    lat, comm_s, wire = [], [], []
+    ifaces = list(spec.get("wire_ifaces") or [])
     out = None
     for _ in range(int(spec.get("repeats", 3))):
         comm.barrier()
         comm.reset()
+        tx0 = tx_bytes(ifaces)
         t0 = time.perf_counter()
         out = plan.forward(inputs)
         lat.append(time.perf_counter() - t0)
+        wire.append(tx_bytes(ifaces) - tx0)
         comm_s.append(comm.seconds)
     per_tag: dict[str, int] = {}
     for rec in comm.records:
@@ -79,8 +87,10 @@ def run_rank(spec: dict, comm: Comm) -> dict:
         "latency_s": lat,
         "comm_s": comm_s,
         "payload_bytes": comm.payload_bytes,
+        "wire_bytes": wire if ifaces else None,
         "collectives": len(comm.records),
         "payload_by_tag": per_tag,
+        "records": [[rec.op, rec.tag, rec.payload_bytes] for rec in comm.records],
         "has_output": out is not None and out.logits is not None,
         "max_abs_err": None,
     }
@@ -98,24 +108,53 @@ def _write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def run_job(spec: dict, world: int) -> dict:
+    """Join the group described by the env:// variables, run this rank, leave the group."""
+    if world == 1:
+        return run_rank(spec, LocalComm())
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=float(spec["timeout_s"])))
+    try:
+        return run_rank(spec, DistComm())
+    finally:
+        dist.destroy_process_group()
+
+
+def serve() -> int:
+    """Persistent mode: one JSON job per stdin line ({"spec", "report", "env"}), one JSON status line per job on
+    stdout ({"ok": true} or {"ok": false, "error": ...}). Used by backends that keep hosts and processes up across
+    the points of a sweep, so process start-up (Python + torch import) is paid once."""
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        os.environ.update({k: str(v) for k, v in job["env"].items()})
+        try:
+            spec = json.loads(Path(job["spec"]).read_text())
+            _write_json(job["report"], run_job(spec, int(job["env"]["WORLD_SIZE"])))
+            print(json.dumps({"ok": True}), flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the controller, which ends the session
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="one astra-bench rank (torch.distributed env:// init)")
-    ap.add_argument("--spec", required=True, help="JSON run spec written by the controller")
-    ap.add_argument("--report", required=True, help="where to write this rank's JSON report")
+    ap.add_argument("--spec", help="JSON run spec written by the controller")
+    ap.add_argument("--report", help="where to write this rank's JSON report")
+    ap.add_argument("--serve", action="store_true", help="persistent mode: read jobs from stdin")
     args = ap.parse_args(argv)
+    if args.serve:
+        return serve()
+    if not (args.spec and args.report):
+        ap.error("--spec and --report are required (or --serve)")
     spec = json.loads(Path(args.spec).read_text())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        report = run_rank(spec, LocalComm())
-    else:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=float(spec["timeout_s"])))
-        try:
-            report = run_rank(spec, DistComm())
-        finally:
-            dist.destroy_process_group()
-    _write_json(args.report, report)
+    _write_json(args.report, run_job(spec, int(os.environ.get("WORLD_SIZE", "1"))))
     return 0
 
 

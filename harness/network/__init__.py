@@ -10,5 +10,13 @@ def make_backend(cfg):
     if name == "loopback":
         from .loopback import LoopbackBackend
 
-        return LoopbackBackend(cfg.network)
-    raise ConfigError(f"unknown network '{name}': choose one of loopback")
+        return LoopbackBackend(cfg)
+    if name == "mininet":
+        from .mininet import MininetBackend
+
+        return MininetBackend(cfg)
+    if name == "analytic":
+        from .analytic import AnalyticBackend
+
+        return AnalyticBackend(cfg)
+    raise ConfigError(f"unknown network '{name}': choose one of loopback, mininet, analytic")

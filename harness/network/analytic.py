@@ -1,0 +1,73 @@
+"""``network=analytic``: the paper's own methodology, with our real compute.
+
+Each rank's compute is measured for real, one rank at a time in this process (``harness.profile``: the rank runs
+its actual plan; collectives are answered locally), with the device's thread budget. Communication is charged as
+bits ÷ bandwidth for every collective the rank issued, and added to compute with no overlap:
+
+- ``collective_model=ring`` (default): a ring all-gather sends (N-1) shards per rank, a ring all-reduce
+  2(N-1)/N of the tensor; on a star every host has its own link, so these run in parallel across hosts and the
+  slowest link (the smallest bandwidth) sets the pace.
+- ``collective_model=paper``: what the paper's simulator appears to charge (paper.md §5.2): one send of the rank's
+  own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor).
+
+``mbps_unit`` is 10^6 bit/s by default (the paper appears to use 2^20). ``wire_overhead`` scales payload bits to
+account for framing (1.0 = none, as in the paper). No root needed; any number of devices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError, cpu_budget
+from ..profile import profile_ranks
+
+
+def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
+    if world <= 1 or nbytes == 0:
+        return 0.0
+    if model == "paper":
+        volume = nbytes if op == "all_gather" else nbytes / world
+    elif op == "all_gather":
+        volume = (world - 1) * nbytes
+    else:
+        volume = 2 * (world - 1) / world * nbytes
+    return volume * 8 * overhead / (bw_mbps * unit)
+
+
+class AnalyticBackend:
+    name = "analytic"
+
+    def __init__(self, cfg):
+        net = cfg.network
+        bw = net.bandwidth_mbps
+        values = list(bw) if hasattr(bw, "__len__") and not isinstance(bw, str) else [bw]
+        try:
+            self.bw = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ConfigError(f"network.bandwidth_mbps={bw} is not a number: give Mbit/s > 0") from None
+        if not self.bw or min(self.bw) <= 0:
+            raise ConfigError(f"network.bandwidth_mbps={bw} must be > 0 Mbit/s")
+        self.unit = float(net.get("mbps_unit", 1e6))
+        self.model = str(net.get("collective_model", "ring"))
+        if self.model not in ("ring", "paper"):
+            raise ConfigError(f"network.collective_model={self.model} is unknown: use ring or paper")
+        self.overhead = float(net.get("wire_overhead", 1.0))
+        if self.unit <= 0 or self.overhead <= 0:
+            raise ConfigError("network.mbps_unit and network.wire_overhead must be > 0")
+        self.budget = {**cpu_budget(cfg, enforced_cores=False), "oversubscribed": False}
+
+    def describe(self) -> dict:
+        bw = self.bw[0] if len(set(self.bw)) == 1 else str(self.bw)
+        return {"network": self.name, "bandwidth_mbps": bw, "wire_bytes": None, **self.budget}
+
+    def run(self, spec: dict, workdir: Path) -> list[dict]:
+        world = int(spec["devices"])
+        out = []
+        for rep in profile_ranks(spec):
+            r = rep["rank"]
+            bw = min(self.bw) if self.model == "ring" else self.bw[r % len(self.bw)]
+            comm = sum(charge_seconds(op, b, world, bw, self.unit, self.model, self.overhead)
+                       for op, _tag, b in rep["records"])
+            compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
+            out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
+        return out

@@ -1,0 +1,572 @@
+"""End-to-end tests of the ``astra-bench`` CLI, run as real subprocesses (``python -m harness.bench ...``).
+
+Every CLI case gets its own directory holding ``results.path``, ``cache_dir`` and a private ``TMPDIR``. The
+controller creates its per-run work directory (``astra-run-*``, holding the spec the ranks read) under ``TMPDIR``, so
+every ``harness.worker`` process a case starts carries that case's directory in its command line: that is how the
+tests find (only) their own worker processes in /proc, even with other cases, or other people's runs, in flight.
+
+The CLI cases are independent, so a module-scoped runner starts the ones this session selected on a small thread
+pool up front (each one a subprocess with a timeout) and each test waits for its own case. The store unit tests at
+the bottom start no subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+
+from harness.results import COLUMNS, append_row, load
+
+REPO = Path(__file__).resolve().parents[1]
+POINT_TIMEOUT_S = 180  # one point takes ~3-8 s alone; generous for a loaded 2-core machine
+SWEEP_TIMEOUT_S = 300
+POOL_SIZE = 2  # concurrent CPU-bound CLI cases (the machine has 2 cores)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running the CLI and finding our own worker processes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def worker_pids(marker: str) -> set[int]:
+    """PIDs of live ``harness.worker`` processes whose command line mentions ``marker`` (a case directory)."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # exited while we looked
+            continue
+        if "harness.worker" in argv and any(marker in a for a in argv):
+            pids.add(int(d.name))
+    return pids
+
+
+def kill_our_workers(marker: str) -> None:
+    """Last-resort cleanup after a timed-out case: SIGKILL this case's workers, by PID."""
+    for pid in worker_pids(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Run:
+    args: list[str]
+    dir: Path
+    rc: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    leftover_workers: set[int]  # our harness.worker processes still alive right after the controller exited
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "r.parquet"
+
+    @property
+    def cache(self) -> Path:
+        return self.dir / "cache"
+
+    @property
+    def tmp(self) -> Path:
+        return self.dir / "tmp"
+
+    def row(self) -> dict:
+        lines = [ln for ln in self.stdout.splitlines() if ln.strip()]
+        assert lines, f"no stdout; stderr:\n{self.stderr}"
+        return json.loads(lines[-1])
+
+    def stderr_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+    def describe(self) -> str:
+        return (
+            f"astra-bench {' '.join(self.args)}\n rc={self.rc}\n"
+            f" stdout:\n{self.stdout[-3000:]}\n stderr:\n{self.stderr[-3000:]}"
+        )
+
+
+def cli_command(d: Path, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "harness.bench", *args, f"results.path={d / 'r.parquet'}", f"cache_dir={d / 'cache'}"]
+
+
+def cli_env(d: Path) -> dict:
+    (d / "tmp").mkdir(parents=True, exist_ok=True)
+    # one torch thread in the controller (k-means): several cases share 2 cores; ranks get threads= anyway
+    env = dict(os.environ, TMPDIR=str(d / "tmp"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def start_cli(d: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        cli_command(d, args), cwd=REPO, env=cli_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+
+
+def finish(p: subprocess.Popen, d: Path, args: list[str], timeout: float, t0: float) -> Run:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        kill_our_workers(str(d))
+        raise AssertionError(
+            f"astra-bench {' '.join(args)} did not exit within {timeout} s\n{out[-2000:]}\n{err[-2000:]}"
+        )
+    return Run(args, d, p.returncode, out, err, time.monotonic() - t0, worker_pids(str(d)))
+
+
+def run_cli(d: Path, args: list[str], timeout: float = POINT_TIMEOUT_S) -> Run:
+    t0 = time.monotonic()
+    return finish(start_cli(d, args), d, args, timeout, t0)
+
+
+def run_sigterm(d: Path, args: list[str]) -> Run:
+    """Start a long point, SIGTERM the controller once its workers exist, and record how it ended."""
+    t0 = time.monotonic()
+    p = start_cli(d, args)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while not seen and p.poll() is None and time.monotonic() < deadline:
+        seen = worker_pids(str(d))
+        time.sleep(0.05)  # polling interval only; nothing is measured by it
+    running = p.poll() is None
+    if running:
+        p.send_signal(signal.SIGTERM)
+    t_sig = time.monotonic()
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        kill_our_workers(str(d))
+    exit_s = time.monotonic() - t_sig
+    run = Run(args, d, p.returncode, out, err, time.monotonic() - t0, worker_pids(str(d)))
+    run.extra.update(workers_seen=seen, running_at_signal=running, exit_after_signal_s=exit_s)
+    return run
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The cases
+# --------------------------------------------------------------------------------------------------------------------
+
+MODELS = ("vit_tiny", "gpt2_tiny")
+METHODS = ("single", "tp", "sp", "astra")
+POINT = ["devices=2", "tokens=50", "verify=true", "repeats=2", "warmup=1"]
+
+
+def point_args(model: str, method: str, *extra: str) -> list[str]:
+    args = [f"model={model}", f"method={method}", *POINT]
+    if method == "astra":
+        args.append("method.codebook_size=64")  # keeps k-means fast
+    return args + list(extra)
+
+
+def make_wrong_shape_weights(d: Path) -> Path:
+    """An HF GPT2 directory (config.json + model.safetensors) with hidden 32, where gpt2_tiny has hidden 64."""
+    import transformers
+
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=512, n_positions=256)
+    path = d / "gpt2_h32"
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    return path
+
+
+# Bad input: case -> (overrides, substrings the error line must contain). "{dir}" is the case directory.
+BAD = {
+    "model-nope": (["model=nope"], ["model", "nope"]),
+    "method-nope": (["method=nope"], ["method", "nope"]),
+    "network-nope": (["network=nope"], ["network", "nope"]),
+    "devices-0": (["devices=0"], ["devices=0"]),
+    "devices-100-tokens-10": (["devices=100", "tokens=10"], ["devices=100"]),
+    "astra-groups-3": (["model=vit_tiny", "method=astra", "method.groups=3"], ["groups=3"]),
+    "astra-K-1000": (["method=astra", "method.codebook_size=1000"], ["codebook_size=1000"]),
+    "astra-K-131072": (["method=astra", "method.codebook_size=131072"], ["codebook_size=131072"]),
+    "tp-devices-3": (["model=vit_tiny", "method=tp", "devices=3"], ["heads"]),
+    "weights-missing": (["model=vit_tiny", "model.weights={dir}/missing"], ["missing"]),
+    "weights-wrong-shape": (["model=gpt2_tiny", "model.weights={dir}/gpt2_h32"], ["shape"]),
+    "astra-vq-checkpoint-without-path": (["method=astra", "method.vq=checkpoint"], ["checkpoint"]),
+}
+
+FAULTS = {
+    "fault-crash": ["model=vit_tiny", "method=sp", "devices=2", "fault.crash_rank=1"],
+    "fault-hang": ["model=vit_tiny", "method=sp", "devices=2", "fault.hang_rank=1", "timeout_s=8"],
+    # one rank, so no collective times out: only the controller's deadline can end this run
+    "fault-hang-single": ["model=vit_tiny", "method=single", "fault.hang_rank=0", "timeout_s=3"],
+}
+SIGTERM_ARGS = ["model=vit_tiny", "method=sp", "devices=2", "repeats=200", "tokens=64"]
+
+
+def build_cases() -> dict[str, Callable[[Path], Run | None]]:
+    cases: dict[str, Callable[[Path], Run | None]] = {}
+    for model in MODELS:
+        for method in METHODS:
+            cases[f"{model}-{method}"] = lambda d, a=point_args(model, method): run_cli(d, a)
+    d3 = [a for a in point_args("vit_tiny", "astra") if a != "devices=2"] + ["devices=3"]
+    cases["vit_tiny-astra-devices3"] = lambda d: run_cli(d, d3)
+    cases["vit_tiny-astra-lossless"] = lambda d: run_cli(d, point_args("vit_tiny", "astra", "method.vq=lossless"))
+
+    def bad(d: Path, key: str) -> Run | None:
+        if key == "weights-wrong-shape":
+            try:
+                make_wrong_shape_weights(d)
+            except ImportError:
+                return None  # the test skips
+        return run_cli(d, [a.format(dir=d) for a in BAD[key][0]], timeout=120)
+
+    for key in BAD:
+        cases[f"bad-{key}"] = lambda d, k=key: bad(d, k)
+    for key, args in FAULTS.items():
+        cases[key] = lambda d, a=args: run_cli(d, a, timeout=90)
+    cases["sigterm"] = lambda d: run_sigterm(d, SIGTERM_ARGS)
+    cases["sweep"] = lambda d: run_cli(
+        d, ["-m", "experiment=quickstart", f"hydra.sweep.dir={d / 'sweep'}"], timeout=SWEEP_TIMEOUT_S
+    )
+    return cases
+
+
+CASES = build_cases()
+FIRST = ("sweep",)  # longest-running first, so it does not end up as the tail
+# Cases that mostly wait (a hung rank) run on their own small pool, beside the CPU-bound ones.
+IDLE = ("fault-hang", "fault-hang-single")
+DEPENDS = {"vit_tiny-astra-lossless": ["vit_tiny-astra", "vit_tiny-sp"]}  # cases a test compares against
+
+
+class Runner:
+    """Runs CLI cases on a thread pool; ``result(key)`` waits for one (starting it if nobody asked before)."""
+
+    def __init__(self, factory: pytest.TempPathFactory):
+        self.factory = factory
+        self.pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="astra-cli")
+        self.idle_pool = ThreadPoolExecutor(len(IDLE), thread_name_prefix="astra-cli-idle")
+        self.futures: dict[str, Future] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, key: str) -> Future:
+        with self.lock:
+            if key not in self.futures:
+                d = self.factory.mktemp(key, numbered=True)
+                pool = self.idle_pool if key in IDLE else self.pool
+                self.futures[key] = pool.submit(CASES[key], d)
+            return self.futures[key]
+
+    def result(self, key: str) -> Run | None:
+        return self.submit(key).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.idle_pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    wanted = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "module", None) is request.module and params.get("case") in CASES:
+            wanted += [params["case"], *DEPENDS.get(params["case"], [])]
+    wanted = list(dict.fromkeys(wanted))
+    runner = Runner(tmp_path_factory)
+    for key in sorted(wanted, key=lambda k: (k not in FIRST, FIRST.index(k) if k in FIRST else 0)):
+        runner.submit(key)
+    yield runner
+    runner.close()
+
+
+def assert_nothing_written(run: Run) -> None:
+    """No results file (nor its lock or a temp file), no cache files, no leftover run directory or worker."""
+    assert not run.results.exists(), run.describe()
+    assert not [p.name for p in run.dir.glob("*r.parquet*")], run.describe()
+    cached = [p for p in run.cache.rglob("*") if p.is_file()] if run.cache.exists() else []
+    assert not cached, f"cache files written by a failed run: {cached}"
+    assert not list(run.tmp.glob("astra-run-*")), f"run directory left behind: {list(run.tmp.iterdir())}"
+    assert not run.leftover_workers, f"worker processes left running: {run.leftover_workers}"
+
+
+def the_error_line(run: Run) -> str:
+    """The single ``astra-bench: error:`` line; other stderr lines may only be the controller's own log lines."""
+    errors = [ln for ln in run.stderr_lines() if "error" in ln.lower()]
+    others = [ln for ln in run.stderr_lines() if ln not in errors and not ln.startswith("[astra-bench]")]
+    assert len(errors) == 1 and not others, run.describe()
+    assert errors[0].startswith("astra-bench: error: "), run.describe()
+    return errors[0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Every model x method point runs, prints its row and stores it
+# --------------------------------------------------------------------------------------------------------------------
+
+POINT_CASES = [f"{m}-{meth}" for m in MODELS for meth in METHODS] + ["vit_tiny-astra-devices3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", POINT_CASES)
+def test_point_runs_and_is_recorded(runs, case):
+    run = runs.result(case)
+    assert run.rc == 0, run.describe()
+    row = run.row()
+    model, method = case.split("-")[:2]
+    devices = 3 if case.endswith("devices3") else 2
+    missing = [c for c in COLUMNS if c not in row]
+    assert not missing, f"row lacks contract columns {missing}"
+
+    assert (row["model"], row["method"], row["tokens"], row["repeats"]) == (model, method, 50, 2)
+    assert row["devices"] == (1 if method == "single" else devices)  # single always runs on one device
+    assert (row["network"], row["bandwidth_mbps"], row["wire_bytes"]) == ("loopback", None, None)
+    assert (row["status"], row["error"]) == ("ok", None)
+    assert (row["groups"], row["codebook_size"]) == ((1, 64) if method == "astra" else (None, None))
+    assert row["oversubscribed"] == (row["devices"] * row["cpu_per_device"] > (os.cpu_count() or 1))
+    assert json.loads(row["config"])["cache_dir"] == str(run.cache)
+
+    lat = row["latency_ms"]
+    assert math.isfinite(lat) and lat > 0
+    assert row["latency_p90_ms"] >= lat
+    assert row["compute_ms"] > 0 and row["comm_ms"] >= 0
+    if method == "single":
+        assert row["payload_bytes"] == 0 and row["comm_ms"] == 0
+    else:
+        assert row["payload_bytes"] > 0
+    err = row["max_abs_err"]
+    assert err is not None and math.isfinite(err)
+    if method != "astra":
+        assert err <= 1e-4, f"{case}: max_abs_err {err} (exact methods must match the single-device output)"
+    if method == "astra":
+        assert list(run.cache.glob("*.safetensors")), "k-means codebooks were not cached in cache_dir"
+
+    raw = pd.read_parquet(run.results)
+    assert list(raw.columns[: len(COLUMNS)]) == COLUMNS
+    df = load(run.results)
+    assert len(df) == 1
+    stored = df.iloc[0]
+    assert stored["run_id"] == row["run_id"]
+    for col in ("model", "method", "devices", "payload_bytes", "status"):
+        assert stored[col] == row[col], col
+    for col in ("latency_ms", "latency_p90_ms", "max_abs_err"):
+        assert stored[col] == pytest.approx(row[col]), col
+    if method == "single":
+        assert stored["speedup"] == pytest.approx(1.0)
+    else:  # no single row in this store to compare with
+        assert math.isnan(stored["speedup"])
+    assert not run.leftover_workers
+    assert not list(run.tmp.glob("astra-run-*")), "the run's work directory was not removed"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. Lossless ASTRA is exact and sends fp32 activations
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["vit_tiny-astra-lossless"])
+def test_astra_lossless_is_exact_and_ships_fp32(runs, case):
+    run = runs.result(case)
+    assert run.rc == 0, run.describe()
+    row = run.row()
+    assert row["method"] == "astra" and row["max_abs_err"] <= 1e-4
+    assert not list(run.cache.glob("*")), "lossless ASTRA needs no codebooks"
+    kmeans, sp = runs.result("vit_tiny-astra"), runs.result("vit_tiny-sp")
+    assert kmeans.rc == 0 and sp.rc == 0
+    k_bytes, sp_bytes = kmeans.row()["payload_bytes"], sp.row()["payload_bytes"]
+    assert row["payload_bytes"] > k_bytes
+    # fp32 activations (2048 bits per token) against 6-bit indices: an order of magnitude at least
+    assert row["payload_bytes"] >= 10 * k_bytes
+    assert row["payload_bytes"] >= sp_bytes, "lossless ASTRA exchanges the same fp32 tokens sp does"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. Bad input: one error line, exit != 0, nothing written
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [f"bad-{k}" for k in BAD])
+def test_bad_input_fails_cleanly(runs, case):
+    key = case.removeprefix("bad-")
+    if key == "weights-wrong-shape":
+        pytest.importorskip("transformers")
+    run = runs.result(case)
+    assert run is not None
+    assert run.rc != 0, run.describe()
+    assert run.rc == 2, f"bad input should exit 2 (1 is for a failed run)\n{run.describe()}"
+    lines = run.stderr_lines()
+    assert len(lines) == 1 and "error" in lines[0], run.describe()
+    for word in BAD[key][1]:
+        assert word.lower() in lines[0].lower(), f"error line does not name {word!r}: {lines[0]}"
+    assert not run.stdout.strip(), f"a failed single point printed a row:\n{run.stdout}"
+    assert_nothing_written(run)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. A rank that crashes or hangs fails the run with one line and leaves no process behind
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(FAULTS))
+def test_rank_failure_fails_cleanly(runs, case):
+    run = runs.result(case)
+    assert run.rc == 1, run.describe()
+    line = the_error_line(run)
+    assert "rank" in line, line
+    if case.startswith("fault-hang"):
+        assert "time" in line.lower(), f"a hang should be reported as a timeout: {line}"
+    assert not run.stdout.strip(), run.describe()
+    assert_nothing_written(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fault-crash"])
+def test_crash_error_names_the_crashed_rank(runs, case):
+    line = the_error_line(runs.result(case))
+    assert "rank 1" in line and "injected crash" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fault-hang"])
+def test_hang_error_names_the_hung_rank(runs, case):
+    line = the_error_line(runs.result(case))
+    assert "ranks [1] stopped responding" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fault-hang-single"])
+def test_hang_error_reports_the_configured_timeout(runs, case):
+    line = the_error_line(runs.result(case))
+    assert "timeout_s=3" in line and "timeout_s=33" not in line, line
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. SIGTERM to the controller stops the run and its workers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["sigterm"])
+def test_sigterm_stops_controller_and_workers(runs, case):
+    run = runs.result(case)
+    assert run.extra["workers_seen"], f"no worker process ever appeared\n{run.describe()}"
+    assert run.extra["running_at_signal"], f"the point finished before SIGTERM could test anything\n{run.describe()}"
+    assert run.extra["exit_after_signal_s"] < 10, run.extra
+    assert run.rc != 0, run.describe()
+    assert run.rc > 0, f"controller was killed by the signal (rc={run.rc}) instead of handling it"
+    assert not run.leftover_workers, f"workers {run.leftover_workers} outlived the controller"
+    assert not run.results.exists()
+    assert not list(run.tmp.glob("astra-run-*")), "the run's work directory was not removed"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. A real Hydra sweep
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["sweep"])
+def test_quickstart_sweep(runs, case):
+    run = runs.result(case)
+    assert run.rc == 0, run.describe()
+    printed = [json.loads(ln) for ln in run.stdout.splitlines() if ln.startswith("{")]
+    assert sorted(r["method"] for r in printed) == sorted(METHODS)
+    df = load(run.results)
+    assert len(df) == 4
+    assert sorted(df["method"]) == sorted(METHODS)
+    assert (df["status"] == "ok").all() and (df["model"] == "vit_tiny").all() and (df["tokens"] == 64).all()
+    by = df.set_index("method")
+    assert by.loc["single", "devices"] == 1 and (by.drop(index="single")["devices"] == 2).all()
+    assert by.loc["single", "speedup"] == pytest.approx(1.0)
+    for method in ("tp", "sp", "astra"):
+        s = by.loc[method, "speedup"]
+        assert math.isfinite(s) and s > 0, (method, s)
+        assert s == pytest.approx(by.loc["single", "latency_ms"] / by.loc[method, "latency_ms"])
+    assert (by.loc[["single", "tp", "sp"], "max_abs_err"] <= 1e-4).all()
+    assert math.isfinite(by.loc["astra", "max_abs_err"])
+    assert not run.leftover_workers
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 7. The results store (no subprocess)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def store_row(method: str = "single", latency: float = 10.0, run_id: str = "r0", timestamp: str = "2024-01-01") -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(
+        model="vit_tiny", method=method, devices=1 if method == "single" else 2, tokens=64, network="loopback",
+        repeats=3, latency_ms=latency, latency_p90_ms=latency, compute_ms=latency, comm_ms=0.0, payload_bytes=0,
+        max_abs_err=0.0, cpu_per_device=1.0, oversubscribed=False, status="ok", run_id=run_id, timestamp=timestamp,
+        config="{}",
+    )  # fmt: skip
+    # extra columns first and the contract columns reversed: the store must put the contract first, in order
+    return {"wall_s": 1.5, "seed": 0, **dict(reversed(list(row.items())))}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_append_row_twice(tmp_path, suffix):
+    path = tmp_path / "sub" / f"store{suffix}"
+    append_row(path, store_row(run_id="a"))
+    append_row(path, store_row(method="sp", latency=4.0, run_id="b"))
+    raw = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    assert len(raw) == 2
+    assert list(raw.columns) == COLUMNS + ["wall_s", "seed"]
+    assert list(raw["run_id"]) == ["a", "b"]
+    df = load(path)
+    assert list(df["speedup"]) == pytest.approx([1.0, 2.5])
+    assert not [p.name for p in path.parent.iterdir() if ".tmp" in p.name], "temporary file left behind"
+
+
+def test_append_row_rejects_other_extensions(tmp_path):
+    with pytest.raises(ValueError, match=r"\.parquet or \.csv"):
+        append_row(tmp_path / "store.txt", store_row())
+    assert not list(tmp_path.iterdir())
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = tmp_path / "store.parquet"
+    ids = [f"t{t}-{i}" for t in range(4) for i in range(5)]
+
+    def writer(t):
+        for i in range(5):
+            append_row(path, store_row(run_id=f"t{t}-{i}"))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert sorted(pd.read_parquet(path)["run_id"]) == sorted(ids)
+
+
+def test_load_directory_concatenates_files(tmp_path):
+    append_row(tmp_path / "a.parquet", store_row(run_id="a", latency=10.0))
+    append_row(tmp_path / "nested" / "b.csv", store_row(method="sp", latency=2.5, run_id="b"))
+    append_row(tmp_path / "nested" / "b.csv", store_row(method="tp", latency=5.0, run_id="c"))
+    df = load(tmp_path)
+    assert sorted(df["run_id"]) == ["a", "b", "c"]
+    speedup = dict(zip(df["method"], df["speedup"]))  # the single baseline comes from the other file
+    assert speedup == pytest.approx({"single": 1.0, "sp": 4.0, "tp": 2.0})
+
+
+def test_load_missing_store(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nothing.parquet")
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path)  # an empty directory
