@@ -63,10 +63,13 @@ def prepare_codebooks(cfg: DictConfig) -> str | None:
     from .codebooks import cached_kmeans_codebooks, calibration_samples
 
     n_vec = calibration_samples(int(cfg.tokens), k) * (int(cfg.tokens) + mc.prefix_tokens)
-    log(f"codebooks: k-means G={g} K={k} on {n_vec} activations per block (cached in {cfg.cache_dir})")
+    t0 = time.perf_counter()
     path = cached_kmeans_codebooks(
         mc, int(cfg.tokens), g, k, int(cfg.seed), int(cfg.method.kmeans_iters), os.path.abspath(cfg.cache_dir)
     )
+    if time.perf_counter() - t0 > 1:
+        log(f"codebooks: k-means G={g} K={k} on {n_vec} activations per block took "
+            f"{time.perf_counter() - t0:.0f} s (cached in {cfg.cache_dir})")
     return str(path)
 
 

@@ -65,6 +65,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"tokens={tokens} must be >= 1")
     if devices < 1 or devices > tokens:
         raise ConfigError(f"devices={devices} must be between 1 and tokens={tokens}: lower devices or raise tokens")
+    if cfg.get("collectives", "p2p") not in ("p2p", "gloo"):
+        raise ConfigError(f"collectives={cfg.collectives} is unknown: use p2p (direct exchange) or gloo")
     if int(cfg.repeats) < 1 or int(cfg.warmup) < 0:
         raise ConfigError(f"repeats={cfg.repeats} must be >= 1 and warmup={cfg.warmup} >= 0")
     if int(cfg.device.threads) < 1 or float(cfg.device.cores) <= 0:
@@ -122,9 +124,11 @@ def point_key(cfg: DictConfig) -> str:
     for k in ("results", "cache_dir", "timeout_s", "fault", "hydra"):
         c.pop(k, None)
     c["devices"] = effective_devices(cfg)
+    if cfg.method.name != "astra":  # ASTRA's knobs are inherited by every method config but used by ASTRA only
+        c["method"] = {"name": cfg.method.name}
     if cfg.method.name == "single":
-        c["method"] = {"name": "single"}
         c["network"] = {k: v for k, v in c["network"].items() if k in ("name",)}
+        c.pop("topology", None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -143,6 +147,7 @@ def run_spec(cfg: DictConfig, codebooks: str | None = None) -> dict:
         "verify": bool(cfg.verify),
         "threads": int(cfg.device.threads),
         "timeout_s": float(cfg.timeout_s),
+        "collectives": str(cfg.get("collectives", "p2p")),
         "codebooks": codebooks,
         "fault": OmegaConf.to_container(cfg.fault, resolve=True),
     }

@@ -55,6 +55,15 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    scenes = list(df.groupby(["model", "tokens", "network"], dropna=False))
+    for (model, tokens, network), part in scenes:
+        suffix = "" if len(scenes) == 1 else f"_{model}_{tokens}_{network}"
+        written += plot_scene(part, out, suffix, f"{model}, {tokens} tokens, {network}", plt)
+    return written
+
+
+def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt) -> list[Path]:
     ok = df[(df["status"] == "ok") & df["speedup"].notna()]
     written: list[Path] = []
     multi = ok[ok["method"] != "single"]
@@ -73,7 +82,8 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xlabel("bandwidth (Mbps)")
         axes[0][0].set_ylabel("speedup over single device")
         axes[0][-1].legend()
-        written += _save(fig, out, "speedup_vs_bandwidth")
+        fig.suptitle(title)
+        written += _save(fig, out, "speedup_vs_bandwidth" + suffix)
         plt.close(fig)
 
     if not multi.empty:
@@ -86,7 +96,8 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xlabel("devices")
         ax.set_ylabel("speedup over single device")
         ax.legend(fontsize="small")
-        written += _save(fig, out, "speedup_vs_devices")
+        ax.set_title(title)
+        written += _save(fig, out, "speedup_vs_devices" + suffix)
         plt.close(fig)
 
     if not ok.empty:
@@ -100,7 +111,8 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel("latency (ms)")
         ax.tick_params(axis="x", rotation=60)
         ax.legend()
-        written += _save(fig, out, "latency_breakdown")
+        ax.set_title(title)
+        written += _save(fig, out, "latency_breakdown" + suffix)
         plt.close(fig)
     return written
 

@@ -23,3 +23,28 @@ def compute_ms(report: dict) -> float:
     """Median compute time of a profiled rank, in ms."""
     vals = sorted(a - b for a, b in zip(report["latency_s"], report["comm_s"]))
     return 1e3 * vals[len(vals) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.profile --spec S --report R``: profile every rank of a spec in a fresh process (so the
+    thread budget and allocator state are those of a real worker), one rank at a time; write the reports."""
+    import argparse
+    import json
+    import os
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--report", required=True)
+    args = ap.parse_args(argv)
+    reports = profile_ranks(json.loads(Path(args.spec).read_text()))
+    tmp = args.report + ".tmp"
+    Path(tmp).write_text(json.dumps(reports))
+    os.replace(tmp, args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

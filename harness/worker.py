@@ -116,7 +116,7 @@ def run_job(spec: dict, world: int) -> dict:
 
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=float(spec["timeout_s"])))
     try:
-        return run_rank(spec, DistComm())
+        return run_rank(spec, DistComm(spec.get("collectives", "p2p")))
     finally:
         dist.destroy_process_group()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError, cpu_budget
-from ..profile import profile_ranks
 
 
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
@@ -55,15 +54,43 @@ class AnalyticBackend:
         if self.unit <= 0 or self.overhead <= 0:
             raise ConfigError("network.mbps_unit and network.wire_overhead must be > 0")
         self.budget = {**cpu_budget(cfg, enforced_cores=False), "oversubscribed": False}
+        self.single = cfg.method.name == "single"
 
     def describe(self) -> dict:
         bw = self.bw[0] if len(set(self.bw)) == 1 else str(self.bw)
+        if self.single:
+            bw = None  # one device: nothing is charged
         return {"network": self.name, "bandwidth_mbps": bw, "wire_bytes": None, **self.budget}
+
+    def profile(self, spec: dict, workdir: Path) -> list[dict]:
+        """Every rank's report, measured in one fresh worker-like process (``python -m harness.profile``)."""
+        import json
+        import subprocess
+        import sys
+
+        from .loopback import REPO_ROOT, RunFailed, STARTUP_GRACE_S, last_error_line, rank_env, stop_processes
+
+        spec_path, report, log = workdir / "spec.json", workdir / "profile.json", workdir / "profile.log"
+        spec_path.write_text(json.dumps(spec))
+        env = rank_env(0, 1, "127.0.0.1", 0, "lo", int(spec["threads"]))
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "harness.profile", "--spec", str(spec_path), "--report",
+                                     str(report)], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+        try:
+            code = proc.wait(timeout=float(spec["timeout_s"]) * int(spec["devices"]) + STARTUP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"profiling did not finish within timeout_s={spec['timeout_s']:g} per rank") from None
+        finally:
+            stop_processes([proc])
+        if code != 0 or not report.is_file():
+            raise RunFailed(f"profiling failed (exit code {code}): {last_error_line(log)}")
+        return json.loads(report.read_text())
 
     def run(self, spec: dict, workdir: Path) -> list[dict]:
         world = int(spec["devices"])
         out = []
-        for rep in profile_ranks(spec):
+        for rep in self.profile(spec, workdir):
             r = rep["rank"]
             bw = min(self.bw) if self.model == "ring" else self.bw[r % len(self.bw)]
             comm = sum(charge_seconds(op, b, world, bw, self.unit, self.model, self.overhead)

@@ -1,0 +1,107 @@
+"""The analytic backend, sweep bookkeeping (progress count, point keys, skip-existing) and astra-plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness.config import CONF_DIR, point_key
+from harness.network.analytic import charge_seconds
+from harness.progress import count_points
+from harness.results import load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def test_charge_models():
+    mb = 1_000_000
+    # ring all-gather: (N-1) shards per rank; 1 MB shard, 4 ranks, 8 Mbit/s -> 3 s
+    assert charge_seconds("all_gather", mb, 4, 8, 1e6, "ring", 1.0) == pytest.approx(3.0)
+    # ring all-reduce: 2(N-1)/N of the tensor
+    assert charge_seconds("all_reduce", mb, 4, 8, 1e6, "ring", 1.0) == pytest.approx(1.5)
+    # the paper's simulator: one send of the own payload; all-reduce charged 1/N of the tensor
+    assert charge_seconds("all_gather", mb, 4, 8, 1e6, "paper", 1.0) == pytest.approx(1.0)
+    assert charge_seconds("all_reduce", mb, 4, 8, 1e6, "paper", 1.0) == pytest.approx(0.25)
+    assert charge_seconds("all_gather", mb, 4, 8, 2**20, "paper", 1.0) == pytest.approx(1e6 / 2**20)
+    assert charge_seconds("all_gather", mb, 1, 8, 1e6, "ring", 1.0) == 0
+
+
+def test_count_points_and_point_keys():
+    assert count_points(["method=single,tp,sp,astra", "devices=2", "network.bandwidth_mbps=10,100,1000"]) == 12
+    assert count_points(["devices=2,4", "devices=3"]) == 1  # a later override of the same key wins
+    single10 = point_key(cfg("method=single", "network=analytic", "network.bandwidth_mbps=10", "devices=4"))
+    single100 = point_key(cfg("method=single", "network=analytic", "network.bandwidth_mbps=100", "devices=2"))
+    assert single10 == single100  # one device: bandwidth and device count do not matter
+    sp_g1 = point_key(cfg("method=sp", "method.groups=1"))
+    sp_g16 = point_key(cfg("method=sp", "method.groups=16"))
+    assert sp_g1 == sp_g16  # ASTRA's knobs do not change an sp point
+    assert point_key(cfg("method=astra", "method.groups=1")) != point_key(cfg("method=astra", "method.groups=16"))
+    assert point_key(cfg("method=sp", "network=analytic", "network.bandwidth_mbps=10")) != point_key(
+        cfg("method=sp", "network=analytic", "network.bandwidth_mbps=100"))
+
+
+@pytest.mark.slow
+def test_analytic_sweep_then_plot(tmp_path):
+    store = tmp_path / "r.parquet"
+    args = [sys.executable, "-m", "harness.bench", "-m", f"results.path={store}", f"cache_dir={tmp_path / 'c'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", "model=gpt2_tiny", "tokens=96", "network=analytic",
+            "method=single,sp,astra", "network.bandwidth_mbps=10,1000", "devices=2", "repeats=2", "warmup=1",
+            "method.codebook_size=64"]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep of 6 points" in proc.stderr and "point 6/6" in proc.stderr and "ETA" in proc.stderr
+    assert proc.stderr.count("skipped") == 1  # single at 1000 Mbit/s is the same point as at 10
+    df = load(store)
+    assert len(df) == 5 and (df["status"] == "ok").all()
+    sp = df[df.method == "sp"].set_index("bandwidth_mbps")
+    # analytic comm is payload bits / bandwidth: 100x the bandwidth, 1/100 the communication time
+    assert sp.loc[10.0, "comm_ms"] == pytest.approx(100 * sp.loc[1000.0, "comm_ms"], rel=1e-6)
+    assert sp.loc[10.0, "comm_ms"] == pytest.approx(sp.loc[10.0, "payload_bytes"] * 8 / 10e6 * 1e3, rel=1e-6)
+    astra = df[df.method == "astra"].set_index("bandwidth_mbps")
+    assert astra.loc[10.0, "speedup"] > sp.loc[10.0, "speedup"]
+    # a second run of the same sweep skips every point
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr.count("skipped") == 6
+    assert len(load(store)) == 5
+
+    plots = tmp_path / "plots"
+    out = subprocess.run([sys.executable, "-m", "harness.plot", str(store), "--out", str(plots)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "| model" in out.stdout and "speedup" in out.stdout
+    for stem in ("speedup_vs_bandwidth", "speedup_vs_devices", "latency_breakdown"):
+        for ext in ("png", "pdf"):
+            f = plots / f"{stem}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+
+
+def test_plot_bad_input(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "harness.plot", str(tmp_path / "missing.parquet")], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "no results" in lines[0]
+
+
+def test_analytic_bad_bandwidth(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "harness.bench", "network=analytic", "network.bandwidth_mbps=0",
+                          "method=sp", f"results.path={tmp_path / 'r.parquet'}"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "bandwidth_mbps=0" in lines[0]
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_calibrate_bad_rate():
+    out = subprocess.run([sys.executable, "-m", "harness.calibrate", "--rates", "0,10"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "rates" in out.stderr
