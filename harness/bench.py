@@ -98,6 +98,7 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "tokens": int(cfg.tokens),
         "network": backend_info["network"],
         "bandwidth_mbps": backend_info["bandwidth_mbps"],
+        "bandwidth_per_device": backend_info.get("bandwidth_per_device"),
         "groups": int(cfg.method.groups) if astra else None,
         "codebook_size": int(cfg.method.codebook_size) if astra and cfg.method.vq != "lossless" else None,
         "repeats": int(cfg.repeats),
@@ -125,6 +126,17 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "point_key": None,
         "wall_s": None,
     }
+
+
+def failed_bandwidth(cfg: DictConfig) -> dict:
+    """Bandwidth columns for a failed point's row (None where the value itself was the problem)."""
+    from .config import bandwidth_columns, parse_bandwidths
+
+    try:
+        n = effective_devices(cfg)
+        return bandwidth_columns(parse_bandwidths(cfg.network.get("bandwidth_mbps"), max(n, 1)), n)
+    except (ConfigError, TypeError, ValueError):
+        return {"bandwidth_mbps": None, "bandwidth_per_device": None}
 
 
 def in_sweep() -> bool:
@@ -179,7 +191,7 @@ def job(cfg: DictConfig) -> None:
     except (ConfigError, RunFailed) as exc:
         print(f"astra-bench: error: {exc}", file=sys.stderr, flush=True)
         if record:
-            backend_info = {"network": cfg.network.name, "bandwidth_mbps": cfg.network.get("bandwidth_mbps")}
+            backend_info = {"network": cfg.network.name, **failed_bandwidth(cfg)}
             row = base_row(cfg, backend_info)
             row.update(status="failed", error=str(exc))
             append_row(cfg.results.path, row)

@@ -108,6 +108,34 @@ def cpu_budget(cfg: DictConfig, enforced_cores: bool) -> dict:
     return {"cpu_per_device": per, "oversubscribed": over}
 
 
+def parse_bandwidths(value, n: int, max_mbps: float | None = None, why: str = "") -> list[float]:
+    """``network.bandwidth_mbps`` as one Mbit/s value per device: a number (every device) or a list of n."""
+    values = list(value) if hasattr(value, "__len__") and not isinstance(value, str) else [value]
+    if len(values) not in (1, n):
+        raise ConfigError(f"network.bandwidth_mbps lists {len(values)} values for {n} devices: give one or {n}")
+    limit = f"(0, {max_mbps:g}] Mbit/s" if max_mbps else "> 0 Mbit/s"
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"network.bandwidth_mbps={v} is not a number: use a value {limit}") from None
+        if not (0 < f and (max_mbps is None or f <= max_mbps)):
+            raise ConfigError(f"network.bandwidth_mbps={v} is outside {limit}{why}: choose a value in that range")
+        out.append(f)
+    return out * n if len(out) == 1 else out
+
+
+def bandwidth_columns(bw: list[float], devices: int) -> dict:
+    """Row columns for a point's bandwidth: the bottleneck (min) as ``bandwidth_mbps`` (always a number, or None
+    for one device) and the per-device list as JSON when devices differ."""
+    if devices <= 1:
+        return {"bandwidth_mbps": None, "bandwidth_per_device": None}
+    import json
+
+    return {"bandwidth_mbps": min(bw), "bandwidth_per_device": json.dumps(bw) if len(set(bw)) > 1 else None}
+
+
 def effective_devices(cfg: DictConfig) -> int:
     """``single`` always runs on one device, whatever ``devices`` says."""
     return 1 if cfg.method.name == "single" else int(cfg.devices)

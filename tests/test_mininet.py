@@ -116,6 +116,14 @@ def test_mesh_topology_and_bandwidth_sweep_reuses_hosts(tmp_path):
     assert_nothing_left(before)
 
 
+def test_heterogeneous_bandwidth(tmp_path):
+    row = row_of(bench(tmp_path, *MODEL, "network=mininet", "method=sp", "devices=2",
+                       "network.bandwidth_mbps=[10,100]"))
+    assert row["bandwidth_mbps"] == 10.0 and json.loads(row["bandwidth_per_device"]) == [10.0, 100.0]
+    # the 10 Mbit/s host's upload is the bottleneck of the exchange
+    assert row["comm_ms"] >= 0.8 * row["payload_bytes"] * 8 / 10e6 * 1e3
+
+
 def _start(tmp_path, *args):
     cmd = [sys.executable, "-m", "harness.bench", f"results.path={tmp_path / 'r.parquet'}",
            f"cache_dir={tmp_path / 'cache'}", *MODEL, "network=mininet", "devices=2", "method=sp",

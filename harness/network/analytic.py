@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import ConfigError, cpu_budget
+from ..config import ConfigError, bandwidth_columns, cpu_budget, effective_devices, parse_bandwidths
 
 
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
@@ -38,14 +38,8 @@ class AnalyticBackend:
 
     def __init__(self, cfg):
         net = cfg.network
-        bw = net.bandwidth_mbps
-        values = list(bw) if hasattr(bw, "__len__") and not isinstance(bw, str) else [bw]
-        try:
-            self.bw = [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise ConfigError(f"network.bandwidth_mbps={bw} is not a number: give Mbit/s > 0") from None
-        if not self.bw or min(self.bw) <= 0:
-            raise ConfigError(f"network.bandwidth_mbps={bw} must be > 0 Mbit/s")
+        self.n = effective_devices(cfg)
+        self.bw = parse_bandwidths(net.bandwidth_mbps, self.n)
         self.unit = float(net.get("mbps_unit", 1e6))
         self.model = str(net.get("collective_model", "ring"))
         if self.model not in ("ring", "paper"):
@@ -54,13 +48,9 @@ class AnalyticBackend:
         if self.unit <= 0 or self.overhead <= 0:
             raise ConfigError("network.mbps_unit and network.wire_overhead must be > 0")
         self.budget = {**cpu_budget(cfg, enforced_cores=False), "oversubscribed": False}
-        self.single = cfg.method.name == "single"
 
     def describe(self) -> dict:
-        bw = self.bw[0] if len(set(self.bw)) == 1 else str(self.bw)
-        if self.single:
-            bw = None  # one device: nothing is charged
-        return {"network": self.name, "bandwidth_mbps": bw, "wire_bytes": None, **self.budget}
+        return {"network": self.name, **bandwidth_columns(self.bw, self.n), "wire_bytes": None, **self.budget}
 
     def profile(self, spec: dict, workdir: Path) -> list[dict]:
         """Every rank's report, measured in one fresh worker-like process (``python -m harness.profile``)."""

@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, bandwidth_columns, parse_bandwidths
 from .loopback import REPO_ROOT, STARTUP_GRACE_S, RunFailed, blame, last_error_line, rank_env
 
 PREFIX = "astr"
@@ -78,21 +78,7 @@ def netem_available() -> bool:
 
 
 def bandwidths(net_cfg, n: int) -> list[float]:
-    bw = net_cfg.bandwidth_mbps
-    values = list(bw) if hasattr(bw, "__len__") and not isinstance(bw, str) else [bw]
-    if len(values) not in (1, n):
-        raise ConfigError(f"network.bandwidth_mbps lists {len(values)} values for {n} devices: give one or {n}")
-    out = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"network.bandwidth_mbps={v} is not a number: use a value in (0, {MAX_BW:g}] Mbit/s") from None
-        if not 0 < f <= MAX_BW:
-            raise ConfigError(f"network.bandwidth_mbps={v} is outside (0, {MAX_BW:g}] Mbit/s, the range HTB shaping "
-                              f"handles here: choose a value in that range")
-        out.append(f)
-    return out * n if len(out) == 1 else out
+    return parse_bandwidths(net_cfg.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
 
 
 def validate(cfg) -> None:
@@ -303,11 +289,12 @@ class Session:
         self.workers_s = self.setup_s - self.topology_s
 
     def _shaped_interfaces(self) -> list[tuple]:
-        """(node, interface name, host index) for every link direction: both ends of every link."""
+        """(node, interface name, index of the host whose bandwidth applies) for both ends of every link."""
         out = []
         for link in self.net.links:
-            for intf in (link.intf1, link.intf2):
-                owner = link.intf1.node if link.intf1.node in self.hosts else link.intf2.node
+            for intf, other in ((link.intf1, link.intf2), (link.intf2, link.intf1)):
+                # a host's bandwidth shapes what it sends (upload) and what the bridge sends it (download)
+                owner = intf.node if intf.node in self.hosts else other.node
                 out.append((intf.node, intf.name, self.hosts.index(owner)))
         return out
 
@@ -446,11 +433,8 @@ class MininetBackend:
         self.bw = bandwidths(self.net_cfg, self.n)
 
     def describe(self) -> dict:
-        bw = self.bw[0] if len(set(self.bw)) == 1 else json.dumps(self.bw)
-        if self.n == 1:
-            bw = None  # one device: no link carries anything
-        return {"network": self.name, "bandwidth_mbps": bw, "wire_bytes": None, "topology": self.cfg.topology.name,
-                **self.budget}
+        return {"network": self.name, **bandwidth_columns(self.bw, self.n), "wire_bytes": None,
+                "topology": self.cfg.topology.name, **self.budget}
 
     def run(self, spec: dict, workdir: Path) -> list[dict]:
         global _SESSION
