@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--spec", required=True)
     ap.add_argument("--report", required=True)
+    ap.add_argument("--ranks", default=None, help="comma-separated ranks to profile (default: all)")
     args = ap.parse_args(argv)
-    reports = profile_ranks(json.loads(Path(args.spec).read_text()))
+    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else None
+    reports = profile_ranks(json.loads(Path(args.spec).read_text()), ranks)
     tmp = args.report + ".tmp"
     Path(tmp).write_text(json.dumps(reports))
     os.replace(tmp, args.report)

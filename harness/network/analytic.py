@@ -1,7 +1,8 @@
 """``network=analytic``: the paper's own methodology, with our real compute.
 
-Each rank's compute is measured for real, one rank at a time in this process (``harness.profile``: the rank runs
-its actual plan; collectives are answered locally), with the device's thread budget. Communication is charged as
+Each rank's compute is measured for real in a fresh process (``harness.profile``: the rank runs its actual plan;
+collectives are answered locally), with the device's thread budget — all ranks at once when the machine has the
+cores (so co-located devices contend for memory as they do on Mininet), one at a time when it does not. Communication is charged as
 bits ÷ bandwidth for every collective the rank issued, and added to compute with no overlap:
 
 - ``collective_model=ring`` (default): a ring all-gather sends (N-1) shards per rank, a ring all-reduce
@@ -53,29 +54,43 @@ class AnalyticBackend:
         return {"network": self.name, **bandwidth_columns(self.bw, self.n), "wire_bytes": None, **self.budget}
 
     def profile(self, spec: dict, workdir: Path) -> list[dict]:
-        """Every rank's report, measured in one fresh worker-like process (``python -m harness.profile``)."""
+        """Every rank's report, measured in fresh worker-like processes (``python -m harness.profile``). When the
+        machine has the cores for all ranks' threads, the ranks are profiled at the same time, one process each, so
+        they contend for memory and caches as real co-located devices do; otherwise one at a time."""
         import json
+        import os
         import subprocess
         import sys
 
-        from .loopback import REPO_ROOT, RunFailed, STARTUP_GRACE_S, last_error_line, rank_env, stop_processes
+        from .loopback import REPO_ROOT, STARTUP_GRACE_S, RunFailed, last_error_line, rank_env, stop_processes
 
-        spec_path, report, log = workdir / "spec.json", workdir / "profile.json", workdir / "profile.log"
+        world, threads = int(spec["devices"]), int(spec["threads"])
+        spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        env = rank_env(0, 1, "127.0.0.1", 0, "lo", int(spec["threads"]))
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "harness.profile", "--spec", str(spec_path), "--report",
-                                     str(report)], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+        groups = [list(range(world))] if world * threads > (os.cpu_count() or 1) else [[r] for r in range(world)]
+        procs, logs, outs = [], [], []
+        env = rank_env(0, 1, "127.0.0.1", 0, "lo", threads)
         try:
-            code = proc.wait(timeout=float(spec["timeout_s"]) * int(spec["devices"]) + STARTUP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            raise RunFailed(f"profiling did not finish within timeout_s={spec['timeout_s']:g} per rank") from None
+            for i, ranks in enumerate(groups):
+                logs.append(workdir / f"profile{i}.log")
+                outs.append(workdir / f"profile{i}.json")
+                with open(logs[-1], "wb") as fh:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "harness.profile", "--spec", str(spec_path), "--report", str(outs[-1]),
+                         "--ranks", ",".join(map(str, ranks))],
+                        env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT))
+            per_process = float(spec["timeout_s"]) * (world if len(groups) == 1 else 1) + STARTUP_GRACE_S
+            for p, log in zip(procs, logs):
+                try:
+                    code = p.wait(timeout=per_process)
+                except subprocess.TimeoutExpired:
+                    raise RunFailed(f"profiling did not finish within timeout_s={spec['timeout_s']:g} per rank") from None
+                if code != 0:
+                    raise RunFailed(f"profiling failed (exit code {code}): {last_error_line(log)}")
         finally:
-            stop_processes([proc])
-        if code != 0 or not report.is_file():
-            raise RunFailed(f"profiling failed (exit code {code}): {last_error_line(log)}")
-        return json.loads(report.read_text())
+            stop_processes(procs)
+        reports = [rep for out in outs for rep in json.loads(out.read_text())]
+        return sorted(reports, key=lambda r: r["rank"])
 
     def run(self, spec: dict, workdir: Path) -> list[dict]:
         world = int(spec["devices"])
