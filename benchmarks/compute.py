@@ -29,7 +29,7 @@ from harness.profile import compute_ms, profile_ranks  # noqa: E402
 
 def spec_for(model, method, devices, tokens, args):
     overrides = [f"model={model}", f"method={method}", f"devices={devices}", f"tokens={tokens}",
-                 f"repeats={args.repeats}", f"warmup={args.warmup}", f"threads={args.threads}",
+                 f"repeats={args.repeats}", f"warmup={args.warmup}", f"device.threads={args.threads}",
                  f"cache_dir={args.cache_dir}"]
     if method == "astra":
         overrides += [f"method.groups={args.groups}", f"method.codebook_size={args.codebook_size}"]
@@ -65,7 +65,8 @@ def vq_breakdown(spec, n_local, n_remote, hidden):
         "encode": time_it(lambda: vq.encode(x, books, sq)),
         "pack": time_it(lambda: vq.pack_indices(idx, k)),
         "unpack": time_it(lambda: vq.unpack_indices(rpacked, n_remote * g, k)),
-        "lookup": time_it(lambda: table[0, ridx[:, 0]] if g == 1 else table[torch.arange(g), ridx].sum(1)),
+        "lookup": time_it(lambda: torch.index_select(table[0], 0, ridx[:, 0]) if g == 1
+                          else sum(torch.index_select(table[i], 0, ridx[:, i]) for i in range(g))),
         "packed_bytes": packed.numel(),
     }
 

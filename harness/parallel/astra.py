@@ -100,7 +100,10 @@ class Astra(SequenceParallel):
         w, bias = self.kv_weights[index]
         if self.tables is not None:
             table = self.tables[index]
-            kv = table[0, idx_r[:, 0]] if g == 1 else table[torch.arange(g), idx_r].sum(1)
+            if g == 1:  # index_select: ~4x faster than advanced indexing for row gathers on CPU
+                kv = torch.index_select(table[0], 0, idx_r[:, 0])
+            else:
+                kv = sum(torch.index_select(table[i], 0, idx_r[:, i]) for i in range(g))
             kv = (kv + bias).view(b, -1, 2 * d)
         else:
             kv = F.linear(vq.decode(idx_r, self.codebooks[index]).view(b, -1, d), w, bias)
