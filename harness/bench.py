@@ -39,13 +39,47 @@ def log(msg: str) -> None:
     print(f"[astra-bench] {msg}", file=sys.stderr, flush=True)
 
 
+def vq_mode(cfg: DictConfig) -> str:
+    """``method.vq``; a ``method.checkpoint`` given with the default k-means mode means the checkpoint."""
+    mode = str(cfg.method.vq)
+    return "checkpoint" if (mode == "kmeans" and cfg.method.get("checkpoint")) else mode
+
+
+def checkpoint_model_state(cfg: DictConfig) -> str | None:
+    """For an astra-train checkpoint directory: check it fits this run and return its fine-tuned weights file."""
+    if cfg.method.name != "astra" or vq_mode(cfg) != "checkpoint":
+        return None
+    path = Path(cfg.method.checkpoint)
+    if not (path.is_dir() and (path / "manifest.json").is_file()):
+        return None  # a bare codebook file: random (or model.weights) weights with these codebooks
+    from .train.pipeline import TrainError, check_checkpoint, read_manifest
+
+    mc = model_config(cfg)
+    try:
+        manifest = read_manifest(path)
+        warnings = check_checkpoint(manifest, mc, int(cfg.method.groups), int(cfg.method.codebook_size),
+                                    int(cfg.tokens), str(path),
+                                    f"use the model it was trained with (model={manifest['model'].get('name')})")
+    except TrainError as exc:
+        raise ConfigError(str(exc)) from None
+    if manifest.get("devices") != effective_devices(cfg):
+        warnings.append(f"checkpoint {path} was fine-tuned for {manifest.get('devices')} devices, this run uses "
+                        f"{effective_devices(cfg)} (the paper retrains per device count)")
+    if manifest.get("dct") is not None and bool(manifest["dct"]) != bool(cfg.method.dct):
+        warnings.append(f"checkpoint {path} was fine-tuned with dct={manifest['dct']}, this run uses "
+                        f"method.dct={cfg.method.dct}")
+    for w in warnings:
+        log(f"WARNING: {w}")
+    return str((path / "model.safetensors").resolve())
+
+
 def prepare_codebooks(cfg: DictConfig) -> str | None:
     """Path of the codebooks an ASTRA point uses (computing k-means ones on first use), or None."""
-    if cfg.method.name != "astra" or cfg.method.vq == "lossless":
+    if cfg.method.name != "astra" or vq_mode(cfg) == "lossless":
         return None
     mc = model_config(cfg)
     g, k = int(cfg.method.groups), int(cfg.method.codebook_size)
-    if cfg.method.vq == "checkpoint":
+    if vq_mode(cfg) == "checkpoint":
         from .codebooks import load_codebooks
 
         path = os.path.abspath(cfg.method.checkpoint)
@@ -100,7 +134,7 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "bandwidth_mbps": backend_info["bandwidth_mbps"],
         "bandwidth_per_device": backend_info.get("bandwidth_per_device"),
         "groups": int(cfg.method.groups) if astra else None,
-        "codebook_size": int(cfg.method.codebook_size) if astra and cfg.method.vq != "lossless" else None,
+        "codebook_size": int(cfg.method.codebook_size) if astra and vq_mode(cfg) != "lossless" else None,
         "repeats": int(cfg.repeats),
         "latency_ms": None,
         "latency_p90_ms": None,
@@ -119,7 +153,7 @@ def base_row(cfg: DictConfig, backend_info: dict) -> dict:
         "batch": int(cfg.batch),
         "threads": threads,
         "seed": int(cfg.seed),
-        "vq": cfg.method.vq if astra else None,
+        "vq": vq_mode(cfg) if astra else None,
         "topology": backend_info.get("topology"),
         "device": cfg.device.name,
         "setup_s": None,
@@ -154,6 +188,7 @@ def run_point(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     validate(cfg)
     check_weights(cfg)
+    model_state = checkpoint_model_state(cfg)
     backend = make_backend(cfg)
     key = point_key(cfg)
     skip = cfg.results.get("skip_existing", "auto")
@@ -173,6 +208,7 @@ def run_point(cfg: DictConfig) -> dict:
         )
     codebooks = prepare_codebooks(cfg)
     spec = run_spec(cfg, codebooks)
+    spec["model_state"] = model_state
     with tempfile.TemporaryDirectory(prefix="astra-run-") as wd:
         reports = backend.run(spec, Path(wd))
     row.update(summarize(reports))

@@ -73,12 +73,18 @@ def _check_suffix(path: Path) -> None:
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
     """Atomically append one row to the store at ``path``."""
+    append_rows(path, [row])
+
+
+def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | None = None) -> None:
+    """Atomically append ``rows`` to the store at ``path`` (columns in ``order`` first; default: the bench's)."""
     path = Path(path)
     _check_suffix(path)
-    new = pd.DataFrame([row])
+    order = COLUMNS if order is None else order
+    new = pd.DataFrame(rows)
     with _locked(path):
         df = pd.concat([_read(path), new], ignore_index=True) if path.exists() else new
-        ordered = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
+        ordered = [c for c in order if c in df.columns] + [c for c in df.columns if c not in order]
         df = df[ordered]
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:

@@ -55,7 +55,16 @@ def run_rank(spec: dict, comm: Comm) -> dict:
     cfg = ModelConfig(**spec["model"])
     seed = int(spec.get("seed", 0))
     model = build_model(cfg, seed=seed)
-    inputs = make_inputs(cfg, int(spec["tokens"]), int(spec.get("batch", 1)), seed=seed)
+    if spec.get("model_state"):  # fine-tuned weights from an astra-train checkpoint
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(spec["model_state"]))
+    if spec.get("inputs_path"):  # a given input batch (astra-train's runtime check) instead of random inputs
+        from safetensors.torch import load_file
+
+        inputs = load_file(spec["inputs_path"])["inputs"]
+    else:
+        inputs = make_inputs(cfg, int(spec["tokens"]), int(spec.get("batch", 1)), seed=seed)
     ref = reference_output(model, inputs) if spec.get("verify") else None
     plan = METHODS[spec["method"]["name"]](model, comm, method_options(spec))
     if fault.get("hang_rank") == comm.rank:
@@ -99,6 +108,16 @@ def run_rank(spec: dict, comm: Comm) -> dict:
         full = plan.forward(inputs, all_positions=True)
         if full.logits is not None:
             report["max_abs_err"] = float((full.logits - plan.reference_slice(ref, full)).abs().max())
+    if spec.get("outputs_dir"):  # every position's logits (GPT2) / the class logits (ViT), for comparison
+        from safetensors.torch import save_file
+
+        comm.barrier()
+        full = plan.forward(inputs, all_positions=True)
+        if full.logits is not None:
+            tensors = {"logits": full.logits.contiguous()}
+            if full.positions is not None:
+                tensors["positions"] = full.positions.contiguous()
+            save_file(tensors, str(Path(spec["outputs_dir"]) / f"rank{comm.rank}.safetensors"))
     return report
 
 

@@ -152,30 +152,35 @@ class LoopbackBackend:
         return {"network": self.name, "bandwidth_mbps": None, "wire_bytes": None, **self.budget}
 
     def run(self, spec: dict, workdir: Path) -> list[dict]:
-        world = int(spec["devices"])
-        spec_path = workdir / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        port = int(self.port) if self.port is not None else free_port()
-        procs, logs, reports = [], [], []
-        try:
-            for r in range(world):
-                logs.append(workdir / f"rank{r}.log")
-                reports.append(workdir / f"rank{r}.json")
-                with open(logs[-1], "wb") as log:
-                    procs.append(
-                        subprocess.Popen(
-                            worker_command(spec_path, reports[-1]),
-                            env=rank_env(r, world, "127.0.0.1", port, "lo", int(spec["threads"])),
-                            stdout=log,
-                            stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL,
-                            cwd=REPO_ROOT,
-                        )
+        return launch(spec, workdir, self.port)
+
+
+def launch(spec: dict, workdir: Path, port: int | None = None) -> list[dict]:
+    """Start one worker process per rank on loopback, supervise them, return their reports."""
+    world = int(spec["devices"])
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    port = int(port) if port is not None else free_port()
+    procs, logs, reports = [], [], []
+    try:
+        for r in range(world):
+            logs.append(workdir / f"rank{r}.log")
+            reports.append(workdir / f"rank{r}.json")
+            with open(logs[-1], "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        worker_command(spec_path, reports[-1]),
+                        env=rank_env(r, world, "127.0.0.1", port, "lo", int(spec["threads"])),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        cwd=REPO_ROOT,
                     )
-        except BaseException:
-            stop_processes(procs)
-            raise
-        return supervise(procs, logs, reports, float(spec["timeout_s"]))
+                )
+    except BaseException:
+        stop_processes(procs)
+        raise
+    return supervise(procs, logs, reports, float(spec["timeout_s"]))
 
 
 def install_signal_handlers() -> None:

@@ -1,8 +1,133 @@
-"""``astra-train``: codebook calibration, noise-augmented fine-tuning and evaluation (not yet available)."""
+"""``astra-train``: the ASTRA accuracy pipeline (Hydra app, ``conf/train.yaml``).
+
+    astra-train task=digits                               # base -> calibrate -> finetune -> evaluate -> report
+    astra-train task=digits suite=paper                   # the paper's ablation tables at small scale
+    astra-train task=pydoc suite=groups stages=evaluate,report
+    astra-train task=digits stages=evaluate checkpoint=results/train/digits/runs/<variant> astra.groups=16
+
+Stages (``stages=all`` or a comma list): ``base`` trains (or fine-tunes HF weights into) the full-precision model,
+``calibrate`` fits per-block grouped k-means codebooks on its attention inputs, ``finetune`` trains model and
+codebooks jointly in the masked ASTRA simulation (EMA codebooks, commitment β, NAVQ noise λ, split mask for N
+devices, DCT), ``evaluate`` measures the full model and every checkpoint (simulation, plus the real multi-process
+runtime on loopback on a test batch) into the accuracy store, ``report`` prints the tables.
+"""
+
+from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import CONF_DIR
+
+TRAIN_GROUPS = ("task", "suite")
+
+
+def parse_stages(value) -> list[str]:
+    from .pipeline import STAGES, TrainError
+
+    items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value).split(",")
+    items = [str(s).strip() for s in items if str(s).strip()]
+    if items == ["all"]:
+        return list(STAGES)
+    bad = [s for s in items if s not in STAGES]
+    if bad or not items:
+        raise TrainError(f"stages={value} has unknown stage(s) {bad}: use all or a comma list of {', '.join(STAGES)}")
+    return [s for s in STAGES if s in items]
+
+
+def check_overrides(argv: list[str]) -> None:
+    from .pipeline import TrainError
+
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in TRAIN_GROUPS:
+            names = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+            if value not in names:
+                raise TrainError(f"unknown {key} '{value}': choose one of {', '.join(names)}")
+
+
+def run(cfg: DictConfig) -> None:
+    import torch
+
+    from . import pipeline as P
+    from .report import build_tables
+
+    torch.set_num_threads(int(cfg.threads))
+    t0 = time.perf_counter()
+    stages = parse_stages(cfg.stages)
+    if cfg.checkpoint and set(stages) - {"evaluate", "report"}:
+        raise P.TrainError("checkpoint=... evaluates an existing checkpoint: use stages=evaluate (or evaluate,report)")
+    P.results_path_check(cfg.results_path)
+    task = P.load_task(cfg)
+    if cfg.checkpoint:
+        m = P.read_manifest(Path(cfg.checkpoint))
+        P.check_checkpoint(m, task.mc, int(cfg.astra.groups), int(cfg.astra.codebook_size), task.tokens,
+                           str(cfg.checkpoint), f"use the task and model it was trained with ({m.get('task')})")
+        variants = []
+    else:
+        variants = P.expand_suite(cfg, task.vit)
+        P.check_variants(task, variants, cfg)
+    log = P.log
+    log(f"task {task.name}: model {task.mc.name} ({task.mc.layers} blocks, hidden {task.mc.hidden}), "
+        f"{task.tokens} tokens; {len(variants)} ASTRA variant(s); stages {','.join(stages)}")
+    if "base" in stages:
+        P.stage_base(cfg, task)
+    if "calibrate" in stages:
+        P.stage_calibrate(cfg, task, variants)
+    if "finetune" in stages:
+        P.stage_finetune(cfg, task, variants)
+    if "evaluate" in stages:
+        P.stage_evaluate(cfg, task, variants)
+    if "report" in stages:
+        from ..results import _read
+
+        path = Path(cfg.results_path)
+        if not path.exists():
+            raise P.TrainError(f"no accuracy store at {path}: run the evaluate stage first")
+        if "evaluate" not in stages:
+            P.load_base(cfg, task)  # the model config for bits/token
+        text = build_tables(_read(path), cfg, task.name, task.vit, task.mc.hidden, task.mc.layers)
+        out = Path(cfg.out_dir) / "tables.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(text)
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+
+
+def job(cfg: DictConfig) -> None:
+    from .data import DataError
+    from .pipeline import TrainError, TrainFailed
+
+    try:
+        run(cfg)
+    except TrainFailed as exc:
+        print(f"astra-train: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except (TrainError, DataError) as exc:
+        print(f"astra-train: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def main() -> None:
-    print("astra-train: not yet available (see the accuracy-pipeline issue)", file=sys.stderr)
-    sys.exit(1)
+    from .pipeline import TrainError
+
+    try:
+        check_overrides(sys.argv[1:])
+    except TrainError as exc:
+        print(f"astra-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from ..network.loopback import install_signal_handlers
+
+    install_signal_handlers()
+    import hydra
+
+    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)(job)()
+
+
+if __name__ == "__main__":
+    main()
