@@ -22,13 +22,12 @@ def run(args: list[str], tmp: Path, module: str = "harness.train") -> subprocess
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO)}
     tmp.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+                          timeout=TIMEOUT_S, check=False)
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *needles: str) -> str:
     assert p.returncode == code, p.stderr[-3000:]
-    errors = [line for line in p.stderr.splitlines() if line.startswith("astra-train: error:")
-              or line.startswith("astra-bench: error:")]
+    errors = [line for line in p.stderr.splitlines() if line.startswith(("astra-train: error:", "astra-bench: error:"))]
     assert len(errors) == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     for n in needles:

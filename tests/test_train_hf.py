@@ -10,7 +10,7 @@ import torch
 from test_train_cli import assert_one_line_error, run, store, value
 
 transformers = pytest.importorskip("transformers")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 
 def image_folder(root, classes=3, per_class=12, size=8):

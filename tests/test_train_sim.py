@@ -14,7 +14,14 @@ from harness.codebooks import kmeans_codebooks
 from harness.models import ModelConfig, build_model, make_inputs
 from harness.parallel import METHODS
 from harness.train.pipeline import expand_suite, variant_name
-from harness.train.sim import AstraSim, SimOptions, VQState, assign_devices, fpar, residual_stats
+from harness.train.sim import (
+    AstraSim,
+    SimOptions,
+    VQState,
+    assign_devices,
+    fpar,
+    residual_stats,
+)
 
 T = 23
 
@@ -73,7 +80,7 @@ def test_dct_replicas_do_not_see_each_other():
     model = build_model(small("vit"), 0)
     sim = AstraSim(model, VQState(torch.randn(2, 1, 4, 32)), SimOptions(devices=3, dct=True))
     dev = assign_devices(T, 3, True, True, False, 1)
-    same, allowed, sent = sim.masks(dev)
+    _, allowed, sent = sim.masks(dev)
     a = allowed[0, 0]
     assert a[:3, :3].equal(torch.eye(3, dtype=torch.bool))
     assert not sent[0, :3].any() and sent[0, 3:].all()

@@ -2,14 +2,15 @@
 
     astra-train task=digits                               # base -> calibrate -> finetune -> evaluate -> report
     astra-train task=digits suite=paper                   # the paper's ablation tables at small scale
-    astra-train task=pydoc suite=groups stages=evaluate,report
+    astra-train task=pydoc suite=groups "stages=[evaluate,report]"
     astra-train task=digits stages=evaluate checkpoint=results/train/digits/runs/<variant> astra.groups=16
 
-Stages (``stages=all`` or a comma list): ``base`` trains (or fine-tunes HF weights into) the full-precision model,
-``calibrate`` fits per-block grouped k-means codebooks on its attention inputs, ``finetune`` trains model and
-codebooks jointly in the masked ASTRA simulation (EMA codebooks, commitment β, NAVQ noise λ, split mask for N
-devices, DCT), ``evaluate`` measures the full model and every checkpoint (simulation, plus the real multi-process
-runtime on loopback on a test batch) into the accuracy store, ``report`` prints the tables.
+Stages (``stages=all`` or a list such as ``stages=[calibrate,finetune]``): ``base`` trains (or fine-tunes HF
+weights into) the full-precision model, ``calibrate`` fits per-block grouped k-means codebooks on its attention
+inputs, ``finetune`` trains model and codebooks jointly in the masked ASTRA simulation (EMA codebooks, commitment
+β, NAVQ noise λ, split mask for N devices, DCT), ``evaluate`` measures the full model and every checkpoint
+(simulation, plus the real multi-process runtime on loopback on a test batch) into the accuracy store, ``report``
+prints the tables.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def parse_stages(value) -> list[str]:
         return list(STAGES)
     bad = [s for s in items if s not in STAGES]
     if bad or not items:
-        raise TrainError(f"stages={value} has unknown stage(s) {bad}: use all or a comma list of {', '.join(STAGES)}")
+        raise TrainError(f"stages={value} has unknown stage(s) {bad}: use all or a list of {', '.join(STAGES)}, "
+                         'e.g. "stages=[evaluate,report]"')
     return [s for s in STAGES if s in items]
 
 

@@ -177,7 +177,7 @@ def augment_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> t
     """Random translation by up to ``pixels`` in each direction (zero padding), one shift per image."""
     if pixels <= 0:
         return x
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     padded = F.pad(x, (pixels, pixels, pixels, pixels))
     dx = torch.randint(0, 2 * pixels + 1, (b,), generator=generator)
     dy = torch.randint(0, 2 * pixels + 1, (b,), generator=generator)

@@ -765,23 +765,44 @@ def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
 
 
 def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[dict]:
-    from ..results import append_rows
+    from ..results import _read, append_rows
 
     run_id = uuid.uuid4().hex[:12]
-    rows = evaluate_full(cfg, task)
-    if cfg.checkpoint:
-        dirs = [Path(cfg.checkpoint)]
-    else:
-        dirs = [run_dir(cfg, v) for v in variants]
+    path = Path(cfg.results_path)
+    done: set[str] = set()
+    if path.exists() and not cfg.force:
+        old = _read(path)
+        if "eval_key" in old.columns:
+            done = set(old["eval_key"].dropna())
+    eval_cfg = {"evaluate": OmegaConf.to_container(cfg.evaluate, resolve=True), "eval_limit": task.cfg.eval_limit,
+                "task": task.name}
+
+    def fresh(key: str, what: str) -> str | None:
+        """The evaluation key of ``what``, or None if the store already holds its rows (reused)."""
+        k = _key({"checkpoint": key, **eval_cfg})
+        if k in done:
+            log(f"evaluate {what}: reusing its rows in {path}")
+            return None
+        return k
+
+    rows: list[dict] = []
+    base_key = json.loads((base_dir(cfg) / "manifest.json").read_text())["key"]
+    k = fresh(base_key, "full")
+    if k:
+        rows += [dict(r, eval_key=k) for r in evaluate_full(cfg, task)]
+    dirs = [Path(cfg.checkpoint)] if cfg.checkpoint else [run_dir(cfg, v) for v in variants]
     for d in dirs:
         m = read_manifest(d)
         for w in check_checkpoint(m, task.mc, int(m["groups"]) if not cfg.checkpoint else int(cfg.astra.groups),
                                   int(m["codebook_size"]) if not cfg.checkpoint else int(cfg.astra.codebook_size),
                                   task.tokens, str(d), "evaluate it on the task it was trained for"):
             log(f"WARNING: {w}")
-        rows += evaluate_checkpoint(cfg, task, d)
+        k = fresh(f"{m.get('key')}:{m.get('step')}", d.name)
+        if k:
+            rows += [dict(r, eval_key=k) for r in evaluate_checkpoint(cfg, task, d)]
     for r in rows:
         r["run_id"] = run_id
-    append_rows(cfg.results_path, rows, ACC_COLUMNS)
-    log(f"evaluate: {len(rows)} rows -> {cfg.results_path}")
+    if rows:
+        append_rows(cfg.results_path, rows, ACC_COLUMNS)
+    log(f"evaluate: {len(rows)} new rows -> {cfg.results_path}")
     return rows

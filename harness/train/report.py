@@ -51,9 +51,9 @@ class Lookup:
             df = df[(col - v).abs() < 1e-12] if isinstance(v, float) else df[col == v]
         return df
 
-    def value(self, metric: str, split: str = "test", **kw):
+    def value(self, metric: str, eval_split: str = "test", **kw):
         df = self.rows(**kw)
-        hit = df[(df["metric"] == metric) & (df["eval_split"] == split)]
+        hit = df[(df["metric"] == metric) & (df["eval_split"] == eval_split)]
         return None if hit.empty else float(hit["value"].iloc[-1])
 
     def walls(self, **kw) -> tuple:
@@ -87,8 +87,9 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
     s = cfg.suite
     k = main["codebook_size"]
     bits_full = layers * hidden * 32
-    parts = [f"# astra-train tables: task {task_name} (K={k}, N={main['devices']}, λ={main['noise_lambda']:g}, "
-             f"β={main['commitment_beta']:g}, DCT={'on' if main['dct'] else 'off'} unless varied)\n"]
+    title = (f"# astra-train tables: task {task_name} (K={k}, N={main['devices']}, λ={main['noise_lambda']:g}, "
+             f"β={main['commitment_beta']:g}, DCT={'on' if main['dct'] else 'off'} unless varied)\n")
+    parts = [title]
 
     full = look.full(metric)
     paper_g = PAPER_VIT_G if vit else PAPER_GPT2_G
@@ -160,6 +161,19 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
             rows.append([b, *vals, *pap])
         parts.append("\n## commitment weight β (paper Table 14; the paper's 'best' row is β∈{1,2,5}e-4)\n")
         parts.append(_table(["β", *[f"G={g}" for g in bgs], *[f"paper G={g}" for g in bgs]], rows))
+
+    ks = [int(x) for x in s.get("codebook_size", [])]
+    if ks:
+        gk = int(s.get("codebook_groups", main["groups"]))
+        rows = []
+        for kk in sorted({k, *ks}):
+            v = look.value(metric, groups=gk, codebook_size=kk)
+            if v is not None:
+                rows.append([kk, layers * gk * int(math.log2(kk)), v, look.value("quant_rel_mse", groups=gk,
+                                                                                   codebook_size=kk),
+                             look.walls(groups=gk, codebook_size=kk)[0]])
+        parts.append(f"\n## codebook size K at G={gk} (not published in the paper; the rebuttal's table is TBD)\n")
+        parts.append(_table(["K", "bits/token", name, "rel. quant. MSE", "fine-tune s"], rows))
 
     rs = [int(g) for g in s.get("random_split_groups", [])]
     if rs:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The paper's accuracy tables at small scale (about 20 minutes on 2 cores): the digits ViT with every ablation,
+# then the byte-level GPT2 over G and device count. Tables: results/train/<task>/tables.md; rows:
+# results/accuracy.parquet; checkpoints: results/train/<task>/runs/<variant>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/astra-train task=digits suite=paper "$@"
+.venv/bin/astra-train task=pydoc suite=groups "$@"
