@@ -28,13 +28,16 @@ def _fmt(x, nd=2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if isinstance(x, float):
-        return f"{x:.{nd}f}"
+        return f"{x:.{nd}f}" if abs(x) >= 0.1 or x == 0 else f"{x:.2g}"
     return str(x)
 
 
-def latest(df: pd.DataFrame, task: str) -> pd.DataFrame:
-    df = df[df["task"] == task].sort_values("timestamp")
-    return df.groupby(["variant", "metric", "eval_split"], dropna=False).tail(1)
+def latest(df: pd.DataFrame, task: str, seed: int | None = None) -> pd.DataFrame:
+    """The latest row per checkpoint, metric and split of ``task`` (and ``seed``)."""
+    df = df[df["task"] == task]
+    if seed is not None:
+        df = df[df["seed"] == seed]
+    return df.sort_values("timestamp").groupby(["variant", "metric", "eval_split"], dropna=False).tail(1)
 
 
 class Lookup:
@@ -73,8 +76,28 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def seed_table(df: pd.DataFrame, main: dict, vit: bool, groups: list[int], dct_off: list[int], metric: str,
+               seeds: list[int]) -> str:
+    """Mean ± std over seeds of the G table (and single-CLS rows), when the store holds more than one seed."""
+    rows = []
+    settings = [("full", None, None)] + [(f"G={g}", g, True) for g in groups] + \
+        [(f"G={g}, single CLS", g, False) for g in dct_off]
+    for label, g, dct in settings:
+        vals = []
+        for s in seeds:
+            look = Lookup(latest(df, df["task"].iloc[0], s), main, vit)
+            v = look.full(metric) if g is None else look.value(metric, groups=g, **({"dct": dct} if vit else {}))
+            if v is not None:
+                vals.append(v)
+        if vals:
+            sd = pd.Series(vals).std() if len(vals) > 1 else float("nan")
+            rows.append([label, len(vals), float(pd.Series(vals).mean()), sd, ", ".join(f"{v:.2f}" for v in vals)])
+    return _table(["setting", "seeds", "mean", "std", "per seed"], rows)
+
+
 def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, hidden: int, layers: int) -> str:
-    df = latest(df, task_name)
+    all_rows = df[df["task"] == task_name]
+    df = latest(df, task_name, int(cfg.seed))
     if df.empty:
         return f"no accuracy rows for task {task_name} yet: run the evaluate stage"
     main = {k: cfg.astra[k] for k in KEYS}
@@ -88,7 +111,8 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
     k = main["codebook_size"]
     bits_full = layers * hidden * 32
     title = (f"# astra-train tables: task {task_name} (K={k}, N={main['devices']}, λ={main['noise_lambda']:g}, "
-             f"β={main['commitment_beta']:g}, DCT={'on' if main['dct'] else 'off'} unless varied)\n")
+             f"β={main['commitment_beta']:g}" + (f", DCT={'on' if main['dct'] else 'off'}" if vit else "")
+             + " unless varied)\n")
     parts = [title]
 
     full = look.full(metric)
@@ -131,7 +155,7 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
             if te is None:
                 continue
             p = PAPER_LAMBDA.get(lam, (None, None)) if vit else (None, None)
-            rows.append([lam, tr, te, (tr - te) if (tr is not None and vit) else None, p[0], p[1],
+            rows.append([f"{lam:g}", tr, te, (tr - te) if (tr is not None and vit) else None, p[0], p[1],
                          look.walls(groups=gl, noise_lambda=lam)[0]])
         parts.append(f"\n## NAVQ noise λ at G={gl} (paper Table 12)\n")
         parts.append(_table(["λ", f"train {name}", f"test {name}", "gap", "paper train", "paper val",
@@ -149,6 +173,12 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
         parts.append("\n## single vs distributed class token (paper Table 13, β=5e-4 row)\n")
         parts.append(_table(["G", "single CLS", "distributed (DCT)", "gain", "paper single", "paper DCT",
                              "paper gain"], rows))
+    seeds = sorted(int(x) for x in all_rows["seed"].dropna().unique())
+    if len(seeds) > 1:
+        parts.append(f"\n## over seeds {', '.join(map(str, seeds))} (every stage re-run per seed: base model, "
+                     "k-means, fine-tuning)\n")
+        parts.append(seed_table(all_rows, main, vit, groups, [int(x) for x in s.dct_off_groups] if vit else [],
+                                metric, seeds))
 
     if len(s.beta):
         bgs = sorted({int(x) for x in (s.beta_groups or [main["groups"]])})
@@ -158,7 +188,7 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
             vals = [look.value(metric, groups=g, commitment_beta=b) for g in bgs]
             pap = [PAPER_BETA.get(b, PAPER_BETA["best"] if b == main["commitment_beta"] else {}).get(g) if vit
                    else None for g in bgs]
-            rows.append([b, *vals, *pap])
+            rows.append([f"{b:g}", *vals, *pap])
         parts.append("\n## commitment weight β (paper Table 14; the paper's 'best' row is β∈{1,2,5}e-4)\n")
         parts.append(_table(["β", *[f"G={g}" for g in bgs], *[f"paper G={g}" for g in bgs]], rows))
 
