@@ -128,7 +128,10 @@ def _start(tmp_path, *args):
     cmd = [sys.executable, "-m", "harness.bench", f"results.path={tmp_path / 'r.parquet'}",
            f"cache_dir={tmp_path / 'cache'}", *MODEL, "network=mininet", "devices=2", "method=sp",
            "network.bandwidth_mbps=10", "repeats=500", "warmup=0", *args]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell that starts the tests in the background (no job control)
+    # ignores SIGINT, and Python then keeps ignoring it, so the SIGINT test would test nothing.
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_workers(before: set[int], n: int, proc, timeout: float = 90) -> list[int]:
