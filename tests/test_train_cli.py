@@ -192,6 +192,11 @@ BAD = [
     (["task=digits_smoke", "suite=nope"], "unknown suite 'nope'"),
     (["task=digits_smoke", "stages=[base,train]"], "unknown stage"),
     (["task=digits_smoke", "results_path=x.json"], "must end in .parquet or .csv"),
+    (["task=digits_smoke", "task.finetune.steps=0"], "task.finetune.steps=0 must be an integer >= 1"),
+    (["task=digits_smoke", "evaluate.runtime_batch=0"], "evaluate.runtime_batch=0 must be an integer >= 1"),
+    (["task=digits_smoke", "task.test_fraction=1.5"], "between 0 and 1"),
+    (["task=digits_smoke", "stages=finetune"], "no base model"),
+    (["task=digits_smoke", "stages=evaluate", "checkpoint={empty}"], "not an astra-train checkpoint"),
 ]
 
 

@@ -63,6 +63,7 @@ def run(cfg: DictConfig) -> None:
     if cfg.checkpoint and set(stages) - {"evaluate", "report"}:
         raise P.TrainError("checkpoint=... evaluates an existing checkpoint: use stages=evaluate (or evaluate,report)")
     P.results_path_check(cfg.results_path)
+    P.check_numbers(cfg)
     task = P.load_task(cfg)
     if cfg.checkpoint:
         m = P.read_manifest(Path(cfg.checkpoint))

@@ -39,8 +39,8 @@ from .sim import AstraSim, SimOptions, VQState, assign_devices, fpar, residual_s
 
 STAGES = ("base", "calibrate", "finetune", "evaluate", "report")
 ACC_COLUMNS = ["task", "model", "method", "groups", "codebook_size", "devices", "noise_lambda", "commitment_beta",
-               "dct", "split", "metric", "eval_split", "value", "bits_per_token", "train_wall_s", "eval_wall_s",
-               "variant", "checkpoint", "seed", "run_id", "timestamp"]
+               "dct", "split", "noise_cov", "ema_decay", "metric", "eval_split", "value", "bits_per_token", "train_wall_s", "eval_wall_s",
+               "variant", "checkpoint", "checkpoint_status", "checkpoint_step", "seed", "run_id", "timestamp"]
 CHECKPOINT_FORMAT = "astra-checkpoint/1"
 
 
@@ -106,6 +106,7 @@ class Task:
         return self.mc.kind == "vit"
 
     def __post_init__(self):
+        self.weights_classes: int | None = None  # class count of the HF ViT head before it is replaced
         t = OmegaConf.to_container(self.cfg, resolve=True)
         t.pop("finetune", None)
         t.pop("eval_limit", None)
@@ -167,7 +168,8 @@ def load_task(cfg: DictConfig) -> Task:
             data = D.digits(size, mc.channels, float(t.test_fraction), seed)
         else:
             data = D.imagefolder(t.path, size, mc.channels, float(t.test_fraction), seed)
-        mc.num_classes = data.num_classes if not t.weights else mc.num_classes
+        hf_classes = mc.num_classes
+        mc.num_classes = data.num_classes  # the model we train and save has the dataset's classes
     elif t.dataset in ("pydoc", "textfiles"):
         tokens = int(t.tokens)
         mc = _model_config(t, tokens)
@@ -184,17 +186,18 @@ def load_task(cfg: DictConfig) -> Task:
                              f"{mc.vocab_size}: use task.tokenizer=hf or a model with a larger vocabulary")
     else:
         raise TrainError(f"task.dataset={t.dataset} is unknown: use digits, imagefolder, pydoc or textfiles")
-    return Task(str(t.name), mc, data, tokens, t)
+    task = Task(str(t.name), mc, data, tokens, t)
+    task.weights_classes = hf_classes if t.dataset in ("digits", "imagefolder") else None
+    return task
 
 
 def new_model(task: Task, seed: int) -> Transformer:
     """The task's starting model: HF weights (classifier head replaced if the class count differs) or random."""
     mc = task.mc
-    if task.cfg.weights and mc.kind == "vit" and mc.num_classes != task.data.num_classes:
-        model = build_model(ModelConfig(**mc.to_dict()), seed)
+    if task.cfg.weights and mc.kind == "vit" and task.weights_classes != mc.num_classes:
+        model = build_model(ModelConfig(**{**mc.to_dict(), "num_classes": task.weights_classes}), seed)
         torch.manual_seed(seed)
-        model.head = torch.nn.Linear(mc.hidden, task.data.num_classes)
-        mc.num_classes = task.data.num_classes
+        model.head = torch.nn.Linear(mc.hidden, mc.num_classes)
         model.cfg.num_classes = mc.num_classes
     else:
         model = build_model(mc, seed)
@@ -278,12 +281,20 @@ def base_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir) / "base"
 
 
-def load_base(cfg: DictConfig, task: Task) -> Transformer:
+def base_manifest(cfg: DictConfig) -> dict:
     d = base_dir(cfg)
     man = d / "manifest.json"
     if not man.is_file():
         raise TrainError(f"no base model in {d}: run the base stage first (stages=base or stages=all)")
-    info = json.loads(man.read_text())
+    try:
+        return json.loads(man.read_text())
+    except json.JSONDecodeError:
+        raise TrainError(f"{man} is not valid JSON: re-run stages=base with force=true") from None
+
+
+def load_base(cfg: DictConfig, task: Task) -> Transformer:
+    d = base_dir(cfg)
+    info = base_manifest(cfg)
     if info.get("key") != _key(task.key() | {"seed": int(cfg.seed)}):
         raise TrainError(f"the base model in {d} was trained for another task/model config: "
                          "re-run stages=base (or force=true)")
@@ -316,10 +327,11 @@ def stage_base(cfg: DictConfig, task: Task) -> None:
         x, y = train_batch(task, model, int(hp.batch), g)
         loss = task_loss(full_forward(model, x), y)
         if not torch.isfinite(loss):
-            raise TrainError(f"base: non-finite loss at step {step}: lower task.base.lr")
+            raise TrainFailed(f"base: non-finite loss at step {step}: lower task.base.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+            raise TrainFailed(f"base: non-finite gradients at step {step}: lower task.base.lr")
         opt.step()
         sched.step()
         if (step + 1) % max(1, steps // 5) == 0:
@@ -381,7 +393,7 @@ def calib_path(cfg: DictConfig, groups: int, k: int) -> Path:
 
 def stage_calibrate(cfg: DictConfig, task: Task, variants: list[dict]) -> None:
     model = load_base(cfg, task)
-    base_key = json.loads((base_dir(cfg) / "manifest.json").read_text())["key"]
+    base_key = base_manifest(cfg)["key"]
     pairs = sorted({(int(v["groups"]), int(v["codebook_size"])) for v in variants})
     vectors = None
     for g, k in pairs:
@@ -470,11 +482,29 @@ def expand_suite(cfg: DictConfig, vit: bool) -> list[dict]:
 def variant_name(v: dict) -> str:
     return (f"G{v['groups']}-K{v['codebook_size']}-N{v['devices']}-lam{v['noise_lambda']:g}-"
             f"beta{v['commitment_beta']:g}-{'' if v['dct'] is None else ('dct-' if v['dct'] else 'cls-')}{v['split']}"
-            + ("" if v["noise_cov"] == "full" else f"-{v['noise_cov']}"))
+            + ("" if v["noise_cov"] == "full" else f"-{v['noise_cov']}")
+            + ("" if float(v["ema_decay"]) == 0.99 else f"-ema{float(v['ema_decay']):g}"))
 
 
 def run_dir(cfg: DictConfig, v: dict) -> Path:
     return Path(cfg.out_dir) / "runs" / variant_name(v)
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """The numeric settings, before anything is loaded or written."""
+    for key, lo in (("task.base.steps", 1), ("task.base.batch", 1), ("task.finetune.steps", 1),
+                    ("task.finetune.batch", 1), ("task.finetune.save_every", 1), ("evaluate.runtime_batch", 1),
+                    ("calibrate.max_vectors", 2), ("calibrate.kmeans_iters", 1), ("threads", 1), ("seed", 0)):
+        val = OmegaConf.select(cfg, key)
+        if not isinstance(val, int) or isinstance(val, bool) or val < lo:
+            raise TrainError(f"{key}={val} must be an integer >= {lo}")
+    frac = OmegaConf.select(cfg, "task.test_fraction")
+    if not isinstance(frac, (int, float)) or not 0 < frac < 1:
+        raise TrainError(f"task.test_fraction={frac} must be between 0 and 1 (exclusive)")
+    for key in ("task.base.lr", "task.finetune.lr"):
+        val = OmegaConf.select(cfg, key)
+        if not isinstance(val, (int, float)) or not val > 0:
+            raise TrainError(f"{key}={val} must be a number > 0")
 
 
 def check_variants(task: Task, variants: list[dict], cfg: DictConfig) -> None:
@@ -484,7 +514,8 @@ def check_variants(task: Task, variants: list[dict], cfg: DictConfig) -> None:
         try:
             vq.check_groups(task.mc.hidden, int(v["groups"]))
             vq.bits_per_index(int(v["codebook_size"]))
-        except ValueError as exc:
+            float(v["noise_lambda"]), float(v["commitment_beta"]), float(v["ema_decay"]), int(v["devices"])
+        except (TypeError, ValueError) as exc:
             raise TrainError(str(exc).replace("method.", "astra.")) from None
         if int(v["codebook_size"]) > n_calib:
             raise TrainError(f"astra.codebook_size={v['codebook_size']} exceeds the {n_calib} calibration vectors "
@@ -500,7 +531,22 @@ def check_variants(task: Task, variants: list[dict], cfg: DictConfig) -> None:
 
 
 def save_checkpoint(d: Path, model: Transformer, state: VQState, manifest: dict) -> None:
-    d.mkdir(parents=True, exist_ok=True)
+    """Write the checkpoint into a sibling directory, then swap it in, so weights, codebooks and manifest always
+    belong to the same step (an interrupt leaves the previous checkpoint, or this one, complete)."""
+    import shutil
+
+    tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
+    old = d.with_name(f".{d.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _write_checkpoint(tmp, model, state, manifest)
+    if d.exists():
+        os.rename(d, old)
+    os.rename(tmp, d)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_checkpoint(d: Path, model: Transformer, state: VQState, manifest: dict) -> None:
     _atomic_safetensors(d / "model.safetensors", model.state_dict())
     _atomic_safetensors(d / "codebooks.safetensors",
                         {"codebooks": state.codebooks, "ema_count": state.ema_count, "ema_sum": state.ema_sum,
@@ -514,9 +560,15 @@ def read_manifest(d: Path) -> dict:
     p = Path(d) / "manifest.json"
     if not p.is_file():
         raise TrainError(f"{d} is not an astra-train checkpoint (no manifest.json): pass a runs/<variant> directory")
-    m = json.loads(p.read_text())
-    if m.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{p} has format {m.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    try:
+        m = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise TrainError(f"{p} is not valid JSON: re-create the checkpoint with astra-train") from None
+    if not isinstance(m, dict) or m.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{p} is not an {CHECKPOINT_FORMAT} manifest: re-create the checkpoint with astra-train")
+    missing = [k for k in ("model", *VARIANT_KEYS) if k not in m]
+    if missing:
+        raise TrainError(f"{p} lacks {missing}: re-create the checkpoint with astra-train")
     return m
 
 
@@ -540,6 +592,12 @@ def check_checkpoint(manifest: dict, mc: ModelConfig, groups: int, codebook_size
     if tokens is not None and mc.kind == "vit" and m.get("tokens") != tokens:
         raise TrainError(f"checkpoint {where} was trained for {m.get('tokens')} tokens (ViT position table) but "
                          f"the run uses tokens={tokens}: use tokens={m.get('tokens')}")
+    if tokens is not None and mc.kind == "gpt2":
+        table = max(int(m.get("max_positions", 0)), int(m.get("tokens", 0)))
+        mp = int(m.get("max_positions", 0))
+        if max(mp, tokens) != table:
+            fix = f"use tokens <= {table}" if table == mp else f"use tokens={table} (it was trained on {table})"
+            raise TrainError(f"checkpoint {where} has a {table}-position table but the run uses tokens={tokens}: {fix}")
     warnings = []
     if manifest.get("status") != "complete":
         warnings.append(f"checkpoint {where} is {manifest.get('status')} (step {manifest.get('step')} of "
@@ -559,7 +617,7 @@ def sim_options(v: dict) -> SimOptions:
 def finetune_one(cfg: DictConfig, task: Task, v: dict) -> None:
     d = run_dir(cfg, v)
     hp = task.cfg.finetune
-    base_key = json.loads((base_dir(cfg) / "manifest.json").read_text())["key"]
+    base_key = base_manifest(cfg)["key"]
     calib, calib_meta = load_calibration(cfg, int(v["groups"]), int(v["codebook_size"]))
     key = _key({"base": base_key, "calib": calib_meta.get("key"), "variant": v,
                 "finetune": OmegaConf.to_container(hp, resolve=True), "seed": int(cfg.seed)})
@@ -597,7 +655,10 @@ def finetune_one(cfg: DictConfig, task: Task, v: dict) -> None:
                              f"(step {manifest['step']}) is in {d}: lower task.finetune.lr or astra.noise_lambda")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)) or \
+                not torch.isfinite(state.codebooks).all():
+            raise TrainFailed(f"finetune {d.name}: non-finite gradients or codebooks at step {step}; stopped, the "
+                              f"last good checkpoint (step {manifest['step']}) is in {d}: lower task.finetune.lr")
         opt.step()
         sched.step()
         if (step + 1) % every == 0 or step + 1 == steps:
@@ -668,7 +729,8 @@ def runtime_check(cfg: DictConfig, task: Task, d: Path, m: dict, sim: AstraSim) 
 
 
 def relative_quant_error(task: Task, sim: AstraSim) -> float:
-    """mean ‖x − x̂‖² / mean ‖x‖² of the sent attention inputs over the test split, all blocks."""
+    """mean ‖x − x̂‖² / mean ‖x‖² of the attention inputs of the checkpoint's weights run in full precision, over
+    the test split and all blocks (all tokens, the class token included)."""
     st = sim.state
     acc = {"e": 0.0, "r": 0.0}
 
@@ -702,7 +764,8 @@ def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, v
             "noise_lambda": float(v["noise_lambda"]) if astra else None,
             "commitment_beta": float(v["commitment_beta"]) if astra else None,
             "dct": (bool(v["dct"]) if task.vit else None) if astra else None,
-            "split": v["split"] if astra else None, "metric": metric, "eval_split": split, "value": float(value),
+            "split": v["split"] if astra else None, "noise_cov": v["noise_cov"] if astra else None,
+            "ema_decay": float(v["ema_decay"]) if astra else None, "metric": metric, "eval_split": split, "value": float(value),
             "bits_per_token": bits_per_token(task.mc, v and int(v["groups"]), v and int(v["codebook_size"])),
             "seed": int(cfg.seed), "timestamp": _now(), **extra}
 
@@ -715,7 +778,7 @@ def evaluate_full(cfg: DictConfig, task: Task) -> list[dict]:
         for metric, value in evaluate_split(task, model, lambda x: full_forward(model, x), split).items():
             rows.append(_row(task, cfg, None, metric, split, value))
     wall = time.perf_counter() - t0
-    base_info = json.loads((base_dir(cfg) / "manifest.json").read_text())
+    base_info = base_manifest(cfg)
     for r in rows:
         r.update(train_wall_s=base_info.get("wall_s"), eval_wall_s=round(wall, 2), variant="full",
                  checkpoint=str(base_dir(cfg)))
@@ -756,7 +819,7 @@ def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
     wall = time.perf_counter() - t0
     for r in rows:
         r.update(train_wall_s=m.get("train_wall_s"), eval_wall_s=round(wall, 2), variant=d.name,
-                 checkpoint=str(d))
+                 checkpoint=str(d), checkpoint_status=m.get("status"), checkpoint_step=m.get("step"))
     main = "top1" if task.vit else "ppl"
     agree = [r["value"] for r in rows if r["metric"] == "runtime_agreement"]
     log(f"evaluate {d.name}: {main} {next(r['value'] for r in rows if r['metric'] == main):.3f} (test)"
@@ -769,11 +832,9 @@ def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[di
 
     run_id = uuid.uuid4().hex[:12]
     path = Path(cfg.results_path)
-    done: set[str] = set()
-    if path.exists() and not cfg.force:
-        old = _read(path)
-        if "eval_key" in old.columns:
-            done = set(old["eval_key"].dropna())
+    old = _read(path) if path.exists() and not cfg.force else None
+    done: set[str] = set(old["eval_key"].dropna()) if old is not None and "eval_key" in old.columns else set()
+    reused: list[dict] = []
     eval_cfg = {"evaluate": OmegaConf.to_container(cfg.evaluate, resolve=True), "eval_limit": task.cfg.eval_limit,
                 "task": task.name}
 
@@ -781,12 +842,16 @@ def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[di
         """The evaluation key of ``what``, or None if the store already holds its rows (reused)."""
         k = _key({"checkpoint": key, **eval_cfg})
         if k in done:
+            # re-append them (new run_id and timestamp) so they are the latest rows of this variant again
+            last = old[old["eval_key"] == k]
+            last = last[last["run_id"] == last.sort_values("timestamp", kind="stable")["run_id"].iloc[-1]]
+            reused.extend(dict(r, timestamp=_now(), reused=True) for r in last.to_dict("records"))
             log(f"evaluate {what}: reusing its rows in {path}")
             return None
         return k
 
     rows: list[dict] = []
-    base_key = json.loads((base_dir(cfg) / "manifest.json").read_text())["key"]
+    base_key = base_manifest(cfg)["key"]
     k = fresh(base_key, "full")
     if k:
         rows += [dict(r, eval_key=k) for r in evaluate_full(cfg, task)]
@@ -800,9 +865,11 @@ def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[di
         k = fresh(f"{m.get('key')}:{m.get('step')}", d.name)
         if k:
             rows += [dict(r, eval_key=k) for r in evaluate_checkpoint(cfg, task, d)]
+    n_new = len(rows)
+    rows += reused
     for r in rows:
         r["run_id"] = run_id
     if rows:
         append_rows(cfg.results_path, rows, ACC_COLUMNS)
-    log(f"evaluate: {len(rows)} new rows -> {cfg.results_path}")
+    log(f"evaluate: {n_new} new and {len(reused)} reused rows -> {cfg.results_path}")
     return rows

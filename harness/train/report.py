@@ -21,7 +21,8 @@ PAPER_DCT = {1: (81.82, 88.95), 16: (88.93, 90.77), 32: (90.79, 91.64)}  # beta=
 PAPER_BETA = {0.0: {1: 88.85, 16: 90.46, 32: 91.42}, 0.25: {1: 88.75, 16: 89.7, 32: 89.97},
               "best": {1: 88.95, 16: 90.77, 32: 91.64}}
 
-KEYS = ["groups", "codebook_size", "devices", "noise_lambda", "commitment_beta", "dct", "split"]
+KEYS = ["groups", "codebook_size", "devices", "noise_lambda", "commitment_beta", "dct", "split", "noise_cov",
+        "ema_decay"]
 
 
 def _fmt(x, nd=2) -> str:
@@ -37,7 +38,16 @@ def latest(df: pd.DataFrame, task: str, seed: int | None = None) -> pd.DataFrame
     df = df[df["task"] == task]
     if seed is not None:
         df = df[df["seed"] == seed]
-    return df.sort_values("timestamp").groupby(["variant", "metric", "eval_split"], dropna=False).tail(1)
+    astra = df["method"] == "astra"
+    df = df.copy()
+    for col, default in (("noise_cov", "full"), ("ema_decay", 0.99)):  # rows written before these columns existed
+        if col not in df.columns:
+            df[col] = None
+        df.loc[astra & df[col].isna(), col] = default
+    if "checkpoint_status" in df.columns:  # a stopped (partial) fine-tuning run is not a result
+        df = df[df["checkpoint_status"].isna() | (df["checkpoint_status"] == "complete")]
+    return df.sort_values("timestamp", kind="stable").groupby(["variant", "metric", "eval_split"],
+                                                              dropna=False).tail(1)
 
 
 class Lookup:

@@ -115,7 +115,10 @@ class VQState(nn.Module):
             xi = z * torch.diagonal(sigma, dim1=-2, dim2=-1).clamp_min(0).sqrt()
         else:
             jitter = 1e-6 * torch.diagonal(sigma, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-            chol, _ = torch.linalg.cholesky_ex(sigma + jitter[:, None, None] * torch.eye(d))
+            chol, info = torch.linalg.cholesky_ex(sigma + jitter[:, None, None] * torch.eye(d))
+            if bool((info != 0).any()):  # not positive definite: symmetric square root, eigenvalues clamped at 0
+                w, v = torch.linalg.eigh(sigma)
+                chol = v @ torch.diag_embed(w.clamp_min(0).sqrt()) @ v.transpose(-2, -1)
             xi = torch.einsum("gij,ngj->ngi", chol, z)
         return (xi + mu).reshape(n, g * d)
 
