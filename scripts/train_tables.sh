@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's accuracy tables at small scale (about 20 minutes on 2 cores): the digits ViT with every ablation,
+# The paper's accuracy tables at small scale (about 25 minutes on 2 cores): the digits ViT with every ablation,
 # then the byte-level GPT2 over G and device count. Tables: results/train/<task>/tables.md; rows:
 # results/accuracy.parquet; checkpoints: results/train/<task>/runs/<variant>/.
 set -euo pipefail
