@@ -21,17 +21,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .config import (
-    CONF_DIR,
     ConfigError,
     check_group_overrides,
     effective_devices,
     model_config,
     point_key,
+    run_hydra_app,
     run_spec,
     validate,
 )
 from .network import make_backend
-from .network.loopback import RunFailed, install_signal_handlers
+from .network.loopback import RunFailed
 from .results import append_row, find_ok, summarize
 
 
@@ -248,15 +248,7 @@ def job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    try:
-        check_group_overrides(sys.argv[1:])
-    except ConfigError as exc:
-        print(f"astra-bench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    install_signal_handlers()
-    import hydra
-
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(job)()
+    run_hydra_app("astra-bench", "config", job, check_group_overrides)
 
 
 if __name__ == "__main__":

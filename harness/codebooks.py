@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,20 +21,26 @@ from . import vq
 from .models import ModelConfig, Transformer, build_model, make_inputs
 
 
-def calibration_vectors(model: Transformer, tokens: int, samples: int, seed: int) -> list[torch.Tensor]:
-    """Attention inputs (``ln1`` outputs) of every block, for ``samples`` random inputs -> list of (n, hidden)."""
-    acts: list[list[torch.Tensor]] = [[] for _ in model.blocks]
-    hooks = [
-        blk.ln1.register_forward_hook(lambda _m, _i, out, i=i: acts[i].append(out.detach().reshape(-1, out.shape[-1])))
-        for i, blk in enumerate(model.blocks)
-    ]
+@contextmanager
+def attention_inputs_to(model: Transformer, fn: Callable[[int, torch.Tensor], None]):
+    """While active, every forward pass calls ``fn(block_index, x)`` with each block's attention input (the ``ln1``
+    output ASTRA quantizes) as an (n, hidden) tensor; runs under ``torch.no_grad``."""
+    hooks = [blk.ln1.register_forward_hook(lambda _m, _i, out, i=i: fn(i, out.detach().reshape(-1, out.shape[-1])))
+             for i, blk in enumerate(model.blocks)]
     try:
         with torch.no_grad():
-            for s in range(samples):
-                model(make_inputs(model.cfg, tokens, 1, seed=seed + 1000 + s))
+            yield
     finally:
         for h in hooks:
             h.remove()
+
+
+def calibration_vectors(model: Transformer, tokens: int, samples: int, seed: int) -> list[torch.Tensor]:
+    """Attention inputs (``ln1`` outputs) of every block, for ``samples`` random inputs -> list of (n, hidden)."""
+    acts: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    with attention_inputs_to(model, lambda i, x: acts[i].append(x)):
+        for s in range(samples):
+            model(make_inputs(model.cfg, tokens, 1, seed=seed + 1000 + s))
     return [torch.cat(a) for a in acts]
 
 

@@ -37,6 +37,24 @@ def check_group_overrides(argv: list[str]) -> None:
                 raise ConfigError(f"unknown {key} '{choice}': choose one of {', '.join(available(key))}")
 
 
+def run_hydra_app(prog: str, config_name: str, job, check) -> None:
+    """Entry point of a Hydra console script: ``check(argv)`` first (a ValueError is one ``<prog>: error:`` line and
+    exit 2, before Hydra's multi-line messages), SIGTERM as SystemExit so teardown runs, then ``job`` under Hydra."""
+    import sys
+
+    try:
+        check(sys.argv[1:])
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from .network.loopback import install_signal_handlers
+
+    install_signal_handlers()
+    import hydra
+
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)(job)()
+
+
 def model_config(cfg: DictConfig) -> ModelConfig:
     m = OmegaConf.to_container(cfg.model, resolve=True)
     unknown = set(m) - MODEL_FIELDS

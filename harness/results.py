@@ -66,9 +66,9 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _check_suffix(path: Path) -> None:
-    if path.suffix not in (".parquet", ".csv"):
-        raise ValueError(f"results.path={path} must end in .parquet or .csv")
+def _check_suffix(path: Path, name: str = "results.path") -> None:
+    if Path(path).suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{name}={path} must end in .parquet or .csv")
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import CONF_DIR
+from ..config import CONF_DIR, run_hydra_app
 
 TRAIN_GROUPS = ("task", "suite")
 
@@ -117,19 +117,7 @@ def job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    from .pipeline import TrainError
-
-    try:
-        check_overrides(sys.argv[1:])
-    except TrainError as exc:
-        print(f"astra-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    from ..network.loopback import install_signal_handlers
-
-    install_signal_handlers()
-    import hydra
-
-    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)(job)()
+    run_hydra_app("astra-train", "train", job, check_overrides)
 
 
 if __name__ == "__main__":

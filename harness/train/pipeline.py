@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from .. import vq
+from ..codebooks import attention_inputs_to
 from ..config import CONF_DIR
 from ..models import ModelConfig, Transformer, build_model
 from . import data as D
@@ -39,8 +40,9 @@ from .sim import AstraSim, SimOptions, VQState, assign_devices, fpar, residual_s
 
 STAGES = ("base", "calibrate", "finetune", "evaluate", "report")
 ACC_COLUMNS = ["task", "model", "method", "groups", "codebook_size", "devices", "noise_lambda", "commitment_beta",
-               "dct", "split", "noise_cov", "ema_decay", "metric", "eval_split", "value", "bits_per_token", "train_wall_s", "eval_wall_s",
-               "variant", "checkpoint", "checkpoint_status", "checkpoint_step", "seed", "run_id", "timestamp"]
+               "dct", "split", "noise_cov", "ema_decay", "metric", "eval_split", "value", "bits_per_token",
+               "train_wall_s", "eval_wall_s", "variant", "checkpoint", "checkpoint_status", "checkpoint_step", "seed",
+               "run_id", "timestamp"]
 CHECKPOINT_FORMAT = "astra-checkpoint/1"
 
 
@@ -53,8 +55,12 @@ class TrainFailed(TrainError):
 
 
 def results_path_check(path) -> None:
-    if Path(str(path)).suffix not in (".parquet", ".csv"):
-        raise TrainError(f"results_path={path} must end in .parquet or .csv")
+    from ..results import _check_suffix
+
+    try:
+        _check_suffix(Path(str(path)), "results_path")
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
 
 
 def log(msg: str) -> None:
@@ -150,13 +156,7 @@ def load_task(cfg: DictConfig) -> Task:
         raise TrainError(f"task.dataset={t.dataset} needs task.path=<local dataset>: pass the file or folder")
     seed = int(cfg.seed)
     if t.dataset in ("digits", "imagefolder"):
-        if t.weights:
-            probe = _model_config(t, 1)
-            patch = probe.patch_size
-        else:
-            patch = int(OmegaConf.load(CONF_DIR / "model" / f"{t.model}.yaml").get("patch_size", 16)) \
-                if (CONF_DIR / "model" / f"{t.model}.yaml").is_file() else 16
-            patch = int((t.model_overrides or {}).get("patch_size", patch))
+        patch = _model_config(t, 1).patch_size  # the token count follows from it
         size = int(t.image_size)
         if size % patch:
             raise TrainError(f"task.image_size={size} is not a multiple of the patch size {patch}: change one")
@@ -281,6 +281,14 @@ def base_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir) / "base"
 
 
+def _saved_key(manifest: Path) -> str | None:
+    """The ``key`` recorded in a manifest, or None if it is missing or unreadable (then the stage runs again)."""
+    try:
+        return json.loads(manifest.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def base_manifest(cfg: DictConfig) -> dict:
     d = base_dir(cfg)
     man = d / "manifest.json"
@@ -309,7 +317,7 @@ def stage_base(cfg: DictConfig, task: Task) -> None:
     d = base_dir(cfg)
     key = _key(task.key() | {"seed": int(cfg.seed)})
     man = d / "manifest.json"
-    if man.is_file() and not cfg.force and json.loads(man.read_text()).get("key") == key:
+    if not cfg.force and _saved_key(man) == key:
         log(f"base: reusing {d}")
         return
     hp = task.cfg.base
@@ -352,25 +360,19 @@ def attention_inputs(task: Task, model: Transformer, max_vectors: int, seed: int
     """ln1 outputs (the tensor ASTRA quantizes) of every block over training inputs -> per block (n, D), at most
     ``max_vectors`` rows (a random subset)."""
     acts: list[list[torch.Tensor]] = [[] for _ in model.blocks]
-    hooks = [blk.ln1.register_forward_hook(lambda _m, _i, out, i=i: acts[i].append(out.reshape(-1, out.shape[-1])))
-             for i, blk in enumerate(model.blocks)]
     per_sample = task.tokens + task.mc.prefix_tokens
     g = torch.Generator().manual_seed(seed + 2)
     need = math.ceil(max_vectors / per_sample)
-    try:
-        with torch.no_grad():
-            if task.vit:
-                n = len(task.data.train_y)
-                idx = torch.randperm(n, generator=g)[: need]
-                for s in range(0, len(idx), 256):
-                    model(model.patchify(task.data.train_x[idx[s: s + 256]]))
-            else:
-                w = D.text_windows(task.data.train, task.tokens, need, g)
-                for s in range(0, len(w), 256):
-                    model(w[s: s + 256, :-1])
-    finally:
-        for h in hooks:
-            h.remove()
+    with attention_inputs_to(model, lambda i, x: acts[i].append(x)):
+        if task.vit:
+            n = len(task.data.train_y)
+            idx = torch.randperm(n, generator=g)[: need]
+            for s in range(0, len(idx), 256):
+                model(model.patchify(task.data.train_x[idx[s: s + 256]]))
+        else:
+            w = D.text_windows(task.data.train, task.tokens, need, g)
+            for s in range(0, len(w), 256):
+                model(w[s: s + 256, :-1])
     out = []
     for a in acts:
         v = torch.cat(a)
@@ -621,11 +623,9 @@ def finetune_one(cfg: DictConfig, task: Task, v: dict) -> None:
     calib, calib_meta = load_calibration(cfg, int(v["groups"]), int(v["codebook_size"]))
     key = _key({"base": base_key, "calib": calib_meta.get("key"), "variant": v,
                 "finetune": OmegaConf.to_container(hp, resolve=True), "seed": int(cfg.seed)})
-    if (d / "manifest.json").is_file() and not cfg.force:
-        m = json.loads((d / "manifest.json").read_text())
-        if m.get("key") == key and m.get("status") == "complete":
-            log(f"finetune: reusing {d}")
-            return
+    if not cfg.force and _saved_key(d / "manifest.json") == key and read_manifest(d).get("status") == "complete":
+        log(f"finetune: reusing {d}")
+        return
     seed = int(cfg.seed)
     torch.manual_seed(seed)
     model = load_base(cfg, task).train()
@@ -734,25 +734,15 @@ def relative_quant_error(task: Task, sim: AstraSim) -> float:
     st = sim.state
     acc = {"e": 0.0, "r": 0.0}
 
-    def hook(i):
-        def f(_m, _i, out):
-            x = out.reshape(-1, out.shape[-1])
-            xh = st.decode(i, st.encode(i, x))
-            acc["e"] += float((x - xh).pow(2).sum())
-            acc["r"] += float(x.pow(2).sum())
-        return f
+    def measure(i: int, x: torch.Tensor) -> None:
+        acc["e"] += float((x - st.decode(i, st.encode(i, x))).pow(2).sum())
+        acc["r"] += float(x.pow(2).sum())
 
     model = sim.model
-    hooks = [blk.ln1.register_forward_hook(hook(i)) for i, blk in enumerate(model.blocks)]
-    try:
-        with torch.no_grad():
-            for x, _ in eval_batches(task, model, "test"):
-                full_forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    err, ref = acc["e"], acc["r"]
-    return err / max(ref, 1e-12)
+    with attention_inputs_to(model, measure):
+        for x, _ in eval_batches(task, model, "test"):
+            full_forward(model, x)
+    return acc["e"] / max(acc["r"], 1e-12)
 
 
 def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, value: float, **extra) -> dict:
@@ -765,7 +755,8 @@ def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, v
             "commitment_beta": float(v["commitment_beta"]) if astra else None,
             "dct": (bool(v["dct"]) if task.vit else None) if astra else None,
             "split": v["split"] if astra else None, "noise_cov": v["noise_cov"] if astra else None,
-            "ema_decay": float(v["ema_decay"]) if astra else None, "metric": metric, "eval_split": split, "value": float(value),
+            "ema_decay": float(v["ema_decay"]) if astra else None, "metric": metric, "eval_split": split,
+            "value": float(value),
             "bits_per_token": bits_per_token(task.mc, v and int(v["groups"]), v and int(v["codebook_size"])),
             "seed": int(cfg.seed), "timestamp": _now(), **extra}
 

@@ -99,10 +99,7 @@ class VQState(nn.Module):
     @torch.no_grad()
     def residual_update(self, layer: int, resid: torch.Tensor, decay: float) -> None:
         """Running mean and covariance of the residuals (n, D), per group."""
-        g, d = self.groups, self.codebooks.shape[-1]
-        r = resid.reshape(-1, g, d).float()
-        mean = r.mean(0)
-        cov = torch.einsum("ngi,ngj->gij", r - mean, r - mean) / max(r.shape[0] - 1, 1)
+        mean, cov = _group_mean_cov(resid.float(), self.groups)
         self.resid_mean[layer].mul_(decay).add_(mean, alpha=1 - decay)
         self.resid_cov[layer].mul_(decay).add_(cov, alpha=1 - decay)
 
@@ -123,12 +120,18 @@ class VQState(nn.Module):
         return (xi + mu).reshape(n, g * d)
 
 
-def residual_stats(x: torch.Tensor, books: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (G, d) and covariance (G, d, d) of the quantization residuals of ``x`` (n, D)."""
-    g, _, d = books.shape
-    r = (x - vq.decode(vq.encode(x, books), books)).reshape(-1, g, d).double()
+def _group_mean_cov(r: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean (G, d) and sample covariance (G, d, d) of the rows of ``r`` (n, G·d)."""
+    r = r.reshape(r.shape[0], groups, -1)
     mean = r.mean(0)
     cov = torch.einsum("ngi,ngj->gij", r - mean, r - mean) / max(r.shape[0] - 1, 1)
+    return mean, cov
+
+
+def residual_stats(x: torch.Tensor, books: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (G, d) and covariance (G, d, d) of the quantization residuals of ``x`` (n, D)."""
+    r = x - vq.decode(vq.encode(x, books), books)
+    mean, cov = _group_mean_cov(r.double(), books.shape[0])
     return mean.float(), cov.float()
 
 
