@@ -16,27 +16,24 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import vq  # noqa: E402
-from harness.bench import prepare_codebooks  # noqa: E402
 from harness.codebooks import load_codebooks  # noqa: E402
-from harness.config import CONF_DIR, run_spec, validate  # noqa: E402
+from harness.errors import log  # noqa: E402
 from harness.profile import compute_ms, profile_ranks  # noqa: E402
+from harness.spec import build_spec, compose  # noqa: E402
 
 
 def spec_for(model, method, devices, tokens, args):
+    """The prepared RunSpec of one point (ASTRA's G and K apply to the methods that have them)."""
     overrides = [f"model={model}", f"method={method}", f"devices={devices}", f"tokens={tokens}",
                  f"repeats={args.repeats}", f"warmup={args.warmup}", f"device.threads={args.threads}",
-                 f"cache_dir={args.cache_dir}"]
-    if method == "astra":
-        overrides += [f"method.groups={args.groups}", f"method.codebook_size={args.codebook_size}"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=overrides)
-    validate(cfg)
-    return run_spec(cfg, prepare_codebooks(cfg)), cfg
+                 f"cache_dir={args.cache_dir}", f"++method.groups={args.groups}",
+                 f"++method.codebook_size={args.codebook_size}"]
+    spec = build_spec(compose(overrides), in_sweep=True)  # in_sweep: knobs of other methods are dropped
+    return spec.method_class.prepare(spec, lambda msg: log("compute", msg)), None
 
 
 def time_it(fn, reps=20):
@@ -51,7 +48,7 @@ def time_it(fn, reps=20):
 
 def vq_breakdown(spec, n_local, n_remote, hidden):
     """ms per block for ASTRA's VQ pieces on realistic shapes (n_local tokens encoded, n_remote looked up)."""
-    books = load_codebooks(spec["codebooks"])[0].float()
+    books = load_codebooks(spec.codebooks)[0].float()
     g, k = books.shape[0], books.shape[1]
     x = torch.randn(n_local, hidden)
     sq = books.pow(2).sum(-1)
@@ -103,16 +100,16 @@ def main():
             payload = max(r["payload_bytes"] for r in reps)
             print(f"| {method} | {n} | {min(ms):.1f}..{max(ms):.1f} | {max(ms):.1f} | {single / max(ms):.2f} | "
                   f"{payload} |", flush=True)
-            if method == "astra":
+            if spec.codebooks:  # a method exchanging codebook indices: time its VQ pieces below
                 astra_spec = (spec, n)
     if astra_spec:
         spec, n = astra_spec
-        hidden = spec["model"]["hidden"]
+        hidden = spec.model.hidden
         n_local = -(-args.tokens // n)
         br = vq_breakdown(spec, n_local, args.tokens - n_local, hidden)
         block = None
         reps = profile_ranks(spec, ranks=[0])
-        block = compute_ms(reps[0]) / spec["model"]["layers"]
+        block = compute_ms(reps[0]) / spec.model.layers
         wire = br["pack"] + br["unpack"] + br["lookup"]
         print(f"\nASTRA VQ pieces per block (N={n}, {n_local} local / {args.tokens - n_local} remote tokens; "
               f"block compute {block:.2f} ms):")

@@ -19,27 +19,24 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.bench import run_point  # noqa: E402
 from harness.calibrate import calibrate  # noqa: E402
-from harness.config import CONF_DIR  # noqa: E402
 from harness.network import mininet as mn  # noqa: E402
+from harness.network.host_state import acquire_lock  # noqa: E402
+from harness.spec import compose  # noqa: E402
 
 
 def point(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=overrides)
-    return run_point(cfg)
+    return run_point(compose(overrides), sweep=False)
 
 
 def overhead(repeats: int = 3) -> pd.DataFrame:
     rows = []
-    net_cfg = OmegaConf.create({"bandwidth_mbps": 100, "htb_burst_ms": 10})
-    mn._acquire_lock()
+    net_cfg = mn.MininetOptions(bandwidth_mbps=100, htb_burst_ms=10)
+    acquire_lock()
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="astra-overhead-") as wd:
             s = mn.Session("star", 2, 1.0, 1, net_cfg, Path(wd))

@@ -1,4 +1,4 @@
-"""``astra-calibrate``: how close the emulated links come to their configured rate.
+"""``astra-calibrate``: how close the emulated links come to their configured rate (needs root and Mininet).
 
 Builds the same two-host network the benchmarks use (star, HTB shaping as in ``network=mininet``), runs iperf3
 between the hosts at each rate and records achieved/configured throughput — TCP goodput as iperf3 reports it, and
@@ -6,13 +6,13 @@ the sender's wire rate from its interface counters (headers included) — into a
 figure can state its network's fidelity.
 
     astra-calibrate --rates 10,100,1000 --seconds 5 --out results/link_calibration.csv
+    astra-calibrate --stock --rates 10,100      # stock Mininet TCLink shaping, for comparison
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -20,10 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from .config import ConfigError
-from .network.loopback import RunFailed
+from .errors import ConfigError, RunFailed, atomic_write
 
 
 def measure(session, seconds: float) -> dict:
@@ -49,12 +47,13 @@ def measure(session, seconds: float) -> dict:
 
 def calibrate(rates: list[float], seconds: float, burst_ms: float, topology: str = "star",
               stock: bool = False) -> pd.DataFrame:
-    from .network.mininet import Session, _acquire_lock, check_environment, close_session
+    from .network.host_state import acquire_lock
+    from .network.mininet import MininetOptions, Session, check_environment, close_session
 
     check_environment()
-    _acquire_lock()
+    acquire_lock()
     rows = []
-    net_cfg = OmegaConf.create({"bandwidth_mbps": rates[0], "htb_burst_ms": burst_ms, "htb_stock": stock})
+    net_cfg = MininetOptions(bandwidth_mbps=rates[0], htb_burst_ms=burst_ms, htb_stock=stock)
     with tempfile.TemporaryDirectory(prefix="astra-calibrate-") as wd:
         session = Session(topology, 2, 1.0, 1, net_cfg, Path(wd), workers=False)
         try:
@@ -75,29 +74,39 @@ def calibrate(rates: list[float], seconds: float, burst_ms: float, topology: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="astra-calibrate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rates", default="10,100,1000", help="Mbit/s, comma separated")
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--burst-ms", type=float, default=10.0, help="as network.htb_burst_ms")
-    ap.add_argument("--topology", default="star", choices=["star", "mesh"])
+    ap = argparse.ArgumentParser(prog="astra-calibrate", description=__doc__.split("\n\n")[0],
+                                 epilog="examples:\n" + __doc__.split("\n\n")[-1].rstrip('"\n'),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="10,100,1000", help="link rates to measure, Mbit/s, comma separated, each in "
+                    "(0, 1000] (default: %(default)s)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 run per rate (default: %(default)s)")
+    ap.add_argument("--burst-ms", type=float, default=10.0, help="HTB burst in ms of the rate, as "
+                    "network.htb_burst_ms (default: %(default)s)")
+    ap.add_argument("--topology", default="star", choices=["star", "mesh"], help="as topology= (default: star)")
     ap.add_argument("--stock", action="store_true", help="shape like stock Mininet TCLink (for comparison)")
-    ap.add_argument("--out", default="results/link_calibration.csv")
+    ap.add_argument("--out", default="results/link_calibration.csv", help="CSV the rows are appended to "
+                    "(default: %(default)s)")
     args = ap.parse_args(argv)
     try:
-        rates = [float(r) for r in args.rates.split(",")]
+        try:
+            rates = [float(r) for r in args.rates.split(",")]
+        except ValueError:
+            raise ConfigError(f"--rates {args.rates} is not a list of numbers: e.g. --rates 10,100,1000") from None
         if any(not 0 < r <= 1000 for r in rates):
             raise ConfigError(f"--rates {args.rates}: every rate must be in (0, 1000] Mbit/s")
+        if not 0 < args.seconds <= 600 or not 0 < args.burst_ms <= 1000:
+            raise ConfigError("--seconds must be in (0, 600] and --burst-ms in (0, 1000]")
+        if Path(args.out).suffix != ".csv" or Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out} must name a .csv file")
         df = calibrate(rates, args.seconds, args.burst_ms, args.topology, args.stock)
-    except (ConfigError, RunFailed, ValueError) as exc:
+    except (ConfigError, RunFailed) as exc:
         print(f"astra-calibrate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         df = pd.concat([pd.read_csv(out), df], ignore_index=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
     print(df.tail(len(rates)).to_markdown(index=False, floatfmt=".3f"))
 
 

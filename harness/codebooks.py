@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import vq
+from .errors import atomic_write
 from .models import ModelConfig, Transformer, build_model, make_inputs
 
 
@@ -50,23 +51,26 @@ def calibration_samples(tokens: int, codebook_size: int, factor: int = 4) -> int
 
 
 def kmeans_codebooks(
-    model: Transformer, tokens: int, groups: int, codebook_size: int, seed: int = 0, max_iter: int = 20
+    model: Transformer, tokens: int, groups: int, codebook_size: int, seed: int = 0, max_iter: int = 20,
+    log: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Per-block grouped codebooks fitted by k-means on the model's activations for random inputs (not the
-    evaluation input: calibration inputs use other seeds)."""
+    evaluation input: calibration inputs use other seeds). ``log`` hears of each block as it is done."""
     samples = calibration_samples(tokens, codebook_size)
     vecs = calibration_vectors(model, tokens, samples, seed)
-    return torch.stack([vq.fit_codebooks(v, groups, codebook_size, seed=seed, max_iter=max_iter) for v in vecs])
+    books = []
+    for i, v in enumerate(vecs):
+        books.append(vq.fit_codebooks(v, groups, codebook_size, seed=seed, max_iter=max_iter))
+        if log:
+            log(f"codebooks: k-means G={groups} K={codebook_size} on {len(v)} activations: block {i + 1}/{len(vecs)}")
+    return torch.stack(books)
 
 
 def save_codebooks(path: str | os.PathLike, books: torch.Tensor, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({"codebooks": books.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({"codebooks": books.contiguous()}, str(tmp),
+                                             metadata={k: str(v) for k, v in meta.items()}))
 
 
 def load_codebooks(path: str | os.PathLike) -> torch.Tensor:
@@ -85,7 +89,8 @@ def load_codebooks(path: str | os.PathLike) -> torch.Tensor:
 
 
 def cached_kmeans_codebooks(
-    model_cfg: ModelConfig, tokens: int, groups: int, codebook_size: int, seed: int, max_iter: int, cache_dir: str
+    model_cfg: ModelConfig, tokens: int, groups: int, codebook_size: int, seed: int, max_iter: int, cache_dir: str,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Path of k-means codebooks for this exact model/seed/G/K, computing and caching them on first use."""
     key = json.dumps(
@@ -96,7 +101,10 @@ def cached_kmeans_codebooks(
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"codebooks-{model_cfg.name}-G{groups}-K{codebook_size}-{digest}.safetensors"
     if not path.is_file():
+        if log:
+            log(f"codebooks: fitting k-means G={groups} K={codebook_size} for {model_cfg.name} ({model_cfg.layers} "
+                f"blocks; first use, cached in {cache_dir} afterwards)")
         model = build_model(model_cfg, seed=seed)
-        books = kmeans_codebooks(model, tokens, groups, codebook_size, seed=seed, max_iter=max_iter)
+        books = kmeans_codebooks(model, tokens, groups, codebook_size, seed=seed, max_iter=max_iter, log=log)
         save_codebooks(path, books, {"model": model_cfg.name, "groups": groups, "codebook_size": codebook_size})
     return path

@@ -1,199 +1,237 @@
-"""From a composed Hydra config to a validated run spec (the JSON every rank receives).
+"""The Hydra entry point of ``astra-bench`` and ``astra-train``, and the check of the command line before Hydra.
 
-Every check here turns bad input into one ``ConfigError`` line that names the problem and the fix, raised before
-anything is started or written.
+Hydra answers a typo with a multi-line message and the advice to append the key with ``+`` (which then runs with
+the key ignored). ``check_argv`` reads the overrides first and refuses, with one line and exit 2, every override
+the code would not read: an unknown config group choice, an unknown key (with a "did you mean"), a knob the chosen
+method or backend does not have, an appended (``+key``) or deleted (``~key``) key, several values without ``-m``.
+
+Inside a ``-m`` sweep over several methods (or backends), a knob of only some of them (``method.groups`` while
+sweeping sp and astra) applies to those that have it: the override is passed on as ``++key`` and the job of a
+method without it drops it (``spec.group_options``); a point that then repeats an earlier one is measured once.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from . import vq
-from .models import ModelConfig
+from .errors import ConfigError
+from .options import did_you_mean, fields_of
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "method", "network", "topology", "device", "experiment")
-MODEL_FIELDS = set(ModelConfig.__dataclass_fields__)
-
-
-class ConfigError(ValueError):
-    """Bad input: the message is one line saying what is wrong and what to do."""
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the same as spec.CONF_DIR (no import needed here)
+APP_GROUPS = {"config": ("model", "method", "network", "topology", "device", "experiment"), "train": ("task", "suite")}
+OPTION_GROUPS = ("method", "network")
+FREE_MAPS = ("task.model_overrides.",)  # astra-train maps whose keys are model fields, not fixed settings  # groups whose choices have different keys (one options schema each)
+VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p",
+               "--package"}
 
 
 def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def check_group_overrides(argv: list[str]) -> None:
-    """Reject ``model=nope`` style overrides before Hydra prints a multi-line error."""
+def _registry(group: str) -> dict:
+    from .network import BACKENDS
+    from .parallel import METHODS
+
+    return METHODS if group == "method" else BACKENDS
+
+
+def _option_keys(group: str, choice: str) -> set[str]:
+    reg = _registry(group)
+    return {f[0] for f in fields_of(reg[choice].Options)} if choice in reg else set()
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out += _leaf_keys(v, key + ".") if isinstance(v, dict) else [key]
+        if isinstance(v, dict):
+            out.append(key)
+    return out
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], bool]:
+    """The overrides among Hydra's command-line arguments, and whether ``-m`` was given."""
+    overrides, skip = [], False
+    multirun = False
     for arg in argv:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in GROUPS:
+        if skip:
+            skip = False
             continue
-        for choice in value.split(","):
-            if choice and choice not in available(key):
-                raise ConfigError(f"unknown {key} '{choice}': choose one of {', '.join(available(key))}")
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in VALUE_FLAGS:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun
 
 
-def run_hydra_app(prog: str, config_name: str, job, check) -> None:
-    """Entry point of a Hydra console script: ``check(argv)`` first (a ValueError is one ``<prog>: error:`` line and
-    exit 2, before Hydra's multi-line messages), SIGTERM as SystemExit so teardown runs, then ``job`` under Hydra."""
-    import sys
+def _values(ov) -> list[str]:
+    return list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
 
+
+def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
+    """Refuse bad overrides with one line (ConfigError); return the argv Hydra should see (method/backend knobs of
+    only some swept choices turned into ``++`` overrides)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    overrides, multirun = split_argv(argv)
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.append(parser.parse_overrides([text])[0])
+        except HydraException as exc:
+            raise ConfigError(f"cannot read the override '{text}' ({str(exc).splitlines()[0]}): write key=value, "
+                              "e.g. devices=4 or \"network.bandwidth_mbps=[10,100]\"") from None
+    groups = APP_GROUPS[config_name]
+    chosen: dict[str, list[str]] = {}
+    for ov in parsed:
+        key = ov.key_or_group
+        if ov.is_sweep_override() and not multirun:
+            raise ConfigError(f"{ov.input_line} gives several values: add -m to sweep over them, or give one value")
+        if key in groups:
+            if ov.type == OverrideType.DEL:
+                raise ConfigError(f"~{key} removes the {key} group the run needs: choose one with {key}=<name>")
+            names = available(key)
+            for choice in _values(ov):
+                if choice not in names and not (key == "experiment" and choice == "null"):
+                    raise ConfigError(f"unknown {key} '{choice}'{did_you_mean(choice, names)}: choose one of "
+                                      f"{', '.join(names)}")
+            chosen[key] = _values(ov)
+    group_args = [ov.input_line.lstrip("+") for ov in parsed if ov.key_or_group in groups]
+    first = [f"{g}={vals[0]}" for g, vals in chosen.items()]
     try:
-        check(sys.argv[1:])
-    except ValueError as exc:
+        from .spec import compose
+
+        cfg = compose(first, config_name, hydra_node=True)
+    except Exception as exc:  # noqa: BLE001 - a broken config file of ours, or Hydra refusing a group choice
+        raise ConfigError(f"cannot compose the config with {' '.join(group_args)}: {str(exc).splitlines()[0]}") \
+            from None
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    sweeper = (plain.get("hydra") or {}).get("sweeper", {}).get("params") or {}
+    plain.pop("hydra", None)
+    known = set(_leaf_keys(plain))
+    for g in OPTION_GROUPS if config_name == "config" else ():
+        if g not in chosen:
+            swept = sweeper.get(g) if multirun else None
+            chosen[g] = [s.strip() for s in str(swept).split(",")] if swept else [str(plain[g]["name"])]
+    out = list(argv)
+    for ov in parsed:
+        key = ov.key_or_group
+        if key in groups or key.startswith("hydra.") or key == "hydra":
+            continue
+        if ov.type == OverrideType.DEL:
+            raise ConfigError(f"~{key} removes a setting the run needs: set it instead ({key}=<value>)")
+        head, _, rest = key.partition(".")
+        if head in OPTION_GROUPS and config_name == "config" and rest:
+            fix = _check_option_key(head, rest, chosen[head], multirun)
+            if fix and ov.type != OverrideType.FORCE_ADD:
+                out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+            elif ov.type == OverrideType.ADD:
+                raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
+            continue
+        if config_name == "train" and key.startswith(FREE_MAPS):  # a map of ModelConfig fields
+            field_name = key.rsplit(".", 1)[-1]
+            from .spec import MODEL_FIELDS
+
+            if key.count(".") != 2 or field_name not in MODEL_FIELDS:
+                raise ConfigError(f"{key}: task.model_overrides takes model fields{did_you_mean(field_name, MODEL_FIELDS)}"
+                                  f" ({', '.join(MODEL_FIELDS)})")
+            if ov.type != OverrideType.FORCE_ADD:
+                out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+            continue
+        if key == "model.tokens":
+            raise ConfigError("model.tokens is set by the top-level tokens=: write tokens=<n>")
+        if key not in known:
+            cands = known | {f"{g}.{k}" for g in OPTION_GROUPS if config_name == "config"
+                             for c in _registry(g) for k in _option_keys(g, c)}
+            raise ConfigError(f"unknown key '{key}'{did_you_mean(key, cands)}: see --help for the settings")
+        if ov.type == OverrideType.ADD:
+            raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
+    return out
+
+
+def _check_option_key(group: str, key: str, choices: list[str], multirun: bool) -> bool:
+    """Whether ``group.key`` must be passed as ``++`` (a knob of only some swept choices); raise if no chosen
+    choice has it."""
+    owners = [c for c in choices if key in _option_keys(group, c)]
+    if not owners:
+        everyone = sorted({k for c in choices for k in _option_keys(group, c)})
+        anyone = sorted({k for c in _registry(group) for k in _option_keys(group, c)})
+        elsewhere = [c for c in _registry(group) if key in _option_keys(group, c)]
+        which = " or ".join(f"{group}={c}" for c in choices)
+        if elsewhere:
+            raise ConfigError(f"{which} has no option {key} (it is {' and '.join(elsewhere)}'s): remove "
+                              f"{group}.{key}, or use {group}={elsewhere[0]}")
+        raise ConfigError(f"{group}.{key} is not an option of {which}{did_you_mean(key, anyone)}: its options are "
+                          f"{', '.join(everyone)}")
+    return multirun and len(owners) < len(choices)
+
+
+# ------------------------------------------------------------------------------------------------------------ help
+def help_text(prog: str, doc: str, config_name: str) -> str:
+    """``--help``: what the command does, examples, its own config groups and settings."""
+    from .spec import compose
+
+    lines = [doc.strip(), "", "Config groups (choose with group=name; several with -m group=a,b):"]
+    for g in APP_GROUPS[config_name]:
+        lines.append(f"  {g:<11} {', '.join(available(g))}")
+    if config_name == "config":
+        from .spec import GROUP_SCHEMAS, Knobs
+        from .models import ModelConfig
+
+        lines += ["", "Settings (key=value):"]
+        lines += _describe(Knobs, "")
+        for g, schema in GROUP_SCHEMAS.items():
+            lines += _describe(schema, f"{g}.")
+        lines.append("  model.<field>   " + ", ".join(f[0] for f in fields_of(ModelConfig)
+                                                       if f[0] not in ("tokens", "extra")))
+        for g in OPTION_GROUPS:
+            for name, cls in sorted(_registry(g).items()):
+                rows = [r for r in _describe(cls.Options, f"{g}.") if not r.lstrip().startswith(f"{g}.name")]
+                if rows:
+                    lines += ["", f"Options of {g}={name}:", *rows]
+    else:
+        cfg = OmegaConf.to_container(compose([], config_name), resolve=False)
+        lines += ["", "Settings (key=value; defaults shown):"]
+        for key in _leaf_keys(cfg):
+            val = OmegaConf.select(OmegaConf.create(cfg), key)
+            if not OmegaConf.is_config(val) and not isinstance(val, dict):
+                lines.append(f"  {key} = {val}")
+    lines += ["", "Hydra's own flags: --hydra-help"]
+    return "\n".join(lines)
+
+
+def _describe(cls, prefix: str) -> list[str]:
+    out = []
+    for name, _tp, meta, default in fields_of(cls):
+        out.append(f"  {prefix + name:<28} {meta.get('help', '')} [default: {default}]")
+    return out
+
+
+def run_hydra_app(prog: str, config_name: str, job, doc: str | None = None) -> None:
+    """Entry point of a Hydra console script: ``--help``, then the command-line check (a bad override is one
+    ``<prog>: error:`` line and exit 2, before Hydra), SIGTERM as SystemExit so teardown runs, then ``job``."""
+    argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        print(help_text(prog, doc or "", config_name))
+        sys.exit(0)
+    try:
+        sys.argv[1:] = check_argv(argv, config_name)
+    except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from .network.loopback import install_signal_handlers
+    from .launch import install_signal_handlers
 
     install_signal_handlers()
     import hydra
 
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)(job)()
-
-
-def model_config(cfg: DictConfig) -> ModelConfig:
-    m = OmegaConf.to_container(cfg.model, resolve=True)
-    unknown = set(m) - MODEL_FIELDS
-    if unknown:
-        raise ConfigError(f"unknown model option(s) {sorted(unknown)}: valid ones are {sorted(MODEL_FIELDS)}")
-    m["tokens"] = int(cfg.tokens)
-    mc = ModelConfig(**m)
-    if mc.kind not in ("vit", "gpt2"):
-        raise ConfigError(f"model.kind={mc.kind!r} is unknown: use vit or gpt2")
-    for key in ("layers", "hidden", "heads"):
-        if getattr(mc, key) < 1:
-            raise ConfigError(f"model.{key}={getattr(mc, key)} must be >= 1")
-    if mc.hidden % mc.heads:
-        raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
-    if mc.weights and not Path(mc.weights).is_dir():
-        raise ConfigError(
-            f"model.weights={mc.weights} is not a directory: pass a directory with an HF config.json and weights"
-        )
-    return mc
-
-
-def validate(cfg: DictConfig) -> None:
-    method = cfg.method.name
-    devices, tokens = int(cfg.devices), int(cfg.tokens)
-    if tokens < 1:
-        raise ConfigError(f"tokens={tokens} must be >= 1")
-    if devices < 1 or devices > tokens:
-        raise ConfigError(f"devices={devices} must be between 1 and tokens={tokens}: lower devices or raise tokens")
-    if cfg.get("collectives", "p2p") not in ("p2p", "gloo"):
-        raise ConfigError(f"collectives={cfg.collectives} is unknown: use p2p (direct exchange) or gloo")
-    if int(cfg.repeats) < 1 or int(cfg.warmup) < 0:
-        raise ConfigError(f"repeats={cfg.repeats} must be >= 1 and warmup={cfg.warmup} >= 0")
-    if int(cfg.device.threads) < 1 or float(cfg.device.cores) <= 0:
-        raise ConfigError(f"device.threads={cfg.device.threads} must be >= 1 and device.cores={cfg.device.cores} > 0")
-    mc = model_config(cfg)
-    if method == "tp" and mc.heads % devices:
-        raise ConfigError(
-            f"tp splits heads over devices but heads={mc.heads} is not divisible by devices={devices}: "
-            f"use devices dividing {mc.heads}"
-        )
-    if method == "astra":
-        try:
-            vq.check_groups(mc.hidden, int(cfg.method.groups))
-            vq.bits_per_index(int(cfg.method.codebook_size))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if cfg.method.vq not in ("kmeans", "lossless", "checkpoint"):
-            raise ConfigError(f"method.vq={cfg.method.vq} is unknown: use kmeans, lossless or checkpoint")
-        if cfg.method.vq == "checkpoint" and not cfg.method.checkpoint:
-            raise ConfigError("method.vq=checkpoint needs method.checkpoint=<dir or codebooks .safetensors file>")
-
-
-def cpu_budget(cfg: DictConfig, enforced_cores: bool) -> dict:
-    """``cpu_per_device`` and ``oversubscribed`` for the row. With ``enforced_cores`` (Mininet CPU quotas) the
-    budget is ``device.cores`` and oversubscription is refused unless ``device.allow_oversubscribe``; otherwise the
-    budget is the thread count and oversubscription only warned about."""
-    import os
-
-    n = effective_devices(cfg)
-    per = float(cfg.device.cores) if enforced_cores else float(cfg.device.threads)
-    cores = os.cpu_count() or 1
-    over = n * per > cores + 1e-9
-    if over and enforced_cores and not bool(cfg.device.allow_oversubscribe):
-        raise ConfigError(
-            f"devices={n} x device.cores={per:g} need {n * per:g} cores but this machine has {cores}: use fewer "
-            "devices, a smaller device (e.g. device=cpu_half), or device.allow_oversubscribe=true (the row is then "
-            "marked oversubscribed=true)"
-        )
-    return {"cpu_per_device": per, "oversubscribed": over}
-
-
-def parse_bandwidths(value, n: int, max_mbps: float | None = None, why: str = "") -> list[float]:
-    """``network.bandwidth_mbps`` as one Mbit/s value per device: a number (every device) or a list of n."""
-    values = list(value) if hasattr(value, "__len__") and not isinstance(value, str) else [value]
-    if len(values) not in (1, n):
-        raise ConfigError(f"network.bandwidth_mbps lists {len(values)} values for {n} devices: give one or {n}")
-    limit = f"(0, {max_mbps:g}] Mbit/s" if max_mbps else "> 0 Mbit/s"
-    out = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"network.bandwidth_mbps={v} is not a number: use a value {limit}") from None
-        if not (0 < f and (max_mbps is None or f <= max_mbps)):
-            raise ConfigError(f"network.bandwidth_mbps={v} is outside {limit}{why}: choose a value in that range")
-        out.append(f)
-    return out * n if len(out) == 1 else out
-
-
-def bandwidth_columns(bw: list[float], devices: int) -> dict:
-    """Row columns for a point's bandwidth: the bottleneck (min) as ``bandwidth_mbps`` (always a number, or None
-    for one device) and the per-device list as JSON when devices differ."""
-    if devices <= 1:
-        return {"bandwidth_mbps": None, "bandwidth_per_device": None}
-    import json
-
-    return {"bandwidth_mbps": min(bw), "bandwidth_per_device": json.dumps(bw) if len(set(bw)) > 1 else None}
-
-
-def effective_devices(cfg: DictConfig) -> int:
-    """``single`` always runs on one device, whatever ``devices`` says."""
-    return 1 if cfg.method.name == "single" else int(cfg.devices)
-
-
-def point_key(cfg: DictConfig) -> str:
-    """A hash naming the experiment point: the resolved config without run-keeping keys (results store, cache,
-    timeouts, fault injection). ``single`` ignores devices, the bandwidth and the method knobs, so one single run
-    serves every point of a bandwidth or device sweep."""
-    import hashlib
-    import json
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    for k in ("results", "cache_dir", "timeout_s", "fault", "hydra"):
-        c.pop(k, None)
-    c["devices"] = effective_devices(cfg)
-    if cfg.method.name != "astra":  # ASTRA's knobs are inherited by every method config but used by ASTRA only
-        c["method"] = {"name": cfg.method.name}
-    if cfg.method.name == "single":
-        c["network"] = {k: v for k, v in c["network"].items() if k in ("name",)}
-        c.pop("topology", None)
-    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_spec(cfg: DictConfig, codebooks: str | None = None) -> dict:
-    """The JSON-able spec every rank receives."""
-    method = OmegaConf.to_container(cfg.method, resolve=True)
-    return {
-        "model": model_config(cfg).to_dict(),
-        "method": method,
-        "devices": effective_devices(cfg),
-        "tokens": int(cfg.tokens),
-        "batch": int(cfg.batch),
-        "seed": int(cfg.seed),
-        "repeats": int(cfg.repeats),
-        "warmup": int(cfg.warmup),
-        "verify": bool(cfg.verify),
-        "threads": int(cfg.device.threads),
-        "timeout_s": float(cfg.timeout_s),
-        "collectives": str(cfg.get("collectives", "p2p")),
-        "codebooks": codebooks,
-        "fault": OmegaConf.to_container(cfg.fault, resolve=True),
-    }

@@ -20,20 +20,60 @@ from .results import load
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
                  "comm_ms", "payload_bytes", "wire_bytes", "max_abs_err", "speedup", "status"]
+# Settings that never tell two points apart in a label: where results go, run-keeping, and the plots' own axes.
+NOT_LABELS = ("results.", "cache_dir", "timeout_s", "fault.", "network.port", "network.reuse", "method.name",
+              "network.name", "model.name", "tokens", "devices", "network.bandwidth_mbps")
+SHORT = {"method.groups": "G", "method.codebook_size": "K"}
 
 
-def label(row) -> str:
-    if row["method"] == "astra" and pd.notna(row.get("groups")):
-        return f"astra G={int(row['groups'])}"
-    return str(row["method"])
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _settings(config) -> dict:
+    import json
+
+    try:
+        flat = _flat(json.loads(config)) if isinstance(config, str) else {}
+    except ValueError:
+        flat = {}
+    return {k: v for k, v in flat.items() if not k.startswith(NOT_LABELS)}
+
+
+def add_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """``label`` per row: the method plus every setting in which rows of that method differ (so two different
+    points never share a label); a method with a ``groups`` column (ASTRA) always shows G."""
+    df = df.copy()
+    settings = df["config"].map(_settings) if "config" in df.columns else pd.Series([{}] * len(df), index=df.index)
+    labels = pd.Series("", index=df.index, dtype=object)
+    for method, idx in df.groupby("method").groups.items():
+        keys = sorted({k for i in idx for k in settings[i]})
+        varying = [k for k in keys if len({repr(settings[i].get(k)) for i in idx}) > 1]
+        for i in idx:
+            parts = []
+            if "groups" in df.columns and pd.notna(df.at[i, "groups"]) and "method.groups" not in varying:
+                parts.append(f"G={int(df.at[i, 'groups'])}")
+            for k in varying:
+                name = SHORT.get(k, k.removeprefix("method.") if k.startswith("method.") else k)
+                parts.append(f"{name}={settings[i].get(k)}")
+            labels[i] = " ".join([str(method), *parts])
+    df["label"] = labels
+    return df
 
 
 def latest_points(df: pd.DataFrame) -> pd.DataFrame:
-    """The latest row of every distinct point (re-runs supersede older rows)."""
-    df = df.copy()
-    df["label"] = df.apply(label, axis=1)
+    """The latest row of every distinct point (re-runs supersede older rows). A point is its ``point_key`` — every
+    setting that changes what is measured; rows from before point keys existed fall back to the main columns."""
+    df = add_labels(df)
     keys = [k for k in POINT_KEYS if k in df.columns]
-    return df.sort_values("timestamp").groupby(keys, dropna=False, sort=False).tail(1).sort_values(keys)
+    ident = df["point_key"].astype(object) if "point_key" in df.columns else pd.Series(None, index=df.index)
+    fallback = df[keys].apply(lambda r: "|".join(map(str, r)), axis=1)
+    df["_point"] = ident.where(ident.notna(), fallback)
+    out = df.sort_values("timestamp", kind="stable").groupby("_point", sort=False).tail(1)
+    return out.drop(columns="_point").sort_values([*keys, "label"])
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -66,7 +106,10 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
 def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt) -> list[Path]:
     ok = df[(df["status"] == "ok") & df["speedup"].notna()]
     written: list[Path] = []
-    multi = ok[ok["method"] != "single"]
+    if {"point_key", "baseline_key"} <= set(ok.columns) and ok["baseline_key"].notna().all():
+        multi = ok[ok["point_key"] != ok["baseline_key"]]  # every point but the single-device baselines
+    else:  # rows from before baseline keys existed
+        multi = ok[ok["devices"] > 1]
 
     shaped = multi[multi["bandwidth_mbps"].notna()]
     if not shaped.empty:

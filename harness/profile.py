@@ -8,14 +8,16 @@ from .comm import SimulatedComm
 from .worker import run_rank
 
 
-def profile_ranks(spec: dict, ranks: list[int] | None = None) -> list[dict]:
+def profile_ranks(spec, ranks: list[int] | None = None) -> list[dict]:
     """Reports (as ``worker.run_rank`` returns them) for the given ranks of ``spec``, measured one at a time.
 
     ``latency_s - comm_s`` per repeat is the rank's compute time; ``comm_s`` here is only the time to copy the
     simulated shards, and ``payload_bytes`` is exactly what the real rank would hand to its collectives.
     """
-    world = int(spec["devices"])
-    spec = {**spec, "verify": False, "fault": {}}
+    from .spec import FaultOptions
+
+    world = spec.devices
+    spec = spec.replace(verify=False, fault=FaultOptions())
     return [run_rank(spec, SimulatedComm(r, world)) for r in (ranks if ranks is not None else range(world))]
 
 
@@ -30,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     thread budget and allocator state are those of a real worker), one rank at a time; write the reports."""
     import argparse
     import json
-    import os
     from pathlib import Path
+
+    from .errors import atomic_write
+    from .spec import RunSpec
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--spec", required=True)
@@ -39,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", default=None, help="comma-separated ranks to profile (default: all)")
     args = ap.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else None
-    reports = profile_ranks(json.loads(Path(args.spec).read_text()), ranks)
-    tmp = args.report + ".tmp"
-    Path(tmp).write_text(json.dumps(reports))
-    os.replace(tmp, args.report)
+    reports = profile_ranks(RunSpec.from_json(Path(args.spec).read_text()), ranks)
+    atomic_write(args.report, json.dumps(reports))
     return 0
 
 

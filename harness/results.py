@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError, atomic_write
+
 # The contract (design.md): at least these columns, in this order first.
 COLUMNS = [
     "model", "method", "devices", "tokens", "network", "bandwidth_mbps", "groups", "codebook_size", "repeats",
@@ -68,7 +70,26 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _check_suffix(path: Path, name: str = "results.path") -> None:
     if Path(path).suffix not in (".parquet", ".csv"):
-        raise ValueError(f"{name}={path} must end in .parquet or .csv")
+        raise ConfigError(f"{name}={path} must end in .parquet or .csv: name a parquet or CSV store file")
+
+
+def check_store(path: str | os.PathLike, name: str = "results.path") -> None:
+    """Refuse, before anything runs, a store path the point's row could not be appended to: a wrong suffix, a
+    directory, an existing file that is not a readable store (it is left untouched), an unwritable folder."""
+    path = Path(path)
+    _check_suffix(path, name)
+    if path.is_dir():
+        raise ConfigError(f"{name}={path} is a directory: name a .parquet or .csv file")
+    if path.exists():
+        try:
+            _read(path)
+        except Exception as exc:  # noqa: BLE001 - any reader error means: not a store we can append to
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{name}={path} exists but is not a readable {path.suffix[1:]} store ({reason}): "
+                              "pass another path or move that file away") from None
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("/"))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"{name}={path}: {parent} is not a writable directory: pass a path you can write to")
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
@@ -86,15 +107,10 @@ def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | No
         df = pd.concat([_read(path), new], ignore_index=True) if path.exists() else new
         ordered = [c for c in order if c in df.columns] + [c for c in df.columns if c not in order]
         df = df[ordered]
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            if path.suffix == ".csv":
-                df.to_csv(tmp, index=False)
-            else:
-                df.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if path.suffix == ".csv":
+            atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+        else:
+            atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
@@ -124,16 +140,29 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     return with_speedup(df)
 
 
-JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]
+JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]  # rows written before baseline_key existed
 
 
 def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """``speedup`` = latency of the matching ``single`` row / latency. Matching: same model, tokens, network
-    backend, device budget and batch (latest ok run); bandwidth does not matter to a single device."""
-    keys = [k for k in JOIN_KEYS if k in df.columns]
-    ok = df[(df["method"] == "single") & (df["status"] == "ok")]
-    base = ok.sort_values("timestamp").groupby(keys, dropna=False)["latency_ms"].last()
-    base = base.rename("single_latency_ms").reset_index()
-    df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").merge(base, on=keys, how="left")
+    """``speedup`` = latency of the point's single-device baseline / latency. A row names its baseline by
+    ``baseline_key`` (the point key of the same point run by ``single``); the latest ok row with that point key is
+    the baseline. Older rows without it match on model, tokens, network backend, device and batch."""
+    df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").reset_index(drop=True)
+    ok = df[df["status"] == "ok"].sort_values("timestamp", kind="stable")
+    base = pd.Series(np.nan, index=df.index)
+    if "baseline_key" in df.columns and "point_key" in df.columns:
+        latest = ok.dropna(subset=["point_key"]).groupby("point_key")["latency_ms"].last()
+        base = df["baseline_key"].map(latest).astype(float)
+    old = base.isna() & (df["baseline_key"].isna() if "baseline_key" in df.columns else True)
+    if old.any():
+        from .parallel import METHODS
+
+        baseline = next(name for name, cls in METHODS.items() if cls.is_baseline)
+        keys = [k for k in JOIN_KEYS if k in df.columns]
+        singles = ok[ok["method"] == baseline].groupby(keys, dropna=False)["latency_ms"].last()
+        singles = singles.rename("_single").reset_index()
+        merged = df.loc[old, keys].merge(singles, on=keys, how="left")
+        base.loc[old] = merged["_single"].to_numpy()
+    df["single_latency_ms"] = base
     df["speedup"] = df["single_latency_ms"] / df["latency_ms"]
     return df

@@ -3,7 +3,7 @@ so the same worker runs under the loopback and Mininet backends and under ``torc
 
     python -m harness.worker --spec spec.json --report rank0.json
 
-The spec is the resolved run (see ``harness.config.run_spec``). Each rank builds the same model and inputs from the
+The spec is the resolved run (``harness.spec.RunSpec`` as JSON). Each rank builds the same model and inputs from the
 same seed, applies its method, runs ``warmup`` untimed inferences and ``repeats`` timed ones, each started right
 after a barrier, and writes a JSON report: latency and communication time per repeat, payload bytes per inference,
 payload per collective tag, and (``verify``) the max abs error of its output against the single-device output.
@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from .comm import Comm, DistComm, LocalComm
-from .models import ModelConfig, build_model, make_inputs
-from .parallel import METHODS
+from .errors import atomic_write
+from .models import build_model, make_inputs
+from .spec import RunSpec
 
 
 def reference_output(model, inputs) -> torch.Tensor:
@@ -37,47 +38,35 @@ def tx_bytes(ifaces: list[str]) -> int:
     return sum(int(Path(f"/sys/class/net/{i}/statistics/tx_bytes").read_text()) for i in ifaces)
 
 
-def method_options(spec: dict) -> dict:
-    opts = dict(spec["method"])
-    if spec.get("codebooks"):
-        from .codebooks import load_codebooks
-
-        opts["codebooks"] = load_codebooks(spec["codebooks"])
-    return opts
-
-
-def run_rank(spec: dict, comm: Comm) -> dict:
+def run_rank(spec: RunSpec, comm: Comm) -> dict:
     """Run one rank's share of the point described by ``spec`` over ``comm``; return its report."""
-    torch.set_num_threads(int(spec.get("threads", 1)))
-    fault = spec.get("fault") or {}
-    if fault.get("crash_rank") == comm.rank:
+    torch.set_num_threads(spec.device.threads)
+    if spec.fault.crash_rank == comm.rank:
         raise RuntimeError(f"injected crash on rank {comm.rank} (fault.crash_rank)")
-    cfg = ModelConfig(**spec["model"])
-    seed = int(spec.get("seed", 0))
-    model = build_model(cfg, seed=seed)
-    if spec.get("model_state"):  # fine-tuned weights from an astra-train checkpoint
+    model = build_model(spec.model, seed=spec.seed)
+    if spec.model_state:  # fine-tuned weights from an astra-train checkpoint
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(spec["model_state"]))
-    if spec.get("inputs_path"):  # a given input batch (astra-train's runtime check) instead of random inputs
+        model.load_state_dict(load_file(spec.model_state))
+    if spec.inputs_path:  # a given input batch (astra-train's runtime check) instead of random inputs
         from safetensors.torch import load_file
 
-        inputs = load_file(spec["inputs_path"])["inputs"]
+        inputs = load_file(spec.inputs_path)["inputs"]
     else:
-        inputs = make_inputs(cfg, int(spec["tokens"]), int(spec.get("batch", 1)), seed=seed)
-    ref = reference_output(model, inputs) if spec.get("verify") else None
-    plan = METHODS[spec["method"]["name"]](model, comm, method_options(spec))
-    if fault.get("hang_rank") == comm.rank:
+        inputs = make_inputs(spec.model, spec.tokens, spec.batch, seed=spec.seed)
+    ref = reference_output(model, inputs) if spec.verify else None
+    plan = spec.method_class.plan(model, comm, spec)
+    if spec.fault.hang_rank == comm.rank:
         while True:  # injected hang: the controller's timeout must end this run
             time.sleep(1)
 
-    for _ in range(int(spec.get("warmup", 1))):
+    for _ in range(spec.warmup):
         comm.barrier()
         plan.forward(inputs)
     lat, comm_s, wire = [], [], []
-    ifaces = list(spec.get("wire_ifaces") or [])
+    ifaces = list(spec.wire_ifaces)
     out = None
-    for _ in range(int(spec.get("repeats", 3))):
+    for _ in range(spec.repeats):
         comm.barrier()
         comm.reset()
         tx0 = tx_bytes(ifaces)
@@ -108,7 +97,7 @@ def run_rank(spec: dict, comm: Comm) -> dict:
         full = plan.forward(inputs, all_positions=True)
         if full.logits is not None:
             report["max_abs_err"] = float((full.logits - plan.reference_slice(ref, full)).abs().max())
-    if spec.get("outputs_dir"):  # every position's logits (GPT2) / the class logits (ViT), for comparison
+    if spec.outputs_dir:  # every position's logits (GPT2) / the class logits (ViT), for comparison
         from safetensors.torch import save_file
 
         comm.barrier()
@@ -117,25 +106,19 @@ def run_rank(spec: dict, comm: Comm) -> dict:
             tensors = {"logits": full.logits.contiguous()}
             if full.positions is not None:
                 tensors["positions"] = full.positions.contiguous()
-            save_file(tensors, str(Path(spec["outputs_dir"]) / f"rank{comm.rank}.safetensors"))
+            save_file(tensors, str(Path(spec.outputs_dir) / f"rank{comm.rank}.safetensors"))
     return report
 
 
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    Path(tmp).write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-def run_job(spec: dict, world: int) -> dict:
+def run_job(spec: RunSpec, world: int) -> dict:
     """Join the group described by the env:// variables, run this rank, leave the group."""
     if world == 1:
         return run_rank(spec, LocalComm())
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=float(spec["timeout_s"])))
+    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=spec.timeout_s))
     try:
-        return run_rank(spec, DistComm(spec.get("collectives", "p2p")))
+        return run_rank(spec, DistComm(spec.collectives))
     finally:
         dist.destroy_process_group()
 
@@ -151,8 +134,8 @@ def serve() -> int:
         job = json.loads(line)
         os.environ.update({k: str(v) for k, v in job["env"].items()})
         try:
-            spec = json.loads(Path(job["spec"]).read_text())
-            _write_json(job["report"], run_job(spec, int(job["env"]["WORLD_SIZE"])))
+            spec = RunSpec.from_json(Path(job["spec"]).read_text())
+            atomic_write(job["report"], json.dumps(run_job(spec, int(job["env"]["WORLD_SIZE"]))))
             print(json.dumps({"ok": True}), flush=True)
         except Exception as exc:  # noqa: BLE001 - reported to the controller, which ends the session
             import traceback
@@ -172,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve()
     if not (args.spec and args.report):
         ap.error("--spec and --report are required (or --serve)")
-    spec = json.loads(Path(args.spec).read_text())
-    _write_json(args.report, run_job(spec, int(os.environ.get("WORLD_SIZE", "1"))))
+    spec = RunSpec.from_json(Path(args.spec).read_text())
+    atomic_write(args.report, json.dumps(run_job(spec, int(os.environ.get("WORLD_SIZE", "1")))))
     return 0
 
 

@@ -104,7 +104,9 @@ class Run:
 
 
 def cli_command(d: Path, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "harness.bench", *args, f"results.path={d / 'r.parquet'}", f"cache_dir={d / 'cache'}"]
+    defaults = [f"results.path={d / 'r.parquet'}", f"cache_dir={d / 'cache'}"]
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args}
+    return [sys.executable, "-m", "harness.bench", *args, *(a for a in defaults if a.split("=", 1)[0] not in given)]
 
 
 def cli_env(d: Path) -> dict:
@@ -165,6 +167,29 @@ def run_sigterm(d: Path, args: list[str]) -> Run:
     return run
 
 
+def run_sigkill_rank(d: Path, args: list[str], rank: int = 1) -> Run:
+    """Start a long point and SIGKILL one of its ranks (found by its RANK variable) once it runs."""
+    t0 = time.monotonic()
+    p = start_cli(d, args)
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and p.poll() is None and time.monotonic() < deadline:
+        for pid in worker_pids(str(d)):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                victim = pid
+        time.sleep(0.05)  # polling interval only
+    if victim is not None:
+        time.sleep(2)  # let it get into its timed loop (not a measurement)
+        os.kill(victim, signal.SIGKILL)
+    run = finish(p, d, args, 90, t0)
+    run.extra["killed"] = victim
+    return run
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The cases
 # --------------------------------------------------------------------------------------------------------------------
@@ -206,6 +231,42 @@ BAD = {
     "weights-missing": (["model=vit_tiny", "model.weights={dir}/missing"], ["missing"]),
     "weights-wrong-shape": (["model=gpt2_tiny", "model.weights={dir}/gpt2_h32"], ["shape"]),
     "astra-vq-checkpoint-without-path": (["method=astra", "method.vq=checkpoint"], ["checkpoint"]),
+    # every numeric key's type and range, every path key, every list key, every key name
+    "seed-abc": (["seed=abc"], ["seed=abc", "integer"]),
+    "repeats-0": (["repeats=0"], ["repeats=0"]),
+    "warmup-negative": (["warmup=-1"], ["warmup=-1"]),
+    "batch-0": (["batch=0"], ["batch=0"]),
+    "timeout-0": (["timeout_s=0"], ["timeout_s=0"]),
+    "device-threads-0": (["device.threads=0"], ["device.threads=0"]),
+    "device-cores-0": (["device.cores=0"], ["device.cores=0"]),
+    "verify-maybe": (["verify=maybe"], ["verify=maybe"]),
+    "collectives-nope": (["collectives=nope"], ["collectives=nope", "p2p"]),
+    "crash-rank-out-of-range": (["method=sp", "fault.crash_rank=5"], ["fault.crash_rank=5"]),
+    "record-failures-maybe": (["results.record_failures=maybe"], ["record_failures=maybe"]),
+    "results-path-txt": (["results.path={dir}/out.txt"], [".parquet or .csv"]),
+    "results-path-not-a-store": (["results.path={dir}/broken.parquet"], ["not a readable parquet store"]),
+    "results-path-directory": (["results.path={dir}/adir.parquet"], ["is a directory"]),
+    "cache-dir-file": (["cache_dir={dir}/afile"], ["cache_dir", "is a file"]),
+    "checkpoint-missing": (["method=astra", "method.checkpoint={dir}/nothing"], ["does not exist"]),
+    "typo-method-key": (["method.group=4"], ["method.group", "did you mean groups"]),
+    "typo-top-key": (["bandwith=10"], ["bandwith", "did you mean network.bandwidth_mbps"]),
+    "appended-key": (["+method.group=4"], ["method.group", "did you mean groups"]),
+    "appended-existing-key": (["+devices=3"], ["+devices", "write devices=<value>"]),
+    "deleted-key": (["~devices"], ["~devices"]),
+    "several-values-without-m": (["devices=2,3"], ["-m"]),
+    "tp-astra-knob": (["method=tp", "method.groups=16"], ["method=tp has no option groups"]),
+    "sp-sweep-astra-knob": (["-m", "method=sp", "method.groups=2"], ["method=sp has no option groups"]),
+    "single-astra-knob": (["method=single", "method.codebook_size=64"], ["no option codebook_size"]),
+    "loopback-bandwidth": (["network=loopback", "network.bandwidth_mbps=10"], ["network=loopback has no option"]),
+    "analytic-bandwidth-list": (["network=analytic", "network.bandwidth_mbps=[10,abc]"], ["abc is not a number"]),
+    "analytic-bandwidth-count": (["network=analytic", "network.bandwidth_mbps=[10,20,30]"], ["lists 3 values"]),
+    "analytic-model": (["network=analytic", "network.collective_model=tree"], ["collective_model=tree"]),
+    "analytic-unit": (["network=analytic", "network.mbps_unit=0"], ["mbps_unit=0"]),
+    "gpt2-positions": (["model=gpt2_tiny", "tokens=300"], ["tokens=300", "256 positions"]),
+    "model-tokens": (["model.tokens=5"], ["tokens="]),
+    "model-hidden-heads": (["model.hidden=65"], ["not divisible"]),
+    "kv-table-maybe": (["method.kv_table=maybe"], ["kv_table=maybe"]),
+    "K-not-a-number": (["method.codebook_size=lots"], ["codebook_size=lots"]),
 }
 
 FAULTS = {
@@ -232,6 +293,9 @@ def build_cases() -> dict[str, Callable[[Path], Run | None]]:
                 make_wrong_shape_weights(d)
             except ImportError:
                 return None  # the test skips
+        (d / "broken.parquet").write_text("not a parquet file\n")
+        (d / "adir.parquet").mkdir()
+        (d / "afile").write_text("")
         return run_cli(d, [a.format(dir=d) for a in BAD[key][0]], timeout=120)
 
     for key in BAD:
@@ -239,6 +303,7 @@ def build_cases() -> dict[str, Callable[[Path], Run | None]]:
     for key, args in FAULTS.items():
         cases[key] = lambda d, a=args: run_cli(d, a, timeout=90)
     cases["sigterm"] = lambda d: run_sigterm(d, SIGTERM_ARGS)
+    cases["sigkill-rank"] = lambda d: run_sigkill_rank(d, SIGTERM_ARGS)
     cases["sweep"] = lambda d: run_cli(
         d, ["-m", "experiment=quickstart", f"hydra.sweep.dir={d / 'sweep'}"], timeout=SWEEP_TIMEOUT_S
     )
@@ -413,7 +478,10 @@ def test_bad_input_fails_cleanly(runs, case):
     for word in BAD[key][1]:
         assert word.lower() in lines[0].lower(), f"error line does not name {word!r}: {lines[0]}"
     assert not run.stdout.strip(), f"a failed single point printed a row:\n{run.stdout}"
+    assert "Traceback" not in run.stderr
     assert_nothing_written(run)
+    assert (run.dir / "broken.parquet").read_text() == "not a parquet file\n", "a broken store was touched"
+    assert not list((run.dir / "adir.parquet").iterdir()) and (run.dir / "afile").read_text() == ""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -453,6 +521,17 @@ def test_hang_error_names_the_hung_rank(runs, case):
 def test_hang_error_reports_the_configured_timeout(runs, case):
     line = the_error_line(runs.result(case))
     assert "timeout_s=3" in line and "timeout_s=33" not in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["sigkill-rank"])
+def test_rank_killed_by_signal_is_named(runs, case):
+    run = runs.result(case)
+    assert run.extra["killed"], f"rank 1 never appeared\n{run.describe()}"
+    assert run.rc == 1, run.describe()
+    line = the_error_line(run)
+    assert "rank 1 was killed by signal 9 (SIGKILL)" in line, line
+    assert_nothing_written(run)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_killed_rank_fails_cleanly(tmp_path):
             proc.kill()
     assert proc.returncode == 1
     lines = [ln for ln in err.splitlines() if "error" in ln]
-    assert len(lines) == 1 and "rank" in lines[0], err[-2000:]
+    assert len(lines) == 1 and "was killed by signal 9 (SIGKILL)" in lines[0], err[-2000:]
     assert not (tmp_path / "r.parquet").exists()
     assert_nothing_left(before)
 

@@ -104,8 +104,10 @@ def test_checkpoint_round_trip(vit):
     from omegaconf import OmegaConf
 
     from harness.codebooks import load_codebooks
-    from harness.train import pipeline as P
+    from harness.manifest import VARIANT_KEYS
+    from harness.train.checkpoint import load_checkpoint
     from harness.train.sim import AstraSim
+    from harness.train.tasks import evaluate_split, load_task, sim_options
 
     tmp, _ = vit
     d = tmp / "out" / "runs" / "G16-K16-N4-lam1-beta0.0005-dct-contiguous"
@@ -113,7 +115,7 @@ def test_checkpoint_round_trip(vit):
     assert man["status"] == "complete" and man["step"] == man["steps"]
     assert (man["groups"], man["codebook_size"], man["devices"], man["noise_lambda"], man["dct"]) == (16, 16, 4, 1.0, True)
     assert load_codebooks(d).shape == (2, 16, 16, 4)
-    model, state, m = P.load_checkpoint(d, 0)
+    model, state, m = load_checkpoint(d, 0)
     from safetensors.torch import load_file
 
     saved = load_file(str(d / "model.safetensors"))
@@ -123,9 +125,9 @@ def test_checkpoint_round_trip(vit):
     cfg.task = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "task" / "digits.yaml"),
                                OmegaConf.load(REPO / "conf" / "task" / "digits_smoke.yaml"))
     del cfg.task["defaults"]
-    task = P.load_task(cfg)
-    sim = AstraSim(model, state, P.sim_options({k: m[k] for k in P.VARIANT_KEYS}))
-    top1 = P.evaluate_split(task, model, lambda x: sim.forward(x)[0], "test")["top1"]
+    task = load_task(cfg)
+    sim = AstraSim(model, state, sim_options({k: m[k] for k in VARIANT_KEYS}))
+    top1 = evaluate_split(task, model, lambda x: sim.forward(x)[0], "test")["top1"]
     df = store(tmp / "acc.parquet")
     assert top1 == pytest.approx(value(df, "top1", method="astra", groups=16, dct=True), abs=1e-9)
 
@@ -174,7 +176,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(vit):
     d = tmp / "out" / "runs" / "G1-K16-N4-lam0.5-beta0.0005-dct-contiguous"
     man = json.loads((d / "manifest.json").read_text())
     assert man["status"] == "partial" and man["step"] == 5
-    from harness.train.pipeline import load_checkpoint
+    from harness.train.checkpoint import load_checkpoint
 
     model, state, _ = load_checkpoint(d, 0)
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())

@@ -13,7 +13,7 @@ from harness import vq
 from harness.codebooks import kmeans_codebooks
 from harness.models import ModelConfig, build_model, make_inputs
 from harness.parallel import METHODS
-from harness.train.pipeline import expand_suite, variant_name
+from harness.train.checkpoint import variant_name
 from harness.train.sim import (
     AstraSim,
     SimOptions,
@@ -22,6 +22,7 @@ from harness.train.sim import (
     fpar,
     residual_stats,
 )
+from harness.train.variants import expand_suite
 
 T = 23
 

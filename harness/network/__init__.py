@@ -1,22 +1,12 @@
-"""Network backends: each runs one point's ranks and returns their reports."""
+"""Network backends, one file each; ``BACKENDS`` maps ``network=<name>`` to its class (see ``base.py``)."""
 
-from __future__ import annotations
+import importlib
+import pkgutil
 
-from ..config import ConfigError
+from .base import BACKENDS, Backend, NetworkOptions, Result, register
 
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name not in ("base", "shaping", "host_state"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
-def make_backend(cfg):
-    name = cfg.network.name
-    if name == "loopback":
-        from .loopback import LoopbackBackend
-
-        return LoopbackBackend(cfg)
-    if name == "mininet":
-        from .mininet import MininetBackend
-
-        return MininetBackend(cfg)
-    if name == "analytic":
-        from .analytic import AnalyticBackend
-
-        return AnalyticBackend(cfg)
-    raise ConfigError(f"unknown network '{name}': choose one of loopback, mininet, analytic")
+__all__ = ["BACKENDS", "Backend", "NetworkOptions", "Result", "register"]

@@ -17,9 +17,16 @@ account for framing (1.0 = none, as in the paper). No root needed; any number of
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, bandwidth_columns, cpu_budget, effective_devices, parse_bandwidths
+from ..errors import atomic_write
+from ..launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
+from ..options import opt, parse_bandwidths
+from .base import Backend, Result, ShapedOptions, register
 
 
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
@@ -34,72 +41,65 @@ def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float
     return volume * 8 * overhead / (bw_mbps * unit)
 
 
-class AnalyticBackend:
+@dataclass
+class AnalyticOptions(ShapedOptions):
+    name: str = opt("analytic", "the backend")
+    mbps_unit: float = opt(1e6, "bit/s per Mbps; the paper's simulator appears to use 1048576 (2^20)", above=0)
+    collective_model: str = opt("ring", "ring: ring all-gather (N-1)/N x total, all-reduce 2(N-1)/N x size per "
+                                "rank; paper: one send of the rank's own payload per collective",
+                                choices=("ring", "paper"))
+    wire_overhead: float = opt(1.0, "multiply payload bits by this (e.g. 1.046 for TCP/IPv4/Ethernet framing)",
+                               above=0)
+
+
+@register
+class AnalyticBackend(Backend):
     name = "analytic"
+    Options = AnalyticOptions
 
-    def __init__(self, cfg):
-        net = cfg.network
-        self.n = effective_devices(cfg)
-        self.bw = parse_bandwidths(net.bandwidth_mbps, self.n)
-        self.unit = float(net.get("mbps_unit", 1e6))
-        self.model = str(net.get("collective_model", "ring"))
-        if self.model not in ("ring", "paper"):
-            raise ConfigError(f"network.collective_model={self.model} is unknown: use ring or paper")
-        self.overhead = float(net.get("wire_overhead", 1.0))
-        if self.unit <= 0 or self.overhead <= 0:
-            raise ConfigError("network.mbps_unit and network.wire_overhead must be > 0")
-        self.budget = {**cpu_budget(cfg, enforced_cores=False), "oversubscribed": False}
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.bw = parse_bandwidths(spec.network.bandwidth_mbps, spec.devices)
+        self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
 
-    def describe(self) -> dict:
-        return {"network": self.name, **bandwidth_columns(self.bw, self.n), "wire_bytes": None, **self.budget}
+    def bandwidths(self) -> list[float]:
+        return self.bw
 
-    def profile(self, spec: dict, workdir: Path) -> list[dict]:
+    def profile(self, spec, workdir: Path) -> list[dict]:
         """Every rank's report, measured in fresh worker-like processes (``python -m harness.profile``). When the
         machine has the cores for all ranks' threads, the ranks are profiled at the same time, one process each, so
-        they contend for memory and caches as real co-located devices do; otherwise one at a time."""
-        import json
-        import os
-        import subprocess
-        import sys
-
-        from .loopback import REPO_ROOT, STARTUP_GRACE_S, RunFailed, last_error_line, rank_env, stop_processes
-
-        world, threads = int(spec["devices"]), int(spec["threads"])
-        spec_path = workdir / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        groups = [list(range(world))] if world * threads > (os.cpu_count() or 1) else [[r] for r in range(world)]
-        procs, logs, outs = [], [], []
+        they contend for memory and caches as real co-located devices do; otherwise one at a time, in one process."""
+        world, threads = spec.devices, spec.device.threads
+        spec_path = atomic_write(workdir / "spec.json", spec.to_json())
+        together = world * threads <= (os.cpu_count() or 1)
+        groups = [[r] for r in range(world)] if together else [list(range(world))]
+        procs, logs, outs, names = [], [], [], []
         env = rank_env(0, 1, "127.0.0.1", 0, "lo", threads)
         try:
             for i, ranks in enumerate(groups):
                 logs.append(workdir / f"profile{i}.log")
                 outs.append(workdir / f"profile{i}.json")
+                names.append(f"rank {ranks[0]}" if len(ranks) == 1 else f"profiling of ranks {ranks}")
                 with open(logs[-1], "wb") as fh:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "harness.profile", "--spec", str(spec_path), "--report", str(outs[-1]),
                          "--ranks", ",".join(map(str, ranks))],
                         env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT))
-            per_process = float(spec["timeout_s"]) * (world if len(groups) == 1 else 1) + STARTUP_GRACE_S
-            for p, log in zip(procs, logs):
-                try:
-                    code = p.wait(timeout=per_process)
-                except subprocess.TimeoutExpired:
-                    raise RunFailed(f"profiling did not finish within timeout_s={spec['timeout_s']:g} per rank") from None
-                if code != 0:
-                    raise RunFailed(f"profiling failed (exit code {code}): {last_error_line(log)}")
+            handles = [ProcessHandle(n, p, lg) for n, p, lg in zip(names, procs, logs)]
+            supervise(handles, spec.timeout_s * (1 if together else world))
         finally:
             stop_processes(procs)
-        reports = [rep for out in outs for rep in json.loads(out.read_text())]
+        reports = [rep for group in read_reports(outs, logs, names) for rep in group]
         return sorted(reports, key=lambda r: r["rank"])
 
-    def run(self, spec: dict, workdir: Path) -> list[dict]:
-        world = int(spec["devices"])
+    def run(self, spec, workdir: Path) -> Result:
+        net, world = spec.network, spec.devices
         out = []
         for rep in self.profile(spec, workdir):
             r = rep["rank"]
-            bw = min(self.bw) if self.model == "ring" else self.bw[r % len(self.bw)]
-            comm = sum(charge_seconds(op, b, world, bw, self.unit, self.model, self.overhead)
+            bw = min(self.bw) if net.collective_model == "ring" else self.bw[r % len(self.bw)]
+            comm = sum(charge_seconds(op, b, world, bw, net.mbps_unit, net.collective_model, net.wire_overhead)
                        for op, _tag, b in rep["records"])
             compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
             out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
-        return out
+        return Result(out)

@@ -23,28 +23,38 @@ remove what a SIGKILLed controller left behind — by PID, after checking the pr
 from __future__ import annotations
 
 import atexit
-import fcntl
 import json
 import os
 import queue
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, bandwidth_columns, parse_bandwidths
-from .loopback import REPO_ROOT, STARTUP_GRACE_S, RunFailed, blame, last_error_line, rank_env
+from ..errors import ConfigError, RunFailed, atomic_write
+from ..launch import REPO_ROOT, STARTUP_GRACE_S, describe_exit, rank_env, supervise
+from ..options import opt, parse_bandwidths
+from .base import Backend, Result, ShapedOptions, register
+from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
+from .shaping import htb_commands, netem_command
 
-PREFIX = "astr"
-STATE_DIR = Path(os.environ.get("ASTRA_STATE_DIR", "/run/astra-bench"))
-STATE_FILE = STATE_DIR / "mininet-state.json"
-LOCK_FILE = STATE_DIR / "mininet.lock"
-OUR_IFACE = re.compile(rf"^{PREFIX}[hs]\d+(-eth\d+)?$")
 MAX_BW = 1000.0
+
+
+@dataclass
+class MininetOptions(ShapedOptions):
+    name: str = opt("mininet", "the backend")
+    htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
+    htb_stock: bool = opt(False, "shape like stock Mininet's TCLink (fixed 15 kB burst), for comparison only")
+    delay_ms: float | None = opt(None, "one-way delay per link (needs netem; refused on kernels without it)", lo=0)
+    loss_pct: float | None = opt(None, "packet loss per link in % (needs netem)", lo=0, hi=100)
+    max_queue: int | None = opt(None, "queue limit in packets (needs netem)", lo=1)
+    port: int | None = opt(None, "rendezvous port (default: a fresh one per point)", lo=1, hi=65535)
+    reuse: bool = opt(True, "keep hosts and workers up across the points of a sweep (same topology, N, device)")
+    offloads: bool = opt(False, "keep TSO/GSO/GRO on (then wire_bytes counts 64 kB super-packets, not frames)")
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -77,119 +87,11 @@ def netem_available() -> bool:
     return _NETEM
 
 
-def bandwidths(net_cfg, n: int) -> list[float]:
-    return parse_bandwidths(net_cfg.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
-
-
-def validate(cfg) -> None:
-    net = cfg.network
-    bandwidths(net, max(1, int(cfg.devices)))
-    if cfg.topology.name not in ("star", "mesh"):
-        raise ConfigError(f"unknown topology '{cfg.topology.name}': choose star or mesh")
-    impaired = {k: net.get(k) for k in ("delay_ms", "loss_pct", "max_queue") if net.get(k) not in (None, 0)}
-    if impaired and not netem_available():
-        names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
-        raise ConfigError(f"{names} needs the netem qdisc, which this kernel does not have: remove the option(s) "
-                          "(a link must never come up different from its config) or use network=analytic")
-    check_environment()
-
-
-# ------------------------------------------------------------------------------------------------- leftover cleanup
-def _ours(pid: int) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return f"mininet:{PREFIX}h" in cmd or f"mininet:{PREFIX}s" in cmd or "harness.worker" in cmd
-
-
-def cleanup_leftovers() -> list[str]:
-    """Remove what an earlier, killed controller left: its host shells and workers (PIDs from the state file,
-    verified), our root-namespace interfaces and bridge, our cgroups. Returns what was removed."""
-    removed = []
-    if STATE_FILE.is_file():
-        try:
-            pids = json.loads(STATE_FILE.read_text()).get("pids", [])
-        except (OSError, ValueError):
-            pids = []
-        for pid in pids:
-            if _ours(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    removed.append(f"pid {pid}")
-                except ProcessLookupError:
-                    pass
-        STATE_FILE.unlink(missing_ok=True)
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    for name in re.findall(r"^\d+: ([^:@]+)[:@]", links, flags=re.M):
-        if OUR_IFACE.match(name):
-            subprocess.run(["ip", "link", "del", name], capture_output=True)
-            removed.append(name)
-    for ctl in ("cpu", "cpuacct", "cpuset", "cpu,cpuacct"):
-        base = Path("/sys/fs/cgroup") / ctl
-        for d in base.glob(f"{PREFIX}[hs]*") if base.is_dir() else []:
-            try:
-                d.rmdir()
-                removed.append(str(d))
-            except OSError:
-                pass
-    return removed
-
-
-def our_objects() -> dict:
-    """What of ours exists now (for tests and the leak check): root-namespace interfaces, processes."""
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    ifaces = [n for n in re.findall(r"^\d+: ([^:@]+)[:@]", links, flags=re.M) if OUR_IFACE.match(n)]
-    procs = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if f"mininet:{PREFIX}" in cmd:
-                procs.append(int(p.name))
-    return {"interfaces": ifaces, "host_shells": procs}
+def bandwidths(net, n: int) -> list[float]:
+    return parse_bandwidths(net.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
 
 
 # ----------------------------------------------------------------------------------------------------- the session
-MIN_BURST = 3028  # two full Ethernet frames
-
-
-def htb_burst(bw: float, burst_ms: float) -> int:
-    """Bytes HTB may send at line rate after idle: ``burst_ms`` worth of the rate, at least two frames.
-
-    Measured here (astra-calibrate, iperf3, reno): with 1 ms, 1 Gbit/s reaches only 0.91-0.93 of its rate (HTB's
-    dequeue granularity on a 2-core machine); with 10 ms all of 10/100/1000 reach 0.957, which is the TCP goodput
-    ceiling of 1448-byte segments in 1514-byte frames. The price: a transfer starting after idle gains at most
-    10 ms (stock Mininet's 15 kB is 12 ms at 10 Mbit/s, but only 0.12 ms at 1 Gbit/s)."""
-    return max(MIN_BURST, int(bw * 1e6 / 8 * burst_ms / 1e3))
-
-
-def htb_commands(intf: str, bw: float, burst_ms: float, verb: str = "add", stock: bool = False) -> list[str]:
-    """tc commands shaping ``intf`` to ``bw`` Mbit/s (``verb`` add = first time, change = live). ``stock``
-    reproduces Mininet's own TCLink HTB class (fixed 15 kB burst, default ceil/cburst), for comparison only."""
-    cmds = [f"tc qdisc replace dev {intf} root handle 5: htb default 1"] if verb == "add" else []
-    if stock:
-        cmds.append(f"tc class {verb} dev {intf} parent 5: classid 5:1 htb rate {bw}mbit burst 15k")
-        return cmds
-    burst = htb_burst(bw, burst_ms)
-    cmds.append(f"tc class {verb} dev {intf} parent 5: classid 5:1 htb rate {bw}mbit ceil {bw}mbit "
-                f"burst {burst} cburst {burst} quantum 1514")
-    return cmds
-
-
-def netem_command(intf: str, net_cfg) -> str | None:
-    args = []
-    if net_cfg.get("delay_ms"):
-        args.append(f"delay {float(net_cfg.delay_ms)}ms")
-    if net_cfg.get("loss_pct"):
-        args.append(f"loss {float(net_cfg.loss_pct)}%")
-    if net_cfg.get("max_queue"):
-        args.append(f"limit {int(net_cfg.max_queue)}")
-    return f"tc qdisc replace dev {intf} parent 5:1 handle 10: netem {' '.join(args)}" if args else None
-
-
 class Worker:
     """One persistent worker process in a host, with a thread turning its stdout lines into a queue."""
 
@@ -221,14 +123,38 @@ class Worker:
             raise queue.Empty
         msg = self.lines.get(timeout=left)
         if msg is None:
-            raise RunFailed(f"rank {self.rank} exited (code {self.proc.poll()}): {last_error_line(self.log)}")
+            raise RunFailed(f"rank {self.rank} {self.ended()}")
         return msg
+
+    def ended(self) -> str:
+        """How the process ended (it has closed its stdout)."""
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "closed its output but is still running"
+        return describe_exit(code, self.log)
+
+
+class JobHandle:
+    """A job sent to a persistent worker, for ``launch.supervise``: done when the worker answers ok."""
+
+    def __init__(self, worker: Worker):
+        self.worker, self.name = worker, f"rank {worker.rank}"
+
+    def poll(self) -> tuple[bool, str] | None:
+        try:
+            msg = self.worker.lines.get_nowait()
+        except queue.Empty:
+            return None
+        if msg is None:  # EOF: the process died
+            return False, self.worker.ended()
+        return (True, "") if msg.get("ok") else (False, f"failed: {msg.get('error')}")
 
 
 class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
-    def __init__(self, topology: str, n: int, cores: float, threads: int, net_cfg, workdir: Path,
+    def __init__(self, topology: str, n: int, cores: float, threads: int, net: MininetOptions, workdir: Path,
                  workers: bool = True):
         from mininet.link import Link
         from mininet.log import setLogLevel
@@ -244,8 +170,8 @@ class Session:
         self.n, self.workdir, self.jobs = n, workdir, 0
         self.workers: list[Worker] = []
         self.bw: list[float] | None = None
-        self.burst_ms = float(net_cfg.get("htb_burst_ms", 10))
-        self.stock = bool(net_cfg.get("htb_stock", False))
+        self.burst_ms = float(net.htb_burst_ms)
+        self.stock = bool(net.htb_stock)
         cleanup_leftovers()
         CPULimitedHost.inited = True  # its mount check misreads /proc/mounts here; cgroups v1 are mounted
         topo = topos[topology](n=n, bw=None, hprefix=f"{PREFIX}h", sprefix=f"{PREFIX}s")
@@ -265,12 +191,12 @@ class Session:
             for h in self.hosts:
                 h.cmd("sysctl -qw net.ipv4.tcp_congestion_control=reno net.ipv4.tcp_slow_start_after_idle=0")
             self.shaped = self._shaped_interfaces()
-            if not net_cfg.get("offloads", False):
+            if not net.offloads:
                 # Segmentation offloads make the interface counters see 64 kB super-packets with one header:
                 # with them off, tx_bytes (wire_bytes) counts every frame's headers, as a real NIC would.
                 for node, intf, _ in self.shaped:
                     node.cmd(f"ethtool -K {intf} tso off gso off gro off")
-            self.apply(net_cfg, bandwidths(net_cfg, n), first=True)
+            self.apply(net, bandwidths(net, n), first=True)
             self.topology_s = time.perf_counter() - t0
             for r, h in enumerate(self.hosts if workers else []):
                 env = rank_env(r, n, self.hosts[0].IP(), 0, f"{h.name}-eth0", threads)
@@ -281,7 +207,7 @@ class Session:
                 try:
                     w.wait_line(deadline)
                 except queue.Empty:
-                    raise RunFailed(f"rank {w.rank} did not start within 120 s: {last_error_line(w.log)}") from None
+                    raise RunFailed(f"rank {w.rank} did not start within 120 s: {w.ended()}") from None
         except BaseException:
             self.close()
             raise
@@ -301,10 +227,9 @@ class Session:
     def _save_state(self) -> None:
         pids = [h.pid for h in self.net.hosts if getattr(h, "pid", None)] + [w.proc.pid for w in self.workers]
         pids += [s.pid for s in self.net.switches if getattr(s, "pid", None)]
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        STATE_FILE.write_text(json.dumps({"pids": pids, "controller": os.getpid()}))
+        save_state(pids)
 
-    def apply(self, net_cfg, bw: list[float], first: bool = False) -> None:
+    def apply(self, net: MininetOptions, bw: list[float], first: bool = False) -> None:
         """Shape (first time) or re-shape (live) every link direction; netem impairments only where supported."""
         if not first and bw == self.bw:
             return
@@ -314,7 +239,7 @@ class Session:
                 errors = [ln for ln in node.cmd(cmd).splitlines() if ln.strip() and not ln.startswith("Warning")]
                 if errors:
                     raise RunFailed(f"shaping {intf} failed: {errors[0]}")
-            nc = netem_command(intf, net_cfg) if first else None
+            nc = netem_command(intf, net) if first else None
             if nc:
                 out = node.cmd(nc)
                 if out.strip():
@@ -324,42 +249,17 @@ class Session:
     def host_ifaces(self, rank: int) -> list[str]:
         return [i.name for i in self.hosts[rank].intfList() if i.name != "lo"]
 
-    def run(self, spec: dict, timeout_s: float, port: int | None) -> list[dict]:
+    def run(self, spec, port: int | None) -> list[dict]:
+        """Send the point to every worker, supervise the answers, return the reports."""
         self.jobs += 1
         port = port or 29500 + (self.jobs % 2000)
         job_dir = self.workdir / f"job{self.jobs}"
         job_dir.mkdir()
         for r, w in enumerate(self.workers):
-            rspec = {**spec, "wire_ifaces": self.host_ifaces(r)}
-            (job_dir / f"spec{r}.json").write_text(json.dumps(rspec))
-            w.send({"spec": str(job_dir / f"spec{r}.json"), "report": str(job_dir / f"rank{r}.json"),
-                    "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r,
-                            "WORLD_SIZE": self.n}})
-        deadline = time.monotonic() + timeout_s
-        answers: dict[int, dict] = {}
-        first_failure = None
-        while len(answers) < self.n:
-            now = time.monotonic()
-            if first_failure is not None and now > first_failure + 1.0:
-                break  # peers of a failed rank had a moment to fail too
-            if now > deadline:
-                waiting = [w.rank for w in self.workers if w.rank not in answers]
-                raise RunFailed(f"ranks {waiting} did not finish within timeout_s={spec['timeout_s']:g} (plus "
-                                f"{STARTUP_GRACE_S:g} s grace); raise timeout_s if the point is just slow")
-            for w in self.workers:
-                if w.rank in answers:
-                    continue
-                try:
-                    answers[w.rank] = w.wait_line(time.monotonic() + 0.02)
-                except queue.Empty:
-                    continue
-                except RunFailed as exc:  # the process died
-                    answers[w.rank] = {"ok": False, "error": str(exc)}
-                if not answers[w.rank].get("ok") and first_failure is None:
-                    first_failure = time.monotonic()
-        failed = {r: str(a.get("error")) for r, a in answers.items() if not a.get("ok")}
-        if failed:
-            raise RunFailed(blame(failed, [w.rank for w in self.workers if w.rank not in answers]))
+            path = atomic_write(job_dir / f"spec{r}.json", spec.replace(wire_ifaces=self.host_ifaces(r)).to_json())
+            w.send({"spec": str(path), "report": str(job_dir / f"rank{r}.json"),
+                    "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r, "WORLD_SIZE": self.n}})
+        supervise([JobHandle(w) for w in self.workers], spec.timeout_s)
         return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(self.n)]
 
     def close(self) -> float:
@@ -381,86 +281,76 @@ class Session:
             self.net.stop()
         finally:
             cleanup_leftovers()
-            STATE_FILE.unlink(missing_ok=True)
         return time.perf_counter() - t0
 
 
 _SESSION: Session | None = None
-_LOCK_FH = None
-
-
-def _acquire_lock() -> None:
-    """One Mininet session per machine at a time (host and bridge names are fixed)."""
-    global _LOCK_FH
-    if _LOCK_FH is None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        _LOCK_FH = open(LOCK_FILE, "w")
-        try:
-            fcntl.flock(_LOCK_FH, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _LOCK_FH.close()
-            _LOCK_FH = None
-            raise ConfigError("another astra-bench Mininet run holds this machine's emulated network "
-                              f"({LOCK_FILE}): wait for it to finish") from None
 
 
 def close_session() -> float | None:
-    global _SESSION, _LOCK_FH
+    global _SESSION
     took = None
     if _SESSION is not None:
         s, _SESSION = _SESSION, None
         took = s.close()
-    if _LOCK_FH is not None:
-        _LOCK_FH.close()
-        _LOCK_FH = None
+    release_lock()
     return took
 
 
 atexit.register(close_session)
 
 
-class MininetBackend:
+@register
+class MininetBackend(Backend):
     name = "mininet"
+    Options = MininetOptions
+    uses_topology = True
+    enforces_cores = True
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.net_cfg = cfg.network
-        validate(cfg)
-        from ..config import cpu_budget
+    @classmethod
+    def identity(cls, spec) -> dict:
+        from dataclasses import asdict
 
-        self.budget = cpu_budget(cfg, enforced_cores=True)
-        self.n = 1 if cfg.method.name == "single" else int(cfg.devices)
-        self.bw = bandwidths(self.net_cfg, self.n)
+        ident = asdict(spec.network)
+        for k in ("port", "reuse"):  # how the session is run, not what is measured
+            ident.pop(k)
+        return ident
 
-    def describe(self) -> dict:
-        return {"network": self.name, **bandwidth_columns(self.bw, self.n), "wire_bytes": None,
-                "topology": self.cfg.topology.name, **self.budget}
-
-    def run(self, spec: dict, workdir: Path) -> list[dict]:
-        global _SESSION
-        _acquire_lock()
-        dev = self.cfg.device
-        key = (self.cfg.topology.name, self.n, float(dev.cores), int(dev.threads))
-        reuse = bool(self.net_cfg.get("reuse", True))
+    def __init__(self, spec):
+        net = spec.network
+        self.bw = bandwidths(net, spec.devices)
+        impaired = {k: getattr(net, k) for k in ("delay_ms", "loss_pct", "max_queue") if getattr(net, k) not in (None, 0)}
+        if impaired and not netem_available():
+            names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
+            raise ConfigError(f"{names} needs the netem qdisc, which this kernel does not have: remove the option(s) "
+                              "(a link must never come up different from its config) or use network=analytic")
+        check_environment()
+        super().__init__(spec)
         self.setup_s = 0.0
-        if _SESSION is not None and (_SESSION.key != key or not reuse):
+
+    def bandwidths(self) -> list[float]:
+        return self.bw
+
+    def run(self, spec, workdir: Path) -> Result:
+        global _SESSION
+        acquire_lock()
+        net, dev = spec.network, spec.device
+        key = (spec.topology.name, spec.devices, float(dev.cores), int(dev.threads))
+        self.setup_s = 0.0
+        if _SESSION is not None and (_SESSION.key != key or not net.reuse):
             close_session()
-            _acquire_lock()
+            acquire_lock()
         if _SESSION is None:
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
-            _SESSION = Session(key[0], self.n, key[2], key[3], self.net_cfg, sess_dir)
+            _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir)
             self.setup_s = _SESSION.setup_s
         try:
-            _SESSION.apply(self.net_cfg, self.bw)
-            port = self.net_cfg.get("port")
-            reports = _SESSION.run(spec, float(spec["timeout_s"]) + STARTUP_GRACE_S, int(port) if port else None)
+            _SESSION.apply(net, self.bw)
+            reports = _SESSION.run(spec, net.port)
         except BaseException:
             close_session()  # a failed or interrupted point leaves nothing behind
             raise
-        if not reuse:
+        if not net.reuse:
             close_session()
-        return reports
-
-    def measured(self, reports: list[dict]) -> dict:
-        return {"setup_s": round(self.setup_s, 3)}
+        return Result(reports, {"setup_s": round(self.setup_s, 3)})

@@ -1,16 +1,16 @@
-"""Parallel methods, one file each. ``METHODS`` maps the config name to the plan class."""
+"""Parallel methods, one file each; ``METHODS`` maps ``method=<name>`` to its class.
 
-from .astra import Astra
-from .base import Method, Output, partition
-from .single import Single
-from .sp import SequenceParallel
-from .tp import TensorParallel
+Every module in this package is imported here, and each registers its class with ``@register``: adding a method is
+one file here plus ``conf/method/<name>.yaml``.
+"""
 
-METHODS: dict[str, type[Method]] = {
-    "single": Single,
-    "tp": TensorParallel,
-    "sp": SequenceParallel,
-    "astra": Astra,
-}
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "Method", "Output", "partition", "Astra", "Single", "SequenceParallel", "TensorParallel"]
+from .base import METHODS, Method, MethodOptions, Output, partition, register
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "base":
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+__all__ = ["METHODS", "Method", "MethodOptions", "Output", "partition", "register"]

@@ -25,15 +25,148 @@ result must equal ``sp``.
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from .. import vq
+from ..errors import ConfigError
+from ..options import opt
+from .base import MethodOptions, register
 from .sp import SequenceParallel
 
 
+@dataclass
+class AstraOptions(MethodOptions):
+    name: str = opt("astra", "the method")
+    groups: int = opt(1, "G: sub-vectors per token, each with its own codebook (G * log2(K) bits per token)", lo=1)
+    codebook_size: int = opt(1024, "K: a power of two, 2..65536", lo=2, hi=65536)
+    dct: bool = opt(True, "ViT: Distributed Class Tokens (replicated CLS, mean-pooled before the head)")
+    vq: str = opt("kmeans", "kmeans: codebooks fitted on the model's activations (cached); lossless: send fp32 "
+                  "(== sp); checkpoint: codebooks from method.checkpoint", choices=("kmeans", "lossless", "checkpoint"))
+    checkpoint: str | None = opt(None, "an astra-train checkpoint dir or a codebooks .safetensors file")
+    kmeans_iters: int = opt(20, "k-means iterations when fitting codebooks", lo=1)
+    kv_table: Any = opt("auto", "precomputed K|V projections of codewords: auto (if they fit kv_table_max_mb), "
+                        "true, false", kind="auto_bool")
+    kv_table_max_mb: float = opt(512.0, "the kv tables' memory limit for kv_table=auto", lo=0)
+
+
+def vq_mode(o: AstraOptions) -> str:
+    """``method.vq``; a ``method.checkpoint`` given with the default k-means mode means the checkpoint."""
+    return "checkpoint" if (o.vq == "kmeans" and o.checkpoint) else o.vq
+
+
+@register
 class Astra(SequenceParallel):
     name = "astra"
+    Options = AstraOptions
+
+    # -- the controller's side ------------------------------------------------------------------------------------
+    @classmethod
+    def check(cls, spec) -> None:
+        o = spec.method
+        try:
+            vq.check_groups(spec.model.hidden, o.groups)
+            vq.bits_per_index(o.codebook_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        mode = vq_mode(o)
+        if mode == "checkpoint" and not o.checkpoint:
+            raise ConfigError("method.vq=checkpoint needs method.checkpoint=<dir or codebooks .safetensors file>")
+        if o.checkpoint and not Path(o.checkpoint).exists():
+            raise ConfigError(f"method.checkpoint={o.checkpoint} does not exist: pass an astra-train run directory "
+                              "or a codebooks .safetensors file")
+        if o.checkpoint and mode == "lossless":
+            raise ConfigError("method.vq=lossless sends full precision and uses no codebooks: drop method.checkpoint "
+                              "or use method.vq=checkpoint")
+
+    @classmethod
+    def identity(cls, spec) -> dict:
+        from dataclasses import asdict
+
+        ident = asdict(spec.method)
+        ident["vq"] = vq_mode(spec.method)
+        if ident["checkpoint"]:
+            ident["checkpoint"] = str(Path(ident["checkpoint"]).resolve())
+        return ident
+
+    @classmethod
+    def columns(cls, spec) -> dict:
+        mode = vq_mode(spec.method)
+        return {"groups": spec.method.groups, "codebook_size": None if mode == "lossless" else spec.method.codebook_size,
+                "vq": mode}
+
+    @classmethod
+    def prepare(cls, spec, log):
+        """The codebooks the ranks load (k-means ones computed and cached on first use, or a checkpoint's), and a
+        checkpoint's fine-tuned weights; a checkpoint that does not fit the run is refused here."""
+        o, mc, mode = spec.method, spec.model, vq_mode(spec.method)
+        if mode == "lossless":
+            return spec
+        want = (mc.layers, o.groups, o.codebook_size, mc.hidden // o.groups)
+        if mode == "checkpoint":
+            from ..codebooks import load_codebooks
+
+            path = Path(o.checkpoint).resolve()
+            model_state = cls._checkpoint_weights(spec, path, log)
+            try:
+                books = load_codebooks(path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(str(exc)) from None
+            if tuple(books.shape) != want:
+                raise ConfigError(f"codebooks in {path} have shape {tuple(books.shape)}, this run needs {want} "
+                                  "(layers, groups, codebook_size, hidden/groups): set method.groups/codebook_size "
+                                  "to match")
+            return spec.replace(codebooks=str(path), model_state=model_state)
+        from ..codebooks import cached_kmeans_codebooks
+
+        t0 = time.perf_counter()
+        path = cached_kmeans_codebooks(mc, spec.tokens, o.groups, o.codebook_size, spec.seed, o.kmeans_iters,
+                                       os.path.abspath(spec.cache_dir), log)
+        if time.perf_counter() - t0 > 1:
+            log(f"codebooks: k-means G={o.groups} K={o.codebook_size} took {time.perf_counter() - t0:.0f} s "
+                f"(cached in {spec.cache_dir})")
+        return spec.replace(codebooks=str(path))
+
+    @classmethod
+    def _checkpoint_weights(cls, spec, path: Path, log) -> str | None:
+        """For an astra-train checkpoint directory: check it fits this run, return its fine-tuned weights file."""
+        if not (path.is_dir() and (path / "manifest.json").is_file()):
+            return None  # a bare codebook file: random (or model.weights) weights with these codebooks
+        from ..manifest import check_checkpoint, read_manifest
+
+        o = spec.method
+        manifest = read_manifest(path)
+        warnings = check_checkpoint(manifest, spec.model, o.groups, o.codebook_size, spec.tokens, str(path),
+                                    f"use the model it was trained with (model={manifest['model'].get('name')})")
+        if manifest.get("devices") != spec.devices:
+            warnings.append(f"checkpoint {path} was fine-tuned for {manifest.get('devices')} devices, this run uses "
+                            f"{spec.devices} (the paper retrains per device count)")
+        if manifest.get("dct") is not None and bool(manifest["dct"]) != o.dct:
+            warnings.append(f"checkpoint {path} was fine-tuned with dct={manifest['dct']}, this run uses "
+                            f"method.dct={o.dct}")
+        for w in warnings:
+            log(f"WARNING: {w}")
+        return str(path / "model.safetensors")
+
+    @classmethod
+    def plan(cls, model, comm, spec):
+        from dataclasses import asdict
+
+        opts = asdict(spec.method)
+        opts["vq"] = vq_mode(spec.method)
+        if spec.codebooks:
+            from ..codebooks import load_codebooks
+
+            opts["codebooks"] = load_codebooks(spec.codebooks)
+        return cls(model, comm, opts)
+
+    # -- the rank's side ------------------------------------------------------------------------------------------
 
     def __init__(self, model, comm, opts=None):
         opts = dict(opts or {})

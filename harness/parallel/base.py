@@ -1,17 +1,30 @@
-"""What every parallel method shares: the token partition and the method interface.
+"""What every parallel method shares: the token partition, the method interface and the registry.
 
 A method is a *plan* applied to an untouched model (built identically on every rank from the same seed). It may
-replace modules inside the blocks; the model file never learns about ranks.
+replace modules inside the blocks; the model file never learns about ranks. Besides the plan, a method class
+describes itself to the controller through class methods — its options (a dataclass, the schema of
+``conf/method/<name>.yaml``), its device count, its checks, what it prepares before ranks start, and the row
+columns it fills — so nothing outside ``harness/parallel/`` needs to know a method by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ..comm import Comm
 from ..models import Transformer
+from ..options import opt
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make a method available as ``method=<cls.name>`` (with ``conf/method/<name>.yaml``)."""
+    METHODS[cls.name] = cls
+    return cls
 
 
 def partition(n: int, world: int) -> list[tuple[int, int]]:
@@ -38,6 +51,13 @@ class Output:
     positions: torch.Tensor | None = None
 
 
+@dataclass
+class MethodOptions:
+    """Options every method has. A method with knobs subclasses this (see ``parallel/astra.py``)."""
+
+    name: str = opt("single", "the method (a file in harness/parallel/, a config in conf/method/)")
+
+
 class Method:
     """Base class. ``forward(inputs, all_positions)`` runs one inference on this rank.
 
@@ -47,6 +67,9 @@ class Method:
     """
 
     name = "base"
+    Options: type = MethodOptions
+    communicates = True  # False: runs on one device, so bandwidth, topology and devices= do not matter
+    is_baseline = False  # the single-device run speedups are measured against
 
     def __init__(self, model: Transformer, comm: Comm, opts: dict | None = None):
         self.model = model
@@ -54,6 +77,38 @@ class Method:
         self.comm = comm
         self.opts = dict(opts or {})
 
+    # -- the controller's side (class methods: no model, no ranks) ----------------------------------------------
+    @classmethod
+    def devices(cls, requested: int) -> int:
+        """How many ranks this method runs on when ``devices=requested``."""
+        return requested
+
+    @classmethod
+    def check(cls, spec) -> None:
+        """Refuse (ConfigError, one line) a spec this method cannot run, before anything starts."""
+
+    @classmethod
+    def prepare(cls, spec, log):
+        """What must exist before ranks start (files the ranks read); returns the spec to run. ``log(msg)`` reports
+        long steps."""
+        return spec
+
+    @classmethod
+    def columns(cls, spec) -> dict:
+        """Row columns this method fills besides the common ones (e.g. ASTRA's groups, codebook_size, vq)."""
+        return {}
+
+    @classmethod
+    def identity(cls, spec) -> dict:
+        """The options that change what a point measures."""
+        return dataclasses.asdict(spec.method)
+
+    @classmethod
+    def plan(cls, model: Transformer, comm: Comm, spec) -> "Method":
+        """This rank's plan for ``spec`` (in the worker)."""
+        return cls(model, comm, dataclasses.asdict(spec.method))
+
+    # -- the rank's side ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
         raise NotImplementedError

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, Output, single_device_output
+from .base import Method, Output, register, single_device_output
 
 
+@register
 class Single(Method):
     name = "single"
+    communicates = False
+    is_baseline = True
+
+    @classmethod
+    def devices(cls, requested: int) -> int:
+        return 1  # whatever devices= says
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, Output, partition
+from .base import Method, Output, partition, register
 
 
 class SeqParallelAttention(nn.Module):
@@ -32,6 +32,7 @@ class SeqParallelAttention(nn.Module):
         return self._plan[0].attention(self.inner, x, self.index)
 
 
+@register
 class SequenceParallel(Method):
     name = "sp"
     # Replicate the ViT class token on every rank (never sent). Subclasses may partition it instead.

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..comm import Comm
-from .base import Method, Output, single_device_output
+from ..errors import ConfigError
+from .base import Method, Output, register, single_device_output
 
 
 def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
@@ -41,8 +42,15 @@ class RowParallelLinear(nn.Module):
         return y + self.bias
 
 
+@register
 class TensorParallel(Method):
     name = "tp"
+
+    @classmethod
+    def check(cls, spec) -> None:
+        if spec.model.heads % spec.devices:
+            raise ConfigError(f"tp splits heads over devices but heads={spec.model.heads} is not divisible by "
+                              f"devices={spec.devices}: use devices dividing {spec.model.heads}")
 
     def __init__(self, model, comm, opts=None):
         super().__init__(model, comm, opts)

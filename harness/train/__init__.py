@@ -21,13 +21,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import CONF_DIR, run_hydra_app
-
-TRAIN_GROUPS = ("task", "suite")
+from ..config import run_hydra_app
 
 
 def parse_stages(value) -> list[str]:
-    from .pipeline import STAGES, TrainError
+    from .common import STAGES, TrainError
 
     items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value).split(",")
     items = [str(s).strip() for s in items if str(s).strip()]
@@ -40,84 +38,76 @@ def parse_stages(value) -> list[str]:
     return [s for s in STAGES if s in items]
 
 
-def check_overrides(argv: list[str]) -> None:
-    from .pipeline import TrainError
-
-    for arg in argv:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if sep and key in TRAIN_GROUPS:
-            names = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
-            if value not in names:
-                raise TrainError(f"unknown {key} '{value}': choose one of {', '.join(names)}")
-
-
 def run(cfg: DictConfig) -> None:
     import torch
 
-    from . import pipeline as P
+    from ..errors import atomic_write
+    from ..manifest import check_checkpoint, read_manifest
+    from .calibrate import stage_calibrate
+    from .checkpoint import load_base
+    from .common import TrainError, log
+    from .evaluate import stage_evaluate
     from .report import build_tables
+    from .tasks import load_task
+    from .training import stage_base, stage_finetune
+    from .variants import check_numbers, check_variants, expand_suite, results_path_check
 
     torch.set_num_threads(int(cfg.threads))
     t0 = time.perf_counter()
     stages = parse_stages(cfg.stages)
     if cfg.checkpoint and set(stages) - {"evaluate", "report"}:
-        raise P.TrainError("checkpoint=... evaluates an existing checkpoint: use stages=evaluate (or evaluate,report)")
-    P.results_path_check(cfg.results_path)
-    P.check_numbers(cfg)
-    task = P.load_task(cfg)
+        raise TrainError("checkpoint=... evaluates an existing checkpoint: use stages=evaluate (or evaluate,report)")
+    results_path_check(cfg.results_path)
+    check_numbers(cfg)
+    task = load_task(cfg)
     if cfg.checkpoint:
-        m = P.read_manifest(Path(cfg.checkpoint))
-        P.check_checkpoint(m, task.mc, int(cfg.astra.groups), int(cfg.astra.codebook_size), task.tokens,
-                           str(cfg.checkpoint), f"use the task and model it was trained with ({m.get('task')})")
+        m = read_manifest(Path(cfg.checkpoint))
+        check_checkpoint(m, task.mc, int(cfg.astra.groups), int(cfg.astra.codebook_size), task.tokens,
+                         str(cfg.checkpoint), f"use the task and model it was trained with ({m.get('task')})")
         variants = []
     else:
-        variants = P.expand_suite(cfg, task.vit)
-        P.check_variants(task, variants, cfg)
-    log = P.log
+        variants = expand_suite(cfg, task.vit)
+        check_variants(task, variants, cfg)
     log(f"task {task.name}: model {task.mc.name} ({task.mc.layers} blocks, hidden {task.mc.hidden}), "
         f"{task.tokens} tokens; {len(variants)} ASTRA variant(s); stages {','.join(stages)}")
     if "base" in stages:
-        P.stage_base(cfg, task)
+        stage_base(cfg, task)
     if "calibrate" in stages:
-        P.stage_calibrate(cfg, task, variants)
+        stage_calibrate(cfg, task, variants)
     if "finetune" in stages:
-        P.stage_finetune(cfg, task, variants)
+        stage_finetune(cfg, task, variants)
     if "evaluate" in stages:
-        P.stage_evaluate(cfg, task, variants)
+        stage_evaluate(cfg, task, variants)
     if "report" in stages:
         from ..results import _read
 
         path = Path(cfg.results_path)
         if not path.exists():
-            raise P.TrainError(f"no accuracy store at {path}: run the evaluate stage first")
+            raise TrainError(f"no accuracy store at {path}: run the evaluate stage first")
         if "evaluate" not in stages:
-            P.load_base(cfg, task)  # the model config for bits/token
+            load_base(cfg, task)  # the model config for bits/token
         text = build_tables(_read(path), cfg, task.name, task.vit, task.mc.hidden, task.mc.layers)
-        out = Path(cfg.out_dir) / "tables.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        atomic_write(Path(cfg.out_dir) / "tables.md", text)
         print(text)
     log(f"done in {time.perf_counter() - t0:.0f} s")
 
 
 def job(cfg: DictConfig) -> None:
+    from ..errors import ConfigError, RunFailed
     from .data import DataError
-    from .pipeline import TrainError, TrainFailed
 
     try:
         run(cfg)
-    except TrainFailed as exc:
+    except RunFailed as exc:
         print(f"astra-train: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except (TrainError, DataError) as exc:
+    except (ConfigError, DataError) as exc:
         print(f"astra-train: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
 def main() -> None:
-    run_hydra_app("astra-train", "train", job, check_overrides)
+    run_hydra_app("astra-train", "train", job, __doc__)
 
 
 if __name__ == "__main__":

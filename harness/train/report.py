@@ -12,6 +12,8 @@ import math
 import pandas as pd
 from omegaconf import DictConfig
 
+from .common import ASTRA_ROWS, FULL_ROWS
+
 # Paper values (paper.md): accuracy on CIFAR-100 (ViT-Base, 4 devices) and GPT2-S perplexity on Wikipedia.
 PAPER_VIT_G = {None: 92.53, 1: 88.95, 16: 90.77, 32: 91.64}
 PAPER_GPT2_G = {None: 15.79, 1: 21.46, 16: 18.84, 32: 17.39}
@@ -38,7 +40,7 @@ def latest(df: pd.DataFrame, task: str, seed: int | None = None) -> pd.DataFrame
     df = df[df["task"] == task]
     if seed is not None:
         df = df[df["seed"] == seed]
-    astra = df["method"] == "astra"
+    astra = df["method"] == ASTRA_ROWS
     df = df.copy()
     for col, default in (("noise_cov", "full"), ("ema_decay", 0.99)):  # rows written before these columns existed
         if col not in df.columns:
@@ -55,7 +57,7 @@ class Lookup:
         self.df, self.main, self.vit = df, main, vit
 
     def rows(self, **kw) -> pd.DataFrame:
-        df = self.df[self.df["method"] == "astra"]
+        df = self.df[self.df["method"] == ASTRA_ROWS]
         want = {**self.main, **kw}
         if not self.vit:
             want.pop("dct", None)
@@ -76,7 +78,7 @@ class Lookup:
         return float(df["train_wall_s"].iloc[-1]), float(df["eval_wall_s"].iloc[-1])
 
     def full(self, metric: str, split: str = "test"):
-        hit = self.df[(self.df["method"] == "full") & (self.df["metric"] == metric) & (self.df["eval_split"] == split)]
+        hit = self.df[(self.df["method"] == FULL_ROWS) & (self.df["metric"] == metric) & (self.df["eval_split"] == split)]
         return None if hit.empty else float(hit["value"].iloc[-1])
 
 

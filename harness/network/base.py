@@ -1,0 +1,91 @@
+"""The backend interface and registry. A backend runs one point's ranks where its devices live (loopback, Mininet
+hosts, or nowhere but a cost model) and returns their reports plus its own measurements; it refuses, before
+anything starts, every setting it cannot honour. Adding a backend is one file here plus ``conf/network/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..options import bandwidth_columns, opt
+
+BACKENDS: dict[str, type["Backend"]] = {}
+
+
+def register(cls: type["Backend"]) -> type["Backend"]:
+    """Class decorator: make a backend available as ``network=<cls.name>``."""
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class NetworkOptions:
+    """Options every backend has. A backend with knobs subclasses this."""
+
+    name: str = opt("loopback", "the backend (a file in harness/network/, a config in conf/network/)")
+
+
+@dataclass
+class Result:
+    """What a backend returns for a point: one report per rank (``worker.run_rank``) and the backend's own
+    measurements as row columns (e.g. Mininet's set-up time)."""
+
+    reports: list[dict]
+    measured: dict = field(default_factory=dict)
+
+
+def cpu_budget(spec, enforced_cores: bool) -> dict:
+    """``cpu_per_device`` and ``oversubscribed`` for the row. With ``enforced_cores`` (CPU quotas) the budget is
+    ``device.cores`` and oversubscription is refused unless ``device.allow_oversubscribe``; otherwise the budget is
+    the thread count and oversubscription only warned about."""
+    n, dev = spec.devices, spec.device
+    per = float(dev.cores) if enforced_cores else float(dev.threads)
+    cores = os.cpu_count() or 1
+    over = n * per > cores + 1e-9
+    if over and enforced_cores and not dev.allow_oversubscribe:
+        raise ConfigError(
+            f"devices={n} x device.cores={per:g} need {n * per:g} cores but this machine has {cores}: use fewer "
+            "devices, a smaller device (e.g. device=cpu_half), or device.allow_oversubscribe=true (the row is then "
+            "marked oversubscribed=true)"
+        )
+    return {"cpu_per_device": per, "oversubscribed": over}
+
+
+class Backend:
+    name = "base"
+    Options: type = NetworkOptions
+    uses_topology = False  # whether topology= changes what this backend measures
+    enforces_cores = False  # whether device.cores is a real CPU quota (else the budget is device.threads)
+
+    def __init__(self, spec):
+        """Check ``spec`` against what this backend can honour (ConfigError, one line); start nothing."""
+        self.spec = spec
+        self.budget = cpu_budget(spec, self.enforces_cores)
+
+    @classmethod
+    def identity(cls, spec) -> dict:
+        """The network options that change what a point measures."""
+        return dataclasses.asdict(spec.network)
+
+    def bandwidths(self) -> list[float] | None:
+        """Per-device link rate in Mbit/s, or None for an unshaped network."""
+        return None
+
+    def describe(self) -> dict:
+        """Row columns describing the network and the CPU budget."""
+        return {"network": self.name, **bandwidth_columns(self.bandwidths(), self.spec.devices),
+                "topology": self.spec.topology.name if self.uses_topology else None, **self.budget}
+
+    def run(self, spec, workdir: Path) -> Result:
+        raise NotImplementedError
+
+
+@dataclass
+class ShapedOptions(NetworkOptions):
+    bandwidth_mbps: Any = opt(100, "per-device link rate in Mbit/s (10^6 bit/s); a list gives one per device",
+                              kind="bandwidth")

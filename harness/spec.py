@@ -1,0 +1,331 @@
+"""The typed run spec: built once from the composed Hydra config, validated in one place, serialised to every rank.
+
+    cfg (Hydra) --build_spec--> RunSpec --Method.prepare--> RunSpec (codebooks, weights) --Backend.run--> reports
+
+Everything a point depends on is a field here; ``point_key`` hashes the fields that change what is measured, so
+two points with the same key are the same experiment. ``to_json``/``from_json`` carry the spec to the ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import ModelConfig
+from .network import BACKENDS, NetworkOptions
+from .options import as_dict, did_you_mean, fields_of, opt, parse_options
+from .parallel import METHODS, MethodOptions
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("tokens", "extra")]
+
+
+@dataclass
+class Knobs:
+    """The top-level keys of ``conf/config.yaml`` (besides the groups)."""
+
+    devices: int = opt(2, "emulated devices (ranks); `single` always uses 1", lo=1)
+    tokens: int = opt(64, "content tokens (ViT: patches, plus the class token; GPT2: prompt length)", lo=1)
+    batch: int = opt(1, "inputs per inference", lo=1)
+    repeats: int = opt(5, "timed inferences; latency_ms is the median of the slowest rank per repeat", lo=1)
+    warmup: int = opt(2, "untimed inferences first", lo=0)
+    verify: bool = opt(False, "compare every rank's output with the single-device output (max_abs_err)")
+    seed: int = opt(0, "weights, inputs and k-means all derive from it", lo=0)
+    timeout_s: float = opt(300.0, "a rank not finished by then fails the run (collectives time out too)", above=0)
+    collectives: str = opt("p2p", "p2p: bandwidth-optimal send/recv collectives; gloo: gloo's own",
+                           choices=("p2p", "gloo"))
+    cache_dir: str = opt("results/cache", "where k-means codebooks are cached")
+
+
+@dataclass
+class DeviceOptions:
+    name: str = opt("cpu1", "the device's name (the row's `device` column)")
+    cores: float = opt(1.0, "CPU quota per device in cores (enforced on Mininet hosts)", above=0)
+    threads: int = opt(1, "torch threads per device", lo=1)
+    allow_oversubscribe: bool = opt(False, "Mininet: run even when devices x cores exceed the machine's cores")
+
+
+@dataclass
+class FaultOptions:
+    crash_rank: int | None = opt(None, "this rank raises right after start-up (tests the harness)", lo=0)
+    hang_rank: int | None = opt(None, "this rank stops responding (the run must end at timeout_s)", lo=0)
+
+
+@dataclass
+class ResultsOptions:
+    path: str = opt("results/results.parquet", "the results store (.parquet or .csv)")
+    record_failures: Any = opt("auto", "record failed points as rows (auto: inside a -m sweep only)",
+                               kind="auto_bool")
+    skip_existing: Any = opt("auto", "skip points already in the store with status ok (auto: inside a -m sweep)",
+                             kind="auto_bool")
+
+
+@dataclass
+class TopologyOptions:
+    name: str = opt("star", "star: hosts on one bridge; mesh: a direct link per pair (Mininet only)",
+                    choices=("star", "mesh"))
+
+
+GROUP_SCHEMAS = {"device": DeviceOptions, "fault": FaultOptions, "results": ResultsOptions,
+                 "topology": TopologyOptions}
+
+
+@dataclass
+class RunSpec:
+    model: ModelConfig
+    method: MethodOptions
+    network: NetworkOptions
+    topology: TopologyOptions
+    device: DeviceOptions
+    devices: int  # effective: what the method runs on
+    tokens: int
+    batch: int = 1
+    seed: int = 0
+    repeats: int = 5
+    warmup: int = 2
+    verify: bool = False
+    timeout_s: float = 300.0
+    collectives: str = "p2p"
+    cache_dir: str = "results/cache"
+    fault: FaultOptions = field(default_factory=FaultOptions)
+    results: ResultsOptions = field(default_factory=ResultsOptions)
+    # What the method prepares before ranks start, and what a caller feeds the ranks directly.
+    codebooks: str | None = None
+    model_state: str | None = None
+    inputs_path: str | None = None
+    outputs_dir: str | None = None
+    wire_ifaces: list[str] = field(default_factory=list)  # per rank (Mininet): interfaces whose tx bytes count
+    config: dict = field(default_factory=dict)  # the resolved Hydra config, for the row
+
+    @property
+    def method_class(self):
+        return METHODS[self.method.name]
+
+    @property
+    def backend_class(self):
+        return BACKENDS[self.network.name]
+
+    def replace(self, **kw) -> "RunSpec":
+        return dataclasses.replace(self, **kw)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        d = json.loads(text)
+        d["model"] = ModelConfig(**d["model"])
+        d["method"] = METHODS[d["method"]["name"]].Options(**d["method"])
+        d["network"] = BACKENDS[d["network"]["name"]].Options(**d["network"])
+        for key, schema in GROUP_SCHEMAS.items():
+            d[key] = schema(**d[key])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------- the builders
+def model_config(values: dict, tokens: int, check_positions: bool = True) -> ModelConfig:
+    """A checked ModelConfig from the ``model`` group's values, built for ``tokens`` content tokens."""
+    values = dict(values)
+    for key in ("tokens", "extra"):
+        if key in values:
+            raise ConfigError(f"model.{key} is not a model option: the token count is the top-level tokens=")
+    mc = parse_options(ModelConfig, values, "model.", f"model={values.get('name')}")
+    mc.tokens = tokens
+    if mc.kind not in ("vit", "gpt2"):
+        raise ConfigError(f"model.kind={mc.kind} is unknown: use vit or gpt2")
+    for key in ("layers", "hidden", "heads", "mlp_ratio", "patch_size", "channels", "num_classes", "vocab_size",
+                "max_positions"):
+        if getattr(mc, key) < 1:
+            raise ConfigError(f"model.{key}={getattr(mc, key)} must be >= 1")
+    if not mc.ln_eps > 0:
+        raise ConfigError(f"model.ln_eps={mc.ln_eps} must be > 0")
+    if mc.hidden % mc.heads:
+        raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
+    if check_positions and mc.kind == "gpt2" and tokens > mc.max_positions:
+        raise ConfigError(f"tokens={tokens} exceeds {mc.name}'s {mc.max_positions} positions (model.max_positions): "
+                          f"lower tokens or raise model.max_positions")
+    if mc.weights and not Path(mc.weights).is_dir():
+        raise ConfigError(f"model.weights={mc.weights} is not a directory: pass a directory with an HF config.json "
+                          "and weights")
+    return mc
+
+
+def owned_elsewhere(group: str, key: str) -> list[str]:
+    """The choices of ``group`` (method or network) that have option ``key``."""
+    registry = METHODS if group == "method" else BACKENDS
+    return [n for n, cls in registry.items() if key in {f[0] for f in fields_of(cls.Options)}]
+
+
+def group_options(group: str, values: dict, in_sweep: bool):
+    """The typed options of the chosen method/backend. Inside a -m sweep, a knob of *another* choice of the group
+    (``method.groups`` while sweeping sp and astra) is dropped; in a single run it is refused."""
+    registry = METHODS if group == "method" else BACKENDS
+    name = values.get("name")
+    if name not in registry:
+        raise ConfigError(f"unknown {group} '{name}'{did_you_mean(str(name), registry)}: choose one of "
+                          f"{', '.join(sorted(registry))}")
+    cls = registry[name].Options
+    own = {f[0] for f in fields_of(cls)}
+    kept = {}
+    for k, v in values.items():
+        others = owned_elsewhere(group, k) if k not in own else []
+        if others:
+            if in_sweep:
+                continue
+            raise ConfigError(f"{group}={name} has no option {k} (it is {' and '.join(others)}'s): remove "
+                              f"{group}.{k}, or use {group}={others[0]}")
+        kept[k] = v
+    return parse_options(cls, kept, f"{group}.", f"{group}={name}")
+
+
+def build_spec(cfg, in_sweep: bool = False) -> RunSpec:
+    """The RunSpec of a composed config (a DictConfig or a plain dict). Raises ConfigError with one line."""
+    from omegaconf import DictConfig, OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    c.pop("hydra", None)
+    groups = {"model", "method", "network", *GROUP_SCHEMAS}
+    knobs = {k: v for k, v in c.items() if k not in groups}
+    top = parse_options(Knobs, knobs, "", "astra-bench")
+    for g in groups:
+        if not isinstance(c.get(g), dict):
+            raise ConfigError(f"{g} must be a config group, not {c.get(g)!r}: choose one with {g}=<name>")
+    mc = model_config(c["model"], top.tokens)
+    method = group_options("method", c["method"], in_sweep)
+    network = group_options("network", c["network"], in_sweep)
+    sub = {k: parse_options(schema, c[k], f"{k}.", k) for k, schema in GROUP_SCHEMAS.items()}
+    cls = METHODS[method.name]
+    devices = cls.devices(top.devices)
+    if top.devices > top.tokens:
+        raise ConfigError(f"devices={top.devices} must be between 1 and tokens={top.tokens}: lower devices or "
+                          "raise tokens")
+    for key in ("crash_rank", "hang_rank"):
+        r = getattr(sub["fault"], key)
+        if r is not None and r >= devices:
+            raise ConfigError(f"fault.{key}={r} is not a rank of this {devices}-device point: use 0..{devices - 1}")
+    from .results import check_store
+
+    check_store(sub["results"].path)
+    if Path(top.cache_dir).exists() and not Path(top.cache_dir).is_dir():
+        raise ConfigError(f"cache_dir={top.cache_dir} is a file: pass a directory")
+    spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c,
+                   **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
+                                                    "timeout_s", "collectives", "cache_dir")},
+                   **sub)
+    cls.check(spec)
+    return spec
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config", hydra_node: bool = False):
+    """The composed Hydra config for ``overrides`` (e.g. ``["model=vit_tiny", "method=sp"]``), outside any app and
+    without touching a running one (``hydra_node``: keep the ``hydra`` node, e.g. an experiment's sweep)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    cfg = loader.load_configuration(config_name, list(overrides or []), run_mode=RunMode.MULTIRUN)
+    if not hydra_node:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def model_from_conf(name: str, tokens: int, overrides: dict | None = None, check_positions: bool = True) -> ModelConfig:
+    """The ModelConfig of ``conf/model/<name>.yaml`` (composed by Hydra) with field ``overrides``."""
+    from omegaconf import OmegaConf
+
+    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    if name not in names:
+        raise ConfigError(f"model '{name}' is unknown{did_you_mean(name, names)}: choose one of {', '.join(names)}")
+    values = OmegaConf.to_container(compose([f"model={name}"]).model, resolve=True)
+    values.update(overrides or {})
+    return model_config(values, tokens, check_positions)
+
+
+def make_spec(model: ModelConfig, method: dict, **knobs) -> RunSpec:
+    """A RunSpec built in code (astra-train's runtime check, benchmarks): the defaults of ``conf/config.yaml`` with
+    this model, these method options (``{"name": "astra", ...}``, the rest from the method's config) and top-level
+    ``knobs`` (devices=, tokens=, ...), validated like any other."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose([f"method={method['name']}", "network=loopback"]), resolve=True)
+    cfg["method"].update(method)
+    cfg.update(knobs)
+    cfg["tokens"] = knobs.get("tokens", model.tokens)
+    cfg["model"] = {k: v for k, v in model.to_dict().items() if k in MODEL_FIELDS}
+    if model.kind == "gpt2":  # a trained GPT2's position table holds max(max_positions, tokens) positions
+        cfg["model"]["max_positions"] = max(model.max_positions, model.tokens)
+    return build_spec(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------- identities
+def identity(spec: RunSpec) -> dict:
+    """Every setting that changes what a point measures (not where results go, time limits, fault injection)."""
+    cls = spec.method_class
+    ident = {
+        "model": {k: v for k, v in spec.model.to_dict().items() if k != "extra"},
+        "method": cls.identity(spec),
+        "devices": spec.devices,
+        "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,
+        "warmup": spec.warmup, "verify": spec.verify, "collectives": spec.collectives,
+        "device": as_dict(spec.device),
+        "network": spec.backend_class.identity(spec),
+        "topology": spec.topology.name if spec.backend_class.uses_topology else None,
+    }
+    if not cls.communicates:  # one device: bandwidth, topology and the network's knobs do not matter
+        ident["network"] = {"name": spec.network.name}
+        ident["topology"] = None
+        ident["collectives"] = None
+    return ident
+
+
+def point_key(spec: RunSpec) -> str:
+    return hashlib.sha256(json.dumps(identity(spec), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def baseline_key(spec: RunSpec) -> str:
+    """The point key of the single-device run this point's speedup is measured against."""
+    single = next(n for n, cls in METHODS.items() if cls.is_baseline)
+    base = spec.replace(method=METHODS[single].Options(name=single), devices=1)
+    return point_key(base)
+
+
+# ------------------------------------------------------------------------------------------------------ the result row
+def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measured: dict | None = None,
+        error: str | None = None) -> dict:
+    """The one result row of a point: its settings (``network`` = the backend's ``describe()``), the measured
+    columns summarised from the ranks' ``reports``, the backend's own ``measured`` columns, or ``error``."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from .results import summarize
+
+    out = {
+        "model": spec.model.name, "method": spec.method.name, "devices": spec.devices, "tokens": spec.tokens,
+        "network": network["network"], "bandwidth_mbps": network.get("bandwidth_mbps"),
+        "bandwidth_per_device": network.get("bandwidth_per_device"),
+        "groups": None, "codebook_size": None, "repeats": spec.repeats,
+        "latency_ms": None, "latency_p90_ms": None, "compute_ms": None, "comm_ms": None, "payload_bytes": None,
+        "wire_bytes": None, "max_abs_err": None,
+        "cpu_per_device": network.get("cpu_per_device", float(spec.device.threads)),
+        "oversubscribed": network.get("oversubscribed", False),
+        "status": "ok" if error is None else "failed", "error": error,
+        "run_id": uuid.uuid4().hex[:12],
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": json.dumps(spec.config, sort_keys=True),
+        "batch": spec.batch, "threads": spec.device.threads, "seed": spec.seed, "vq": None,
+        "topology": network.get("topology"), "device": spec.device.name, "setup_s": None,
+        "point_key": point_key(spec), "baseline_key": baseline_key(spec), "wall_s": None,
+    }
+    out.update(spec.method_class.columns(spec))
+    if reports:
+        out.update(summarize(reports))
+    out.update(measured or {})
+    return out

@@ -1,0 +1,211 @@
+"""The ``evaluate`` stage: the full-precision model and every ASTRA checkpoint on the task's splits (masked
+simulation, the same weights in full precision, random splits, quantization error, and the real multi-process
+runtime on loopback), one row per metric in the accuracy store."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .. import vq
+from ..codebooks import attention_inputs_to
+from ..errors import RunFailed
+from ..manifest import VARIANT_KEYS, check_checkpoint, read_manifest
+from ..models import ModelConfig
+from .checkpoint import base_dir, base_manifest, load_base, load_checkpoint, run_dir
+from .common import ASTRA_ROWS, FULL_ROWS, TrainFailed, config_key, log, now, read_safetensors, write_safetensors
+from .sim import AstraSim, assign_devices, fpar
+from .tasks import Task, eval_batches, evaluate_split, full_forward, sim_options
+
+ACC_COLUMNS = ["task", "model", "method", "groups", "codebook_size", "devices", "noise_lambda", "commitment_beta",
+               "dct", "split", "noise_cov", "ema_decay", "metric", "eval_split", "value", "bits_per_token",
+               "train_wall_s", "eval_wall_s", "variant", "checkpoint", "checkpoint_status", "checkpoint_step", "seed",
+               "run_id", "timestamp"]
+
+
+def bits_per_token(mc: ModelConfig, groups: int | None, k: int | None) -> int:
+    """Bits one token costs over the whole forward pass (paper Tables 1/3): L·D·32 full, L·G·log2K ASTRA."""
+    if groups is None:
+        return mc.layers * mc.hidden * 32
+    return mc.layers * groups * vq.bits_per_index(k)
+
+
+def runtime_check(cfg: DictConfig, task: Task, d: Path, m: dict, sim: AstraSim) -> dict:
+    """Run the checkpoint in the real multi-process ASTRA runtime (loopback) on a test batch; compare with the
+    masked simulation: fraction of equal predictions and the largest logit difference."""
+    from ..launch import launch_local
+    from ..spec import make_spec
+
+    n = int(cfg.evaluate.runtime_batch)
+    model = sim.model
+    x, _ = next(eval_batches(task, model, "test", chunk=n))
+    with torch.no_grad():
+        ref = sim.forward(x)[0]
+    with tempfile.TemporaryDirectory(prefix="astra-train-check-") as wd:
+        wd = Path(wd)
+        write_safetensors(wd / "inputs.safetensors", {"inputs": x})
+        method = {"name": "astra", "groups": int(m["groups"]), "codebook_size": int(m["codebook_size"]),
+                  "dct": bool(m["dct"]), "vq": "checkpoint", "checkpoint": str(d)}
+        spec = make_spec(ModelConfig(**m["model"]), method, devices=int(m["devices"]), tokens=task.tokens,
+                         batch=len(x), seed=int(cfg.seed), repeats=1, warmup=0, verify=False,
+                         timeout_s=float(cfg.evaluate.timeout_s),
+                         device={"name": "cpu1", "cores": 1.0, "threads": 1, "allow_oversubscribe": False},
+                         results={"path": str(wd / "unused.parquet"), "record_failures": "auto",
+                                  "skip_existing": "auto"})
+        spec = spec.replace(codebooks=str((d / "codebooks.safetensors").resolve()),
+                            model_state=str((d / "model.safetensors").resolve()),
+                            inputs_path=str(wd / "inputs.safetensors"), outputs_dir=str(wd))
+        try:
+            launch_local(spec, wd)
+        except RunFailed as exc:
+            raise TrainFailed(f"runtime check of {d.name} failed: {exc}") from None
+        outs = [read_safetensors(wd / f"rank{r}.safetensors") for r in range(spec.devices)
+                if (wd / f"rank{r}.safetensors").is_file()]
+    if task.vit:
+        got = outs[0]["logits"]
+    else:
+        got = torch.cat([o["logits"] for o in sorted(outs, key=lambda o: int(o["positions"][0]))], 1)
+    return {"runtime_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+            "runtime_max_abs_diff": float((got - ref).abs().max())}
+
+
+def relative_quant_error(task: Task, sim: AstraSim) -> float:
+    """mean ‖x − x̂‖² / mean ‖x‖² of the attention inputs of the checkpoint's weights run in full precision, over
+    the test split and all blocks (all tokens, the class token included)."""
+    st = sim.state
+    acc = {"e": 0.0, "r": 0.0}
+
+    def measure(i: int, x: torch.Tensor) -> None:
+        acc["e"] += float((x - st.decode(i, st.encode(i, x))).pow(2).sum())
+        acc["r"] += float(x.pow(2).sum())
+
+    model = sim.model
+    with attention_inputs_to(model, measure):
+        for x, _ in eval_batches(task, model, "test"):
+            full_forward(model, x)
+    return acc["e"] / max(acc["r"], 1e-12)
+
+
+def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, value: float, **extra) -> dict:
+    astra = v is not None
+    return {"task": task.name, "model": task.mc.name, "method": ASTRA_ROWS if astra else FULL_ROWS,
+            "groups": int(v["groups"]) if astra else None,
+            "codebook_size": int(v["codebook_size"]) if astra else None,
+            "devices": int(v["devices"]) if astra else 1,
+            "noise_lambda": float(v["noise_lambda"]) if astra else None,
+            "commitment_beta": float(v["commitment_beta"]) if astra else None,
+            "dct": (bool(v["dct"]) if task.vit else None) if astra else None,
+            "split": v["split"] if astra else None, "noise_cov": v["noise_cov"] if astra else None,
+            "ema_decay": float(v["ema_decay"]) if astra else None, "metric": metric, "eval_split": split,
+            "value": float(value),
+            "bits_per_token": bits_per_token(task.mc, v and int(v["groups"]), v and int(v["codebook_size"])),
+            "seed": int(cfg.seed), "timestamp": now(), **extra}
+
+
+def evaluate_full(cfg: DictConfig, task: Task) -> list[dict]:
+    model = load_base(cfg, task)
+    t0 = time.perf_counter()
+    rows = []
+    for split in (("test", "train") if task.vit else ("test",)):
+        for metric, value in evaluate_split(task, model, lambda x: full_forward(model, x), split).items():
+            rows.append(_row(task, cfg, None, metric, split, value))
+    wall = time.perf_counter() - t0
+    base_info = base_manifest(cfg)
+    for r in rows:
+        r.update(train_wall_s=base_info.get("wall_s"), eval_wall_s=round(wall, 2), variant="full",
+                 checkpoint=str(base_dir(cfg)))
+    main = "top1" if task.vit else "ppl"
+    log(f"evaluate full: {main} {next(r['value'] for r in rows if r['metric'] == main):.3f} (test)")
+    return rows
+
+
+def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
+    model, state, m = load_checkpoint(d, int(cfg.seed))
+    v = {k: m[k] for k in VARIANT_KEYS}
+    t0 = time.perf_counter()
+    sim = AstraSim(model, state, sim_options(v))
+    rows = []
+    for split in (("test", "train") if task.vit else ("test",)):
+        res = evaluate_split(task, model, lambda x: sim.forward(x)[0], split)
+        for metric, value in res.items():
+            rows.append(_row(task, cfg, v, metric, split, value))
+    # the same weights in full precision on one device: the accuracy cost of quantization alone
+    for metric, value in evaluate_split(task, model, lambda x: full_forward(model, x), "test").items():
+        rows.append(_row(task, cfg, v, f"{metric}_fp", "test", value))
+    if v["split"] == "random":  # also on random uneven splits, with their full-precision attention rate
+        g = torch.Generator().manual_seed(int(cfg.seed) + 5)
+
+        def random_forward(x):
+            dev = assign_devices(task.tokens, v["devices"], v["dct"], task.vit, True, x.shape[0], g)
+            fr.append(fpar(dev[:, v["devices"] if task.vit and v["dct"] else 0:], v["devices"]))
+            return sim.forward(x, dev=dev)[0]
+
+        fr: list[torch.Tensor] = []
+        for metric, value in evaluate_split(task, model, random_forward, "test").items():
+            rows.append(_row(task, cfg, v, metric, "test_random_split", value))
+        rows.append(_row(task, cfg, v, "fpar_mean", "test_random_split", float(torch.cat(fr).mean())))
+    rows.append(_row(task, cfg, v, "quant_rel_mse", "test", relative_quant_error(task, sim)))
+    if cfg.evaluate.runtime_check:
+        for metric, value in runtime_check(cfg, task, d, m, sim).items():
+            rows.append(_row(task, cfg, v, metric, "test", value))
+    wall = time.perf_counter() - t0
+    for r in rows:
+        r.update(train_wall_s=m.get("train_wall_s"), eval_wall_s=round(wall, 2), variant=d.name,
+                 checkpoint=str(d), checkpoint_status=m.get("status"), checkpoint_step=m.get("step"))
+    main = "top1" if task.vit else "ppl"
+    agree = [r["value"] for r in rows if r["metric"] == "runtime_agreement"]
+    log(f"evaluate {d.name}: {main} {next(r['value'] for r in rows if r['metric'] == main):.3f} (test)"
+        + (f", runtime agreement {agree[0]:.3f}" if agree else ""))
+    return rows
+
+
+def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[dict]:
+    from ..results import _read, append_rows
+
+    run_id = uuid.uuid4().hex[:12]
+    path = Path(cfg.results_path)
+    old = _read(path) if path.exists() and not cfg.force else None
+    done: set[str] = set(old["eval_key"].dropna()) if old is not None and "eval_key" in old.columns else set()
+    reused: list[dict] = []
+    eval_cfg = {"evaluate": OmegaConf.to_container(cfg.evaluate, resolve=True), "eval_limit": task.cfg.eval_limit,
+                "task": task.name}
+
+    def fresh(key: str, what: str) -> str | None:
+        """The evaluation key of ``what``, or None if the store already holds its rows (reused)."""
+        k = config_key({"checkpoint": key, **eval_cfg})
+        if k in done:
+            # re-append them (new run_id and timestamp) so they are the latest rows of this variant again
+            last = old[old["eval_key"] == k]
+            last = last[last["run_id"] == last.sort_values("timestamp", kind="stable")["run_id"].iloc[-1]]
+            reused.extend(dict(r, timestamp=now(), reused=True) for r in last.to_dict("records"))
+            log(f"evaluate {what}: reusing its rows in {path}")
+            return None
+        return k
+
+    rows: list[dict] = []
+    k = fresh(base_manifest(cfg)["key"], "full")
+    if k:
+        rows += [dict(r, eval_key=k) for r in evaluate_full(cfg, task)]
+    dirs = [Path(cfg.checkpoint)] if cfg.checkpoint else [run_dir(cfg, v) for v in variants]
+    for d in dirs:
+        m = read_manifest(d)
+        for w in check_checkpoint(m, task.mc, int(m["groups"]) if not cfg.checkpoint else int(cfg.astra.groups),
+                                  int(m["codebook_size"]) if not cfg.checkpoint else int(cfg.astra.codebook_size),
+                                  task.tokens, str(d), "evaluate it on the task it was trained for"):
+            log(f"WARNING: {w}")
+        k = fresh(f"{m.get('key')}:{m.get('step')}", d.name)
+        if k:
+            rows += [dict(r, eval_key=k) for r in evaluate_checkpoint(cfg, task, d)]
+    n_new = len(rows)
+    rows += reused
+    for r in rows:
+        r["run_id"] = run_id
+    if rows:
+        append_rows(cfg.results_path, rows, ACC_COLUMNS)
+    log(f"evaluate: {n_new} new and {len(reused)} reused rows -> {cfg.results_path}")
+    return rows

@@ -1,0 +1,230 @@
+"""The controller's structure and contracts, without running points: option schemas agree with conf/, every
+experiment's sweep passes the command-line check, the import graph has no circle, no module outside
+harness/parallel/ knows a method by name, the results store never merges different points, and --help."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.config import APP_GROUPS, available, check_argv
+from harness.errors import ConfigError
+from harness.network import BACKENDS
+from harness.options import did_you_mean, fields_of
+from harness.parallel import METHODS
+from harness.plot import latest_points
+from harness.results import append_row, load
+from harness.spec import RunSpec, build_spec, compose, point_key
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+# ---------------------------------------------------------------------------------------------------- schemas
+@pytest.mark.parametrize("group,registry", [("method", METHODS), ("network", BACKENDS)])
+def test_every_config_file_matches_its_schema(group, registry):
+    assert sorted(available(group)) == sorted(registry), "a config file without a class, or a class without one"
+    for name, cls in registry.items():
+        data = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+        schema = {f[0]: f[3] for f in fields_of(cls.Options)}
+        assert set(data) == set(schema), (name, set(data) ^ set(schema))
+        assert data.pop("name") == name
+        for key, value in data.items():
+            default = schema[key]
+            if isinstance(default, float) and value is not None:
+                assert float(value) == default, (name, key)
+            else:
+                assert value == default, (name, key, value, default)
+
+
+def test_spec_round_trip_and_keys():
+    spec = build_spec(compose(["model=gpt2_tiny", "method=astra", "method.groups=4", "network=analytic"]))
+    again = RunSpec.from_json(spec.to_json())
+    assert again == spec and type(again.method) is type(spec.method)
+    assert point_key(spec) != point_key(spec.replace(method=spec.method.__class__(groups=8)))
+    assert point_key(spec) == point_key(spec.replace(results=spec.results.__class__(path="elsewhere.csv")))
+
+
+@pytest.mark.parametrize("experiment", available("experiment"))
+def test_every_experiment_sweep_passes_the_check(experiment):
+    cfg = compose([f"experiment={experiment}"], hydra_node=True)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    check_argv(["-m", f"experiment={experiment}", *params])
+    # and every point of it builds a spec (first value of every swept key, each method in turn)
+    methods = str(cfg.hydra.sweeper.params.method).split(",")
+    firsts = [p.split(",")[0] for p in params if not p.startswith("method=")]
+    for m in methods:
+        spec = build_spec(compose([f"experiment={experiment}", f"method={m}", *firsts]), in_sweep=True)
+        assert spec.method.name == m
+
+
+def test_sweep_knob_of_some_methods_is_passed_on_as_force_add():
+    out = check_argv(["-m", "method=sp,astra", "method.groups=1,2"])
+    assert "++method.groups=1,2" in out
+    with pytest.raises(ConfigError, match="no option groups"):
+        check_argv(["method=sp", "method.groups=2"])
+    assert check_argv(["method=astra", "method.groups=2"]) == ["method=astra", "method.groups=2"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["bandwith=10"], "did you mean network.bandwidth_mbps"),
+    (["method.group=4"], "did you mean groups"),
+    (["+method.group=4"], "did you mean groups"),
+    (["network=mininet", "network.bandwith_mbps=4"], "did you mean bandwidth_mbps"),
+    (["model=vit_tinny"], "did you mean vit_tiny"),
+    (["experiment=mian"], "did you mean main"),
+    (["~model"], "~model"),
+    (["a=[1,"], "cannot read the override"),
+])
+def test_argv_check_refuses(argv, needle):
+    with pytest.raises(ConfigError, match=None) as exc:
+        check_argv(argv)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_did_you_mean():
+    assert did_you_mean("bandwith", ["batch", "network.bandwidth_mbps"]) == " (did you mean network.bandwidth_mbps?)"
+    assert did_you_mean("zzz", ["batch"]) == ""
+
+
+# ----------------------------------------------------------------------------------------------------- structure
+def _imports(path: Path, package: str) -> set[str]:
+    """Modules of the harness package that ``path`` imports (at any level of the file)."""
+    tree = ast.parse(path.read_text())
+    mod = package
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = mod.split(".")
+                base = base[: len(base) - node.level + (1 if path.name == "__init__.py" else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{a.name}" for a in node.names]
+            out |= {n for n in [target, *names] if n.startswith("harness")}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("harness")}
+    return out
+
+
+def _module_graph() -> dict[str, set[str]]:
+    files = {}
+    for path in (REPO / "harness").rglob("*.py"):
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        files[name] = path
+    graph = {}
+    for name, path in files.items():
+        pkg = name if path.name == "__init__.py" else name
+        deps = set()
+        for imp in _imports(path, pkg):
+            while imp and imp not in files:
+                imp = imp.rpartition(".")[0]
+            if imp and imp != name:
+                deps.add(imp)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_circle():
+    graph = _module_graph()
+    # a package's __init__ importing its own submodules (the registries) is not a circle of concerns
+    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    graph = {m: {d for d in deps if not (m.startswith(d + ".") and d in ("harness.parallel", "harness.network",
+                                                                            "harness.models", "harness.train"))}
+             for m, deps in graph.items()}
+    seen, stack, cycles = set(), [], []
+
+    def visit(m):
+        if m in stack:
+            cycles.append(stack[stack.index(m):] + [m])
+            return
+        if m in seen:
+            return
+        seen.add(m)
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            visit(d)
+        stack.pop()
+
+    for m in sorted(graph):
+        visit(m)
+    assert not cycles, cycles
+
+
+def test_no_method_name_compared_outside_parallel():
+    names = set(METHODS)
+    offenders = []
+    for path in (REPO / "harness").rglob("*.py"):
+        if "parallel" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                if any(c.value in names for c in consts):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------------------- results identity
+def _row(method, latency, run_id, **config):
+    spec = build_spec(compose([f"method={method}", "network=analytic", "network.bandwidth_mbps=10",
+                               *[f"{k}={v}" for k, v in config.items()]]))
+    from harness.spec import row
+
+    r = row(spec, spec.backend_class(spec).describe())
+    r.update(latency_ms=latency, compute_ms=latency, comm_ms=0.0, payload_bytes=1, run_id=run_id,
+             timestamp=f"2026-01-01T00:00:{len(run_id):02d}")
+    return r
+
+
+def test_rows_that_differ_in_a_setting_are_never_merged(tmp_path):
+    store = tmp_path / "r.parquet"
+    append_row(store, _row("single", 100.0, "s"))
+    append_row(store, _row("astra", 50.0, "k64", **{"method.codebook_size": 64}))
+    append_row(store, _row("astra", 40.0, "k1024", **{"method.codebook_size": 1024}))
+    append_row(store, _row("sp", 80.0, "ring", **{"network.collective_model": "ring"}))
+    append_row(store, _row("sp", 70.0, "paper", **{"network.collective_model": "paper"}))
+    append_row(store, _row("sp", 60.0, "paper-again", **{"network.collective_model": "paper"}))  # a re-run
+    pts = latest_points(load(store))
+    assert sorted(pts["run_id"]) == ["k1024", "k64", "paper-again", "ring", "s"]
+    assert pts["label"].is_unique, list(pts["label"])
+    labels = dict(zip(pts["run_id"], pts["label"]))
+    assert "K=64" in labels["k64"] and "K=1024" in labels["k1024"]
+    assert "collective_model=paper" in labels["paper-again"] and "collective_model=ring" in labels["ring"]
+    speed = dict(zip(pts["run_id"], pts["speedup"]))
+    assert speed == pytest.approx({"s": 1.0, "k64": 2.0, "k1024": 2.5, "ring": 1.25, "paper-again": 100 / 60})
+
+
+def test_speedup_baseline_matches_the_whole_model(tmp_path):
+    store = tmp_path / "r.parquet"
+    append_row(store, _row("single", 100.0, "s64", **{"model.hidden": 64}))
+    append_row(store, _row("single", 400.0, "s128", **{"model.hidden": 128}))
+    append_row(store, _row("sp", 200.0, "sp128", **{"model.hidden": 128}))
+    df = load(store).set_index("run_id")
+    assert df.loc["sp128", "speedup"] == pytest.approx(2.0)  # against the hidden=128 single run only
+
+
+# --------------------------------------------------------------------------------------------------------- help
+@pytest.mark.parametrize("module,mine,theirs", [
+    ("harness.bench", ("experiment", "method.groups", "network.bandwidth_mbps", "astra-bench"), ("suite", "task ")),
+    ("harness.train", ("suite", "task", "astra-train"), ("experiment", "topology")),
+])
+def test_help_lists_only_its_own_groups(module, mine, theirs):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for word in mine:
+        assert word in out.stdout, word
+    groups = out.stdout.split("Config groups", 1)[1].split("\n\n", 1)[0]
+    for word in theirs:
+        assert word not in groups, word
+    assert set(APP_GROUPS["config"]).isdisjoint(APP_GROUPS["train"])
