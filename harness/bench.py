@@ -99,17 +99,47 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     return out
 
 
-def failed_row(cfg: DictConfig, error: str) -> tuple[dict | None, str | None]:
-    """The row recording a failed point (None when the config itself could not be read) and its store path."""
+def failed_row(cfg: DictConfig, error: str) -> tuple[dict, str | None]:
+    """The row recording a failed point in a sweep, and its store path (None: no usable store to record it in)."""
     try:
-        spec = build_spec(cfg, in_sweep=True)
-    except ConfigError:
-        return None, None
+        spec = build_spec(cfg, in_sweep=True, check_method=False)
+    except ConfigError:  # the config itself is unreadable: record what can be read of it
+        from omegaconf import OmegaConf
+
+        from .results import check_store
+
+        c = OmegaConf.to_container(cfg, resolve=True)
+        c.pop("hydra", None)
+        path = str(c.get("results", {}).get("path"))
+        try:
+            check_store(path)
+        except ConfigError:
+            return {}, None
+        out = row_from_config(c, error)
+        return out, path
     try:
         info = spec.backend_class(spec).describe()
     except ConfigError:
         info = {"network": spec.network.name}
     return row(spec, info, error=error), spec.results.path
+
+
+def row_from_config(c: dict, error: str) -> dict:
+    """A failed row from a config that does not even make a spec: its plain settings, the error, and ids."""
+    import uuid
+    from datetime import datetime, timezone
+
+    def get(group, key):
+        node = c.get(group)
+        return node.get(key) if isinstance(node, dict) else None
+
+    from .results import COLUMNS
+
+    return {**dict.fromkeys(COLUMNS), "model": get("model", "name"), "method": get("method", "name"), "devices": c.get("devices"),
+            "tokens": c.get("tokens"), "network": get("network", "name"), "repeats": c.get("repeats"),
+            "status": "failed", "error": error, "run_id": uuid.uuid4().hex[:12],
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": json.dumps(c, sort_keys=True, default=str)}
 
 
 def summary(r: dict) -> str:
@@ -128,8 +158,8 @@ def job(cfg: DictConfig) -> None:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         record = cfg.results.get("record_failures", "auto")
         record = sweep if str(record).lower() == "auto" else str(record).lower() == "true"
-        failed, path = failed_row(cfg, str(exc)) if record else (None, None)
-        if failed is not None:
+        failed, path = failed_row(cfg, str(exc)) if record else ({}, None)
+        if path is not None:
             append_row(path, failed)
             print(json.dumps(failed), flush=True)
         if not sweep:

@@ -148,6 +148,9 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
     ``baseline_key`` (the point key of the same point run by ``single``); the latest ok row with that point key is
     the baseline. Older rows without it match on model, tokens, network backend, device and batch."""
     df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").reset_index(drop=True)
+    for col in COLUMNS:  # a store of failed rows only may lack measured columns
+        if col not in df.columns:
+            df[col] = None
     ok = df[df["status"] == "ok"].sort_values("timestamp", kind="stable")
     base = pd.Series(np.nan, index=df.index)
     if "baseline_key" in df.columns and "point_key" in df.columns:
@@ -162,7 +165,7 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
         singles = ok[ok["method"] == baseline].groupby(keys, dropna=False)["latency_ms"].last()
         singles = singles.rename("_single").reset_index()
         merged = df.loc[old, keys].merge(singles, on=keys, how="left")
-        base.loc[old] = merged["_single"].to_numpy()
+        base.loc[old] = pd.to_numeric(merged["_single"], errors="coerce").to_numpy(dtype=float)
     df["single_latency_ms"] = base
-    df["speedup"] = df["single_latency_ms"] / df["latency_ms"]
+    df["speedup"] = df["single_latency_ms"] / pd.to_numeric(df["latency_ms"], errors="coerce")
     return df

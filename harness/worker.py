@@ -106,7 +106,8 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
             tensors = {"logits": full.logits.contiguous()}
             if full.positions is not None:
                 tensors["positions"] = full.positions.contiguous()
-            save_file(tensors, str(Path(spec.outputs_dir) / f"rank{comm.rank}.safetensors"))
+            atomic_write(Path(spec.outputs_dir) / f"rank{comm.rank}.safetensors",
+                         lambda tmp: save_file(tensors, str(tmp)))
     return report
 
 

@@ -245,7 +245,7 @@ BAD = {
     "record-failures-maybe": (["results.record_failures=maybe"], ["record_failures=maybe"]),
     "results-path-txt": (["results.path={dir}/out.txt"], [".parquet or .csv"]),
     "results-path-not-a-store": (["results.path={dir}/broken.parquet"], ["not a readable parquet store"]),
-    "results-path-directory": (["results.path={dir}/adir.parquet"], ["is a directory"]),
+    "results-path-directory": (["results.path={dir}/bucket.parquet"], ["is a directory"]),
     "cache-dir-file": (["cache_dir={dir}/afile"], ["cache_dir", "is a file"]),
     "checkpoint-missing": (["method=astra", "method.checkpoint={dir}/nothing"], ["does not exist"]),
     "typo-method-key": (["method.group=4"], ["method.group", "did you mean groups"]),
@@ -294,7 +294,7 @@ def build_cases() -> dict[str, Callable[[Path], Run | None]]:
             except ImportError:
                 return None  # the test skips
         (d / "broken.parquet").write_text("not a parquet file\n")
-        (d / "adir.parquet").mkdir()
+        (d / "bucket.parquet").mkdir()
         (d / "afile").write_text("")
         return run_cli(d, [a.format(dir=d) for a in BAD[key][0]], timeout=120)
 
@@ -481,7 +481,7 @@ def test_bad_input_fails_cleanly(runs, case):
     assert "Traceback" not in run.stderr
     assert_nothing_written(run)
     assert (run.dir / "broken.parquet").read_text() == "not a parquet file\n", "a broken store was touched"
-    assert not list((run.dir / "adir.parquet").iterdir()) and (run.dir / "afile").read_text() == ""
+    assert not list((run.dir / "bucket.parquet").iterdir()) and (run.dir / "afile").read_text() == ""
 
 
 # --------------------------------------------------------------------------------------------------------------------

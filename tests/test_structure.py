@@ -228,3 +228,17 @@ def test_help_lists_only_its_own_groups(module, mine, theirs):
     for word in theirs:
         assert word not in groups, word
     assert set(APP_GROUPS["config"]).isdisjoint(APP_GROUPS["train"])
+
+
+def test_a_refused_point_in_a_sweep_is_recorded(tmp_path):
+    from harness.bench import failed_row
+
+    store = tmp_path / "r.parquet"
+    cfg = compose(["model=vit_tiny", "method=tp", "devices=3", f"results.path={store}"])
+    out, path = failed_row(cfg, "tp splits heads over devices ...")
+    assert path == str(store) and out["status"] == "failed" and out["method"] == "tp" and out["devices"] == 3
+    bad = compose(["seed=abc", f"results.path={store}"])
+    out, path = failed_row(bad, "seed=abc is not an integer")
+    assert path == str(store) and out["status"] == "failed" and out["error"].startswith("seed=abc")
+    append_row(store, out)
+    assert list(load(store)["status"]) == ["failed"]

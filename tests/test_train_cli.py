@@ -199,6 +199,17 @@ BAD = [
     (["task=digits_smoke", "task.test_fraction=1.5"], "between 0 and 1"),
     (["task=digits_smoke", "stages=finetune"], "no base model"),
     (["task=digits_smoke", "stages=evaluate", "checkpoint={empty}"], "not an astra-train checkpoint"),
+    (["task=digits_smoke", "threads=abc"], "threads=abc must be an integer"),
+    (["task=digits_smoke", "astra.devices=abc"], "astra.devices=abc is not an integer"),
+    (["task=digits_smoke", "astra.groupz=2"], "did you mean astra.groups"),
+    (["task=digits_smoke", "+astra.groups=2"], "write astra.groups=<value>"),
+    (["task=digits_smoke", "evaluate.timeout_s=0"], "evaluate.timeout_s=0"),
+    (["task=digits_smoke", "task.eval_limit=-3"], "task.eval_limit=-3"),
+    (["task=digits_smoke", "suite.groups=[a]"], "not a number"),
+    (["task=digits_smoke", "out_dir={empty}/../afile"], "is a file"),
+    (["task=digits_smoke", "results_path={empty}/../broken.parquet"], "not a readable parquet store"),
+    (["task=digits_smok"], "did you mean digits_smoke"),
+    (["task=digits_smoke", "task.model_overrides.hiden=3"], "did you mean hidden"),
 ]
 
 
@@ -206,10 +217,13 @@ BAD = [
 def test_bad_input_one_line_nothing_written(tmp_path, args, needle):
     empty = tmp_path / "empty"
     empty.mkdir()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "broken.parquet").write_text("not parquet")
     args = [a.format(empty=empty) for a in args]
     p = run([f"out_dir={tmp_path}/out", f"results_path={tmp_path}/acc.parquet", *args], tmp_path / "cwd")
     assert_one_line_error(p, 2, needle)
     assert not (tmp_path / "out").exists() and not (tmp_path / "acc.parquet").exists()
+    assert (tmp_path / "broken.parquet").read_text() == "not parquet" and (tmp_path / "afile").read_text() == ""
 
 
 def test_checkpoint_mismatch(vit, gpt, tmp_path):

@@ -50,15 +50,16 @@ def run(cfg: DictConfig) -> None:
     from .report import build_tables
     from .tasks import load_task
     from .training import stage_base, stage_finetune
-    from .variants import check_numbers, check_variants, expand_suite, results_path_check
+    from .variants import check_numbers, check_paths, check_variants, expand_suite, results_path_check
 
-    torch.set_num_threads(int(cfg.threads))
     t0 = time.perf_counter()
     stages = parse_stages(cfg.stages)
     if cfg.checkpoint and set(stages) - {"evaluate", "report"}:
         raise TrainError("checkpoint=... evaluates an existing checkpoint: use stages=evaluate (or evaluate,report)")
     results_path_check(cfg.results_path)
+    check_paths(cfg)
     check_numbers(cfg)
+    torch.set_num_threads(int(cfg.threads))
     task = load_task(cfg)
     if cfg.checkpoint:
         m = read_manifest(Path(cfg.checkpoint))
@@ -66,7 +67,11 @@ def run(cfg: DictConfig) -> None:
                          str(cfg.checkpoint), f"use the task and model it was trained with ({m.get('task')})")
         variants = []
     else:
-        variants = expand_suite(cfg, task.vit)
+        try:
+            variants = expand_suite(cfg, task.vit)
+        except (TypeError, ValueError) as exc:
+            raise TrainError(f"suite={cfg.suite.get('name', '?')} has a value that is not a number ({exc}): fix "
+                             "the suite's lists") from None
         check_variants(task, variants, cfg)
     log(f"task {task.name}: model {task.mc.name} ({task.mc.layers} blocks, hidden {task.mc.hidden}), "
         f"{task.tokens} tokens; {len(variants)} ASTRA variant(s); stages {','.join(stages)}")

@@ -3,17 +3,20 @@ before anything is loaded, trained or written."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .. import vq
+from ..errors import ConfigError
 from ..manifest import VARIANT_KEYS
+from ..options import convert, opt, parse_options
 from .calibrate import calibration_count
 from .common import TrainError
 from .tasks import Task
 
-__all__ = ["VARIANT_KEYS", "check_numbers", "check_variants", "expand_suite", "results_path_check"]
+__all__ = ["VARIANT_KEYS", "check_numbers", "check_paths", "check_variants", "expand_suite", "results_path_check"]
 
 
 def expand_suite(cfg: DictConfig, vit: bool) -> list[dict]:
@@ -50,17 +53,47 @@ def expand_suite(cfg: DictConfig, vit: bool) -> list[dict]:
     return out
 
 
+@dataclass
+class VariantOptions:
+    """The ``astra`` block of ``conf/train.yaml`` (the main run; suites vary some of it), typed and ranged."""
+
+    groups: int = opt(1, lo=1)
+    codebook_size: int = opt(256, lo=2, hi=65536)
+    devices: int = opt(4, lo=1)
+    noise_lambda: float = opt(1.0, lo=0)
+    noise_cov: str = opt("full", choices=("full", "diag"))
+    commitment_beta: float = opt(5e-4, lo=0)
+    dct: bool | None = opt(True)
+    split: str = opt("contiguous", choices=("contiguous", "random"))
+    ema_decay: float = opt(0.99, lo=0)
+
+
 def results_path_check(path) -> None:
-    from ..results import _check_suffix
+    """The accuracy store: .parquet/.csv, not a directory, and if it exists a readable store (left untouched)."""
+    from ..results import check_store
 
     try:
-        _check_suffix(Path(str(path)), "results_path")
-    except ValueError as exc:  # ConfigError is one
+        check_store(str(path), "results_path")
+    except ConfigError as exc:
         raise TrainError(str(exc)) from None
+
+
+def check_paths(cfg: DictConfig) -> None:
+    out = Path(str(cfg.out_dir))
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"out_dir={out} is a file: pass a directory (it holds base/, calib/, runs/, tables.md)")
 
 
 def check_numbers(cfg: DictConfig) -> None:
     """The numeric settings, before anything is loaded or written."""
+    meta = {"help": "", "lo": 1, "hi": None, "above": None, "choices": None, "kind": None}
+    try:
+        convert(OmegaConf.select(cfg, "task.eval_limit"), int | None, "task.eval_limit", meta)
+        convert(OmegaConf.select(cfg, "evaluate.timeout_s"), float, "evaluate.timeout_s", {**meta, "lo": None,
+                                                                                           "above": 0})
+        parse_options(VariantOptions, OmegaConf.to_container(cfg.astra, resolve=True), "astra.", "astra-train")
+    except ConfigError as exc:
+        raise TrainError(str(exc)) from None
     for key, lo in (("task.base.steps", 1), ("task.base.batch", 1), ("task.finetune.steps", 1),
                     ("task.finetune.batch", 1), ("task.finetune.save_every", 1), ("evaluate.runtime_batch", 1),
                     ("calibrate.max_vectors", 2), ("calibrate.kmeans_iters", 1), ("threads", 1), ("seed", 0)):
@@ -80,6 +113,10 @@ def check_variants(task: Task, variants: list[dict], cfg: DictConfig) -> None:
     """Everything about the variants that can be checked before any training starts."""
     n_calib = calibration_count(task, int(cfg.calibrate.max_vectors)) * 7 // 8
     for v in variants:
+        try:
+            parse_options(VariantOptions, v, "astra.", "astra-train")
+        except ConfigError as exc:
+            raise TrainError(f"suite {cfg.suite.get('name', '')} makes a variant with {exc}: fix the suite's values")
         try:
             vq.check_groups(task.mc.hidden, int(v["groups"]))
             vq.bits_per_index(int(v["codebook_size"]))
