@@ -5,12 +5,10 @@ harness/parallel/ knows a method by name, the results store never merges differe
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, RunFailed, atomic_write
-from ..launch import REPO_ROOT, STARTUP_GRACE_S, describe_exit, rank_env, supervise
+from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
 from ..options import opt, parse_bandwidths
 from .base import Backend, Result, ShapedOptions, register
 from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
