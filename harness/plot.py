@@ -19,7 +19,8 @@ from .results import load
 
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
-                 "comm_ms", "payload_bytes", "wire_bytes", "max_abs_err", "speedup", "status"]
+                 "comm_ms", "cpu_ms", "runqueue_wait_ms", "payload_bytes", "wire_bytes", "max_abs_err", "speedup",
+                 "status"]
 # Settings that never tell two points apart in a label: where results go, run-keeping, and the plots' own axes.
 NOT_LABELS = ("results.", "cache_dir", "timeout_s", "fault.", "network.port", "network.reuse", "method.name",
               "network.name", "model.name", "tokens", "devices", "network.bandwidth_mbps")

@@ -38,6 +38,11 @@ def summarize(reports: list[dict]) -> dict:
         slowest = max(reports, key=lambda r: r["latency_s"][i])
         lat.append(slowest["latency_s"][i])
         comm.append(slowest["comm_s"][i])
+    def worst(key: str) -> float | None:
+        """Max over ranks of the per-rank median of a per-repeat quantity, in ms (None where not measured)."""
+        vals = [statistics.median(r[key]) for r in reports if r.get(key)]
+        return 1e3 * max(vals) if vals else None
+
     errs = [r["max_abs_err"] for r in reports if r.get("max_abs_err") is not None]
     wires = [statistics.median(r["wire_bytes"]) for r in reports if r.get("wire_bytes")]
     return {
@@ -48,6 +53,9 @@ def summarize(reports: list[dict]) -> dict:
         "payload_bytes": max(r["payload_bytes"] for r in reports),
         "max_abs_err": max(errs) if errs else None,
         "wire_bytes": max(wires) if wires else None,
+        "cpu_ms": worst("cpu_s"),
+        "runqueue_wait_ms": worst("runqueue_wait_s"),
+        "throttled_ms": worst("throttled_s"),
     }
 
 

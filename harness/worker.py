@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .comm import Comm, DistComm, LocalComm
+from .cpustat import Probe
 from .errors import atomic_write
 from .models import build_model, make_inputs
 from .spec import RunSpec
@@ -63,16 +64,22 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
     for _ in range(spec.warmup):
         comm.barrier()
         plan.forward(inputs)
-    lat, comm_s, wire = [], [], []
+    lat, comm_s, wire, cpu, wait, throttled = [], [], [], [], [], []
     ifaces = list(spec.wire_ifaces)
+    probe = Probe()
     out = None
     for _ in range(spec.repeats):
         comm.barrier()
         comm.reset()
         tx0 = tx_bytes(ifaces)
+        s0 = probe.read()
         t0 = time.perf_counter()
         out = plan.forward(inputs)
         lat.append(time.perf_counter() - t0)
+        used = probe.delta(s0, probe.read())
+        cpu.append(used.cpu_s)
+        wait.append(used.wait_s)
+        throttled.append(used.throttled_s)
         wire.append(tx_bytes(ifaces) - tx0)
         comm_s.append(comm.seconds)
     per_tag: dict[str, int] = {}
@@ -86,6 +93,9 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
         "comm_s": comm_s,
         "payload_bytes": comm.payload_bytes,
         "wire_bytes": wire if ifaces else None,
+        "cpu_s": cpu,  # process CPU time per repeat (all threads; includes collectives' own work)
+        "runqueue_wait_s": wait if None not in wait else None,
+        "throttled_s": throttled if None not in throttled else None,
         "collectives": len(comm.records),
         "payload_by_tag": per_tag,
         "records": [[rec.op, rec.tag, rec.payload_bytes] for rec in comm.records],

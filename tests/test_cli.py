@@ -405,6 +405,8 @@ def test_point_runs_and_is_recorded(runs, case):
 
     lat = row["latency_ms"]
     assert math.isfinite(lat) and lat > 0
+    # where the time went: the rank's own CPU time and its wait for a CPU are recorded beside the latency
+    assert 0 < row["cpu_ms"] and row["runqueue_wait_ms"] >= 0 and row["throttled_ms"] in (None, 0.0)
     assert row["latency_p90_ms"] >= lat
     assert row["compute_ms"] > 0 and row["comm_ms"] >= 0
     if method == "single":

@@ -77,6 +77,7 @@ def test_shaping_in_force_and_astra_far_faster(tmp_path):
         assert row["network"] == "mininet" and row["bandwidth_mbps"] == 10.0
         assert row["wire_bytes"] is not None and row["wire_bytes"] >= row["payload_bytes"]
         assert row["cpu_per_device"] == 1.0 and row["oversubscribed"] is False
+        assert row["cpu_ms"] > 0 and row["runqueue_wait_ms"] >= 0 and row["throttled_ms"] >= 0
     assert_nothing_left(before)
 
 

@@ -42,6 +42,14 @@ from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, re
 from .shaping import htb_commands, netem_command
 
 MAX_BW = 1000.0
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1 cpu controller, where CPULimitedHost puts each host
+
+
+def host_throttled_s(host: str) -> float | None:
+    """Seconds the host's CPU cgroup has been throttled by its CFS quota so far (None if unreadable)."""
+    from ..cpustat import throttled_seconds
+
+    return throttled_seconds(CGROUP_CPU / host / "cpu.stat")
 
 
 @dataclass
@@ -255,12 +263,23 @@ class Session:
         port = port or 29500 + (self.jobs % 2000)
         job_dir = self.workdir / f"job{self.jobs}"
         job_dir.mkdir()
+        self.throttled_before = [host_throttled_s(h.name) for h in self.hosts]
         for r, w in enumerate(self.workers):
             path = atomic_write(job_dir / f"spec{r}.json", spec.replace(wire_ifaces=self.host_ifaces(r)).to_json())
             w.send({"spec": str(path), "report": str(job_dir / f"rank{r}.json"),
                     "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r, "WORLD_SIZE": self.n}})
         supervise([JobHandle(w) for w in self.workers], spec.timeout_s)
+        self.throttled_after = [host_throttled_s(h.name) for h in self.hosts]
         return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(self.n)]
+
+    def throttled_per_inference_ms(self, spec) -> float | None:
+        """The most any host's CPU cgroup was throttled during the last job, per inference it ran (warm-up,
+        repeats, verification): the ranks cannot read their host's cgroup from inside it, so we read it here."""
+        pairs = list(zip(self.throttled_before, self.throttled_after))
+        if not pairs or any(a is None or b is None for a, b in pairs):
+            return None
+        inferences = spec.warmup + spec.repeats + (1 if spec.verify else 0)
+        return 1e3 * max(b - a for a, b in pairs) / inferences
 
     def close(self) -> float:
         t0 = time.perf_counter()
@@ -351,6 +370,7 @@ class MininetBackend(Backend):
         except BaseException:
             close_session()  # a failed or interrupted point leaves nothing behind
             raise
+        throttled = _SESSION.throttled_per_inference_ms(spec)
         if not net.reuse:
             close_session()
-        return Result(reports, {"setup_s": round(self.setup_s, 3)})
+        return Result(reports, {"setup_s": round(self.setup_s, 3), "throttled_ms": throttled})
