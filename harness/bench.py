@@ -156,7 +156,9 @@ def job(cfg: DictConfig) -> None:
         out = run_point(cfg, sweep)
     except (ConfigError, RunFailed) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
-        record = cfg.results.get("record_failures", "auto")
+        from omegaconf import OmegaConf
+
+        record = OmegaConf.select(cfg, "results.record_failures", default="auto")
         record = sweep if str(record).lower() == "auto" else str(record).lower() == "true"
         failed, path = failed_row(cfg, str(exc)) if record else ({}, None)
         if path is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .options import did_you_mean, fields_of
@@ -23,9 +23,11 @@ from .options import did_you_mean, fields_of
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the same as spec.CONF_DIR (no import needed here)
 APP_GROUPS = {"config": ("model", "method", "network", "topology", "device", "experiment"), "train": ("task", "suite")}
 OPTION_GROUPS = ("method", "network")
+MODEL_KEYS = ("name", "kind", "layers", "hidden", "heads", "mlp_ratio", "ln_eps", "patch_size", "channels",
+              "num_classes", "vocab_size", "max_positions", "weights")  # ModelConfig's fields (a test checks)
 FREE_MAPS = ("task.model_overrides.",)  # astra-train maps whose keys are model fields, not fixed settings  # groups whose choices have different keys (one options schema each)
 VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p",
-               "--package"}
+               "--package", "-sc", "--shell-completion", "-i", "--info", "--experimental-rerun"}
 
 
 def available(group: str) -> list[str]:
@@ -119,11 +121,23 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
     sweeper = (plain.get("hydra") or {}).get("sweeper", {}).get("params") or {}
     plain.pop("hydra", None)
     known = set(_leaf_keys(plain))
+    nodes = {k for k in known if isinstance(OmegaConf.select(OmegaConf.create(plain), k), DictConfig)}
     for g in OPTION_GROUPS if config_name == "config" else ():
         if g not in chosen:
             swept = sweeper.get(g) if multirun else None
             chosen[g] = [s.strip() for s in str(swept).split(",")] if swept else [str(plain[g]["name"])]
     out = list(argv)
+    if config_name == "config":  # every value of the command line and of the experiment's sweep, before any point
+        swept = []
+        if multirun:
+            for k, v in sweeper.items():
+                try:
+                    swept.append(parser.parse_overrides([f"{k}={v}"])[0])
+                except HydraException:
+                    raise ConfigError(f"the experiment's sweep parameter {k}: {v} cannot be read") from None
+        for ov in [*swept, *parsed]:
+            if ov.type != OverrideType.DEL and ov.key_or_group not in groups:
+                _check_values(ov.key_or_group.lstrip("+"), _values(ov), chosen)
     for ov in parsed:
         key = ov.key_or_group
         if key in groups or key.startswith("hydra.") or key == "hydra":
@@ -148,8 +162,15 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             if ov.type != OverrideType.FORCE_ADD:
                 out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
             continue
+        if config_name == "config" and head == "model" and rest in MODEL_KEYS:
+            # a model field: every model has it, though each model's file lists only its family's fields
+            if ov.type != OverrideType.FORCE_ADD:
+                out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+            continue
         if key == "model.tokens":
             raise ConfigError("model.tokens is set by the top-level tokens=: write tokens=<n>")
+        if key in nodes:
+            raise ConfigError(f"{key} is a group of settings, not a value: set {key}.<key>=<value> (see --help)")
         if key not in known:
             cands = known | {f"{g}.{k}" for g in OPTION_GROUPS if config_name == "config"
                              for c in _registry(g) for k in _option_keys(g, c)}
@@ -157,6 +178,37 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
         if ov.type == OverrideType.ADD:
             raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
     return out
+
+
+def _check_values(key: str, values: list[str], chosen: dict[str, list[str]]) -> None:
+    """Each value of ``key`` (one, or a sweep's) against the key's type and range, where a schema knows the key."""
+    import yaml
+
+    from .options import convert, parse_bandwidths
+    from .spec import GROUP_SCHEMAS, Knobs
+
+    head, _, rest = key.partition(".")
+    schema, name = None, key
+    if not rest:
+        schema = Knobs
+    elif head in GROUP_SCHEMAS:
+        schema, name = GROUP_SCHEMAS[head], rest
+    elif head in OPTION_GROUPS:
+        owners = [c for c in chosen.get(head, []) if rest in _option_keys(head, c)]
+        schema, name = (_registry(head)[owners[0]].Options, rest) if owners else (None, rest)
+    fields = {f[0]: f for f in fields_of(schema)} if schema else {}
+    if name not in fields:
+        return
+    _, tp, meta, _ = fields[name]
+    for raw in values:
+        try:
+            value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        except yaml.YAMLError:
+            value = raw
+        if meta.get("kind") == "bandwidth":
+            parse_bandwidths(value, len(value) if isinstance(value, list) and value else 1)
+        else:
+            convert(value, tp, key, meta)
 
 
 def _check_option_key(group: str, key: str, choices: list[str], multirun: bool) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,8 +109,9 @@ def blame(failed: dict[str, str], running: list[str]) -> str:
     first = next(iter(failed))
     if running:
         names = ", ".join(n.removeprefix("rank ") for n in running)
-        return (f"ranks [{names}] stopped responding ({first} gave up waiting for them: "
-                f"{failed[first].removeprefix('failed: ')}); raise timeout_s if the point is just slow")
+        why = re.sub(r"^failed( \(exit code -?\d+\))?:\s*", "", failed[first])
+        return (f"ranks [{names}] stopped responding ({first} gave up waiting for them: {why}); raise timeout_s "
+                "if the point is just slow")
     return f"{first} {failed[first]}"
 
 
@@ -159,7 +161,7 @@ def supervise(handles: list, timeout_s: float, grace_s: float = STARTUP_GRACE_S)
             raise RunFailed(f"ranks [{names}] did not finish within timeout_s={timeout_s:g} (plus {grace_s:g} s "
                             "start-up grace); raise timeout_s if the point is just slow")
         time.sleep(0.02)
-    failed = {n: msg for n, (ok, msg) in ended.items() if not ok}
+    failed = {h.name: ended[h.name][1] for h in handles if h.name in ended and not ended[h.name][0]}  # rank order
     if failed:
         raise RunFailed(blame(failed, [h.name for h in handles if h.name not in ended]))
 

@@ -45,13 +45,16 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 def _describe_range(meta: dict) -> str:
     if meta["choices"]:
         return "one of " + ", ".join(str(c) for c in meta["choices"])
+    def num(v) -> str:
+        return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
     parts = []
     if meta["above"] is not None:
-        parts.append(f"> {meta['above']:g}")
+        parts.append(f"> {num(meta['above'])}")
     if meta["lo"] is not None:
-        parts.append(f">= {meta['lo']:g}")
+        parts.append(f">= {num(meta['lo'])}")
     if meta["hi"] is not None:
-        parts.append(f"<= {meta['hi']:g}")
+        parts.append(f"<= {num(meta['hi'])}")
     return " and ".join(parts)
 
 

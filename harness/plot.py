@@ -46,9 +46,14 @@ def _settings(config) -> dict:
 
 def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     """``label`` per row: the method plus every setting in which rows of that method differ (so two different
-    points never share a label); a method with a ``groups`` column (ASTRA) always shows G."""
+    points never share a label); a method with a ``groups`` column (ASTRA) always shows G. Settings are the
+    point's identity (``settings``: what the point measured), or its raw config for rows written before."""
     df = df.copy()
-    settings = df["config"].map(_settings) if "config" in df.columns else pd.Series([{}] * len(df), index=df.index)
+    raw = pd.Series([None] * len(df), index=df.index, dtype=object)
+    for col in ("config", "settings"):  # the identity wins where a row has it
+        if col in df.columns:
+            raw = df[col].where(df[col].notna(), raw) if col == "settings" else df[col]
+    settings = raw.map(_settings)
     labels = pd.Series("", index=df.index, dtype=object)
     for method, idx in df.groupby("method").groups.items():
         keys = sorted({k for i in idx for k in settings[i]})
@@ -68,13 +73,13 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
 def latest_points(df: pd.DataFrame) -> pd.DataFrame:
     """The latest row of every distinct point (re-runs supersede older rows). A point is its ``point_key`` — every
     setting that changes what is measured; rows from before point keys existed fall back to the main columns."""
-    df = add_labels(df)
+    df = df.copy()
     keys = [k for k in POINT_KEYS if k in df.columns]
     ident = df["point_key"].astype(object) if "point_key" in df.columns else pd.Series(None, index=df.index)
     fallback = df[keys].apply(lambda r: "|".join(map(str, r)), axis=1)
     df["_point"] = ident.where(ident.notna(), fallback)
     out = df.sort_values("timestamp", kind="stable").groupby("_point", sort=False).tail(1)
-    return out.drop(columns="_point").sort_values([*keys, "label"])
+    return add_labels(out.drop(columns="_point")).sort_values([*keys, "label"])
 
 
 def markdown_table(df: pd.DataFrame) -> str:

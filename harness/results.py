@@ -95,9 +95,17 @@ def check_store(path: str | os.PathLike, name: str = "results.path") -> None:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"{name}={path} exists but is not a readable {path.suffix[1:]} store ({reason}): "
                               "pass another path or move that file away") from None
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("/"))
+    check_writable(path.parent, name, shown=path)
+
+
+def check_writable(folder: str | os.PathLike, name: str, shown=None) -> None:
+    """``folder`` is, or can be made as, a directory we can write in (its nearest existing ancestor is a writable
+    directory); else one line naming the setting."""
+    folder = Path(folder)
+    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"{name}={path}: {parent} is not a writable directory: pass a path you can write to")
+        raise ConfigError(f"{name}={shown or folder}: {parent} is not a writable directory: pass a path you can "
+                          "write to")
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
@@ -153,24 +161,27 @@ JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]  # rows written be
 
 def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
     """``speedup`` = latency of the point's single-device baseline / latency. A row names its baseline by
-    ``baseline_key`` (the point key of the same point run by ``single``); the latest ok row with that point key is
-    the baseline. Older rows without it match on model, tokens, network backend, device and batch."""
+    ``baseline_key`` (the timing key of the same point run by ``single``); the latest ok row with that timing key is
+    the baseline. Rows whose baseline is not found that way match older single rows (without timing keys) on model,
+    tokens, network backend, device and batch."""
     df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").reset_index(drop=True)
     for col in COLUMNS:  # a store of failed rows only may lack measured columns
         if col not in df.columns:
             df[col] = None
     ok = df[df["status"] == "ok"].sort_values("timestamp", kind="stable")
     base = pd.Series(np.nan, index=df.index)
-    if "baseline_key" in df.columns and "point_key" in df.columns:
-        latest = ok.dropna(subset=["point_key"]).groupby("point_key")["latency_ms"].last()
+    new_rows = df["timing_key"].notna() if "timing_key" in df.columns else pd.Series(False, index=df.index)
+    if new_rows.any():
+        latest = ok.dropna(subset=["timing_key"]).groupby("timing_key")["latency_ms"].last()
         base = df["baseline_key"].map(latest).astype(float)
-    old = base.isna() & (df["baseline_key"].isna() if "baseline_key" in df.columns else True)
+    old = base.isna()
     if old.any():
         from .parallel import METHODS
 
         baseline = next(name for name, cls in METHODS.items() if cls.is_baseline)
         keys = [k for k in JOIN_KEYS if k in df.columns]
-        singles = ok[ok["method"] == baseline].groupby(keys, dropna=False)["latency_ms"].last()
+        old_single = ok["timing_key"].isna() if "timing_key" in ok.columns else True
+        singles = ok[(ok["method"] == baseline) & old_single].groupby(keys, dropna=False)["latency_ms"].last()
         singles = singles.rename("_single").reset_index()
         merged = df.loc[old, keys].merge(singles, on=keys, how="left")
         base.loc[old] = pd.to_numeric(merged["_single"], errors="coerce").to_numpy(dtype=float)

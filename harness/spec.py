@@ -35,8 +35,9 @@ class Knobs:
     repeats: int = opt(5, "timed inferences; latency_ms is the median of the slowest rank per repeat", lo=1)
     warmup: int = opt(2, "untimed inferences first", lo=0)
     verify: bool = opt(False, "compare every rank's output with the single-device output (max_abs_err)")
-    seed: int = opt(0, "weights, inputs and k-means all derive from it", lo=0)
-    timeout_s: float = opt(300.0, "a rank not finished by then fails the run (collectives time out too)", above=0)
+    seed: int = opt(0, "weights, inputs and k-means all derive from it", lo=0, hi=2**31 - 1)
+    timeout_s: float = opt(300.0, "a rank not finished by then fails the run (collectives time out too)", above=0,
+                           hi=7 * 86400)
     collectives: str = opt("p2p", "p2p: bandwidth-optimal send/recv collectives; gloo: gloo's own",
                            choices=("p2p", "gloo"))
     cache_dir: str = opt("results/cache", "where k-means codebooks are cached")
@@ -152,6 +153,8 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
     if mc.weights and not Path(mc.weights).is_dir():
         raise ConfigError(f"model.weights={mc.weights} is not a directory: pass a directory with an HF config.json "
                           "and weights")
+    if mc.weights:
+        mc.weights = str(Path(mc.weights).resolve())  # the ranks run elsewhere (cwd = the repository)
     return mc
 
 
@@ -195,7 +198,8 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     top = parse_options(Knobs, knobs, "", "astra-bench")
     for g in groups:
         if not isinstance(c.get(g), dict):
-            raise ConfigError(f"{g} must be a config group, not {c.get(g)!r}: choose one with {g}=<name>")
+            how = f"choose one with {g}=<name>" if g not in ("fault", "results") else f"set {g}.<key>=<value>"
+            raise ConfigError(f"{g} is a group of settings, not {c.get(g)!r}: {how}")
     mc = model_config(c["model"], top.tokens)
     method = group_options("method", c["method"], in_sweep)
     network = group_options("network", c["network"], in_sweep)
@@ -209,11 +213,12 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
         r = getattr(sub["fault"], key)
         if r is not None and r >= devices:
             raise ConfigError(f"fault.{key}={r} is not a rank of this {devices}-device point: use 0..{devices - 1}")
-    from .results import check_store
+    from .results import check_store, check_writable
 
     check_store(sub["results"].path)
     if Path(top.cache_dir).exists() and not Path(top.cache_dir).is_dir():
         raise ConfigError(f"cache_dir={top.cache_dir} is a file: pass a directory")
+    check_writable(top.cache_dir, "cache_dir")
     spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir")},
@@ -268,18 +273,20 @@ def make_spec(model: ModelConfig, method: dict, **knobs) -> RunSpec:
 
 
 # ----------------------------------------------------------------------------------------------------- identities
-def identity(spec: RunSpec) -> dict:
-    """Every setting that changes what a point measures (not where results go, time limits, fault injection)."""
+def identity(spec: RunSpec, timing: bool = False) -> dict:
+    """Every setting that changes what a point measures (not where results go, time limits, fault injection, names).
+    ``timing``: only what changes its timings (``verify`` adds an error measurement after the timed repeats)."""
     cls = spec.method_class
+    backend = spec.backend_class
     ident = {
         "model": {k: v for k, v in spec.model.to_dict().items() if k != "extra"},
         "method": cls.identity(spec),
         "devices": spec.devices,
         "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,
-        "warmup": spec.warmup, "verify": spec.verify, "collectives": spec.collectives,
-        "device": as_dict(spec.device),
-        "network": spec.backend_class.identity(spec),
-        "topology": spec.topology.name if spec.backend_class.uses_topology else None,
+        "warmup": spec.warmup, "verify": None if timing else spec.verify, "collectives": spec.collectives,
+        "device": {"threads": spec.device.threads, "cores": spec.device.cores if backend.enforces_cores else None},
+        "network": backend.identity(spec),
+        "topology": spec.topology.name if backend.uses_topology else None,
     }
     if not cls.communicates:  # one device: bandwidth, topology and the network's knobs do not matter
         ident["network"] = {"name": spec.network.name}
@@ -292,11 +299,16 @@ def point_key(spec: RunSpec) -> str:
     return hashlib.sha256(json.dumps(identity(spec), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def timing_key(spec: RunSpec) -> str:
+    """Like ``point_key``, but equal for points whose timings are the same experiment (``verify`` aside)."""
+    return hashlib.sha256(json.dumps(identity(spec, timing=True), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def baseline_key(spec: RunSpec) -> str:
-    """The point key of the single-device run this point's speedup is measured against."""
+    """The timing key of the single-device run this point's speedup is measured against."""
     single = next(n for n, cls in METHODS.items() if cls.is_baseline)
     base = spec.replace(method=METHODS[single].Options(name=single), devices=1)
-    return point_key(base)
+    return timing_key(base)
 
 
 # ------------------------------------------------------------------------------------------------------ the result row
@@ -324,7 +336,8 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         "config": json.dumps(spec.config, sort_keys=True),
         "batch": spec.batch, "threads": spec.device.threads, "seed": spec.seed, "vq": None,
         "topology": network.get("topology"), "device": spec.device.name, "setup_s": None,
-        "point_key": point_key(spec), "baseline_key": baseline_key(spec), "wall_s": None,
+        "point_key": point_key(spec), "timing_key": timing_key(spec), "baseline_key": baseline_key(spec),
+        "settings": json.dumps(identity(spec), sort_keys=True), "wall_s": None,
     }
     out.update(spec.method_class.columns(spec))
     if reports:

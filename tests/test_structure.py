@@ -240,3 +240,42 @@ def test_a_refused_point_in_a_sweep_is_recorded(tmp_path):
     assert path == str(store) and out["status"] == "failed" and out["error"].startswith("seed=abc")
     append_row(store, out)
     assert list(load(store)["status"]) == ["failed"]
+
+
+def test_model_keys_are_the_model_fields():
+    from harness.config import MODEL_KEYS
+    from harness.spec import MODEL_FIELDS
+
+    assert list(MODEL_KEYS) == MODEL_FIELDS
+
+
+def test_identity_normalises_what_does_not_change_a_point():
+    def key(*ov, timing=False):
+        from harness.spec import timing_key
+
+        spec = build_spec(compose(["method=sp", "network=analytic", *ov]))
+        return timing_key(spec) if timing else point_key(spec)
+
+    assert key("network.bandwidth_mbps=100") == key("network.bandwidth_mbps=100.0") == \
+        key("network.bandwidth_mbps=[100,100]")
+    assert key("network.bandwidth_mbps=100") != key("network.bandwidth_mbps=[100,10]")
+    assert key("device.cores=0.5") == key()  # the analytic backend enforces no CPU quota: only threads matter
+    assert key("device.name=other") == key()
+    assert key("verify=true") != key() and key("verify=true", timing=True) == key(timing=True)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["-m", "method=sp", "devices=2,0"], "devices=0"),
+    (["-m", "network=analytic", "network.bandwidth_mbps=10,abc"], "abc is not a number"),
+    (["results=3"], "results is a group of settings"),
+    (["seed=99999999999999999999"], "<= 2147483647"),
+    (["timeout_s=1e14"], "<= 604800"),
+])
+def test_every_value_is_checked_before_any_point(argv, needle):
+    with pytest.raises(ConfigError) as exc:
+        check_argv(argv)
+    assert needle in str(exc.value)
+
+
+def test_model_fields_of_the_other_family_are_passed_on():
+    assert "++model.max_positions=512" in check_argv(["-m", "model=gpt2_tiny,vit_tiny", "model.max_positions=512"])

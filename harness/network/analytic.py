@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import atomic_write
 from ..launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
 from ..options import opt, parse_bandwidths
-from .base import Backend, Result, ShapedOptions, register
+from .base import Backend, Result, ShapedOptions, first_bandwidth, register
 
 
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
@@ -59,7 +59,8 @@ class AnalyticBackend(Backend):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.bw = parse_bandwidths(spec.network.bandwidth_mbps, spec.devices)
+        value = spec.network.bandwidth_mbps
+        self.bw = parse_bandwidths(value if spec.devices > 1 else first_bandwidth(value), spec.devices)
         self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
 
     def bandwidths(self) -> list[float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..options import bandwidth_columns, opt
+from ..options import bandwidth_columns, opt, parse_bandwidths
 
 BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -69,8 +69,15 @@ class Backend:
 
     @classmethod
     def identity(cls, spec) -> dict:
-        """The network options that change what a point measures."""
-        return dataclasses.asdict(spec.network)
+        """The network options that change what a point measures, normalised: a bandwidth as one number per device
+        (``100``, ``100.0`` and ``[100, 100]`` are one point), an unset impairment as None (0 = unset)."""
+        ident = dataclasses.asdict(spec.network)
+        if "bandwidth_mbps" in ident:
+            ident["bandwidth_mbps"] = parse_bandwidths(ident["bandwidth_mbps"], max(1, spec.devices))
+        for k in ("delay_ms", "loss_pct", "max_queue"):
+            if k in ident and not ident[k]:
+                ident[k] = None
+        return ident
 
     def bandwidths(self) -> list[float] | None:
         """Per-device link rate in Mbit/s, or None for an unshaped network."""
@@ -83,6 +90,11 @@ class Backend:
 
     def run(self, spec, workdir: Path) -> Result:
         raise NotImplementedError
+
+
+def first_bandwidth(value):
+    """A single device's bandwidth from a per-device list (it sends nothing; only a valid rate is needed)."""
+    return value[0] if isinstance(value, (list, tuple)) and value else value
 
 
 @dataclass

@@ -37,7 +37,7 @@ from pathlib import Path
 from ..errors import ConfigError, RunFailed, atomic_write
 from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
 from ..options import opt, parse_bandwidths
-from .base import Backend, Result, ShapedOptions, register
+from .base import Backend, Result, ShapedOptions, first_bandwidth, register
 from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
 from .shaping import htb_commands, netem_command
 
@@ -57,9 +57,10 @@ class MininetOptions(ShapedOptions):
     name: str = opt("mininet", "the backend")
     htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
     htb_stock: bool = opt(False, "shape like stock Mininet's TCLink (fixed 15 kB burst), for comparison only")
-    delay_ms: float | None = opt(None, "one-way delay per link (needs netem; refused on kernels without it)", lo=0)
+    delay_ms: float | None = opt(None, "one-way delay per link (needs netem; refused on kernels without it)", lo=0,
+                                 hi=10000)
     loss_pct: float | None = opt(None, "packet loss per link in % (needs netem)", lo=0, hi=100)
-    max_queue: int | None = opt(None, "queue limit in packets (needs netem)", lo=1)
+    max_queue: int | None = opt(None, "queue limit in packets (needs netem)", lo=1, hi=1000000)
     port: int | None = opt(None, "rendezvous port (default: a fresh one per point)", lo=1, hi=65535)
     reuse: bool = opt(True, "keep hosts and workers up across the points of a sweep (same topology, N, device)")
     offloads: bool = opt(False, "keep TSO/GSO/GRO on (then wire_bytes counts 64 kB super-packets, not frames)")
@@ -328,16 +329,15 @@ class MininetBackend(Backend):
 
     @classmethod
     def identity(cls, spec) -> dict:
-        from dataclasses import asdict
-
-        ident = asdict(spec.network)
+        ident = super().identity(spec)
         for k in ("port", "reuse"):  # how the session is run, not what is measured
             ident.pop(k)
         return ident
 
     def __init__(self, spec):
         net = spec.network
-        self.bw = bandwidths(net, spec.devices)
+        self.bw = bandwidths(net, spec.devices) if spec.devices > 1 else bandwidths(
+            ShapedOptions(bandwidth_mbps=first_bandwidth(net.bandwidth_mbps)), 1)
         impaired = {k: getattr(net, k) for k in ("delay_ms", "loss_pct", "max_queue") if getattr(net, k) not in (None, 0)}
         if impaired and not netem_available():
             names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
@@ -354,7 +354,9 @@ class MininetBackend(Backend):
         global _SESSION
         acquire_lock()
         net, dev = spec.network, spec.device
-        key = (spec.topology.name, spec.devices, float(dev.cores), int(dev.threads))
+        # everything the session fixes when it is built: a change of any of it builds a new one
+        key = (spec.topology.name, spec.devices, float(dev.cores), int(dev.threads), net.htb_burst_ms, net.htb_stock,
+               net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
             close_session()
@@ -363,6 +365,7 @@ class MininetBackend(Backend):
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
             _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir)
+            _SESSION.key = key
             self.setup_s = _SESSION.setup_s
         try:
             _SESSION.apply(net, self.bw)
