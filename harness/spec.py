@@ -49,6 +49,8 @@ class DeviceOptions:
     cores: float = opt(1.0, "CPU quota per device in cores (enforced on Mininet hosts)", above=0)
     threads: int = opt(1, "torch threads per device", lo=1)
     allow_oversubscribe: bool = opt(False, "Mininet: run even when devices x cores exceed the machine's cores")
+    cfs_period_us: int = opt(100000, "Mininet: the CFS period of the hosts' CPU quota (a shorter one bounds how long "
+                             "a fractional device may run at full speed)", lo=1000, hi=1000000)
 
 
 @dataclass
@@ -284,7 +286,8 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "devices": spec.devices,
         "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,
         "warmup": spec.warmup, "verify": None if timing else spec.verify, "collectives": spec.collectives,
-        "device": {"threads": spec.device.threads, "cores": spec.device.cores if backend.enforces_cores else None},
+        "device": {"threads": spec.device.threads, "cores": spec.device.cores if backend.enforces_cores else None,
+                   "cfs_period_us": spec.device.cfs_period_us if backend.enforces_cores else None},
         "network": backend.identity(spec),
         "topology": spec.topology.name if backend.uses_topology else None,
     }

@@ -279,3 +279,14 @@ def test_every_value_is_checked_before_any_point(argv, needle):
 
 def test_model_fields_of_the_other_family_are_passed_on():
     assert "++model.max_positions=512" in check_argv(["-m", "model=gpt2_tiny,vit_tiny", "model.max_positions=512"])
+
+
+def test_device_files_match_their_schema():
+    from harness.spec import DeviceOptions
+
+    keys = {f[0] for f in fields_of(DeviceOptions)}
+    for name in available("device"):
+        data = yaml.safe_load((CONF / "device" / f"{name}.yaml").read_text())
+        assert set(data) == keys, (name, set(data) ^ keys)
+        spec = build_spec(compose([f"device={name}"]))
+        assert spec.device.name == name

@@ -164,7 +164,7 @@ class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
     def __init__(self, topology: str, n: int, cores: float, threads: int, net: MininetOptions, workdir: Path,
-                 workers: bool = True):
+                 workers: bool = True, period_us: int = 100000):
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -193,6 +193,7 @@ class Session:
             self._save_state()
             frac = cores / (os.cpu_count() or 1)
             for h in self.hosts:
+                h.period_us = int(period_us)  # CPULimitedHost's CFS period (its quota = period x fraction x cores)
                 h.setCPUFrac(frac)
             self.net.start()
             if topology == "mesh":
@@ -355,7 +356,8 @@ class MininetBackend(Backend):
         acquire_lock()
         net, dev = spec.network, spec.device
         # everything the session fixes when it is built: a change of any of it builds a new one
-        key = (spec.topology.name, spec.devices, float(dev.cores), int(dev.threads), net.htb_burst_ms, net.htb_stock,
+        key = (spec.topology.name, spec.devices, float(dev.cores), int(dev.threads), dev.cfs_period_us,
+               net.htb_burst_ms, net.htb_stock,
                net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
@@ -364,7 +366,7 @@ class MininetBackend(Backend):
         if _SESSION is None:
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
-            _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir)
+            _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir, period_us=dev.cfs_period_us)
             _SESSION.key = key
             self.setup_s = _SESSION.setup_s
         try:
