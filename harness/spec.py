@@ -288,11 +288,11 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "warmup": spec.warmup, "verify": None if timing else spec.verify, "collectives": spec.collectives,
         "device": {"threads": spec.device.threads, "cores": spec.device.cores if backend.enforces_cores else None,
                    "cfs_period_us": spec.device.cfs_period_us if backend.enforces_cores else None},
-        "network": backend.identity(spec),
         "topology": spec.topology.name if backend.uses_topology else None,
     }
-    if not cls.communicates:  # one device: bandwidth, topology and the network's knobs do not matter
-        ident["network"] = {"name": spec.network.name}
+    # one device: bandwidth, topology and the network's knobs do not matter
+    ident["network"] = backend.identity(spec) if cls.communicates else {"name": spec.network.name}
+    if not cls.communicates:
         ident["topology"] = None
         ident["collectives"] = None
     return ident

@@ -290,3 +290,12 @@ def test_device_files_match_their_schema():
         assert set(data) == keys, (name, set(data) ^ keys)
         spec = build_spec(compose([f"device={name}"]))
         assert spec.device.name == name
+
+
+def test_per_device_bandwidths_have_a_single_baseline():
+    from harness.spec import baseline_key, timing_key
+
+    sp = build_spec(compose(["method=sp", "network=analytic", "network.bandwidth_mbps=[10,100]"]))
+    single = build_spec(compose(["method=single", "network=analytic", "network.bandwidth_mbps=[10,100]"]),
+                        in_sweep=True)
+    assert baseline_key(sp) == timing_key(single)

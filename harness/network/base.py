@@ -73,7 +73,8 @@ class Backend:
         (``100``, ``100.0`` and ``[100, 100]`` are one point), an unset impairment as None (0 = unset)."""
         ident = dataclasses.asdict(spec.network)
         if "bandwidth_mbps" in ident:
-            ident["bandwidth_mbps"] = parse_bandwidths(ident["bandwidth_mbps"], max(1, spec.devices))
+            value = ident["bandwidth_mbps"] if spec.devices > 1 else first_bandwidth(ident["bandwidth_mbps"])
+            ident["bandwidth_mbps"] = parse_bandwidths(value, max(1, spec.devices))
         for k in ("delay_ms", "loss_pct", "max_queue"):
             if k in ident and not ident[k]:
                 ident[k] = None
