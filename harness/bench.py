@@ -126,19 +126,15 @@ def failed_row(cfg: DictConfig, error: str) -> tuple[dict, str | None]:
 
 def row_from_config(c: dict, error: str) -> dict:
     """A failed row from a config that does not even make a spec: its plain settings, the error, and ids."""
-    import uuid
-    from datetime import datetime, timezone
+    from .results import COLUMNS, new_ids
 
     def get(group, key):
         node = c.get(group)
         return node.get(key) if isinstance(node, dict) else None
 
-    from .results import COLUMNS
-
-    return {**dict.fromkeys(COLUMNS), "model": get("model", "name"), "method": get("method", "name"), "devices": c.get("devices"),
-            "tokens": c.get("tokens"), "network": get("network", "name"), "repeats": c.get("repeats"),
-            "status": "failed", "error": error, "run_id": uuid.uuid4().hex[:12],
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {**dict.fromkeys(COLUMNS), "model": get("model", "name"), "method": get("method", "name"),
+            "devices": c.get("devices"), "tokens": c.get("tokens"), "network": get("network", "name"),
+            "repeats": c.get("repeats"), "status": "failed", "error": error, **new_ids(),
             "config": json.dumps(c, sort_keys=True, default=str)}
 
 

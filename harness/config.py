@@ -13,37 +13,21 @@ method without it drops it (``spec.group_options``); a point that then repeats a
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .options import did_you_mean, fields_of
+from .spec import CONF_DIR, MODEL_FIELDS, OPTION_GROUPS, compose, not_an_option, option_keys, owners, registry
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the same as spec.CONF_DIR (no import needed here)
 APP_GROUPS = {"config": ("model", "method", "network", "topology", "device", "experiment"), "train": ("task", "suite")}
-OPTION_GROUPS = ("method", "network")
-MODEL_KEYS = ("name", "kind", "layers", "hidden", "heads", "mlp_ratio", "ln_eps", "patch_size", "channels",
-              "num_classes", "vocab_size", "max_positions", "weights")  # ModelConfig's fields (a test checks)
-FREE_MAPS = ("task.model_overrides.",)  # astra-train maps whose keys are model fields, not fixed settings  # groups whose choices have different keys (one options schema each)
+FREE_MAPS = ("task.model_overrides.",)  # astra-train maps whose keys are model fields, not fixed settings
 VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p",
                "--package", "-sc", "--shell-completion", "-i", "--info", "--experimental-rerun"}
 
 
 def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def _registry(group: str) -> dict:
-    from .network import BACKENDS
-    from .parallel import METHODS
-
-    return METHODS if group == "method" else BACKENDS
-
-
-def _option_keys(group: str, choice: str) -> set[str]:
-    reg = _registry(group)
-    return {f[0] for f in fields_of(reg[choice].Options)} if choice in reg else set()
 
 
 def _leaf_keys(node, prefix: str = "") -> list[str]:
@@ -111,8 +95,6 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
     group_args = [ov.input_line.lstrip("+") for ov in parsed if ov.key_or_group in groups]
     first = [f"{g}={vals[0]}" for g, vals in chosen.items()]
     try:
-        from .spec import compose
-
         cfg = compose(first, config_name, hydra_node=True)
     except Exception as exc:  # noqa: BLE001 - a broken config file of ours, or Hydra refusing a group choice
         raise ConfigError(f"cannot compose the config with {' '.join(group_args)}: {str(exc).splitlines()[0]}") \
@@ -127,6 +109,12 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             swept = sweeper.get(g) if multirun else None
             chosen[g] = [s.strip() for s in str(swept).split(",")] if swept else [str(plain[g]["name"])]
     out = list(argv)
+
+    def force_add(ov) -> None:
+        """Pass ``ov`` on as ``++key=value``: a key some of the composed configs lack."""
+        if ov.type != OverrideType.FORCE_ADD:
+            out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+
     if config_name == "config":  # every value of the command line and of the experiment's sweep, before any point
         swept = []
         if multirun:
@@ -146,26 +134,20 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             raise ConfigError(f"~{key} removes a setting the run needs: set it instead ({key}=<value>)")
         head, _, rest = key.partition(".")
         if head in OPTION_GROUPS and config_name == "config" and rest:
-            fix = _check_option_key(head, rest, chosen[head], multirun)
-            if fix and ov.type != OverrideType.FORCE_ADD:
-                out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+            if _check_option_key(head, rest, chosen[head], multirun):
+                force_add(ov)
             elif ov.type == OverrideType.ADD:
                 raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
             continue
         if config_name == "train" and key.startswith(FREE_MAPS):  # a map of ModelConfig fields
             field_name = key.rsplit(".", 1)[-1]
-            from .spec import MODEL_FIELDS
-
             if key.count(".") != 2 or field_name not in MODEL_FIELDS:
                 raise ConfigError(f"{key}: task.model_overrides takes model fields{did_you_mean(field_name, MODEL_FIELDS)}"
                                   f" ({', '.join(MODEL_FIELDS)})")
-            if ov.type != OverrideType.FORCE_ADD:
-                out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+            force_add(ov)
             continue
-        if config_name == "config" and head == "model" and rest in MODEL_KEYS:
-            # a model field: every model has it, though each model's file lists only its family's fields
-            if ov.type != OverrideType.FORCE_ADD:
-                out[out.index(ov.input_line)] = "++" + ov.input_line.lstrip("+")
+        if config_name == "config" and head == "model" and rest in MODEL_FIELDS:
+            force_add(ov)  # every model has every field, though each model's file lists only its family's
             continue
         if key == "model.tokens":
             raise ConfigError("model.tokens is set by the top-level tokens=: write tokens=<n>")
@@ -173,7 +155,7 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             raise ConfigError(f"{key} is a group of settings, not a value: set {key}.<key>=<value> (see --help)")
         if key not in known:
             cands = known | {f"{g}.{k}" for g in OPTION_GROUPS if config_name == "config"
-                             for c in _registry(g) for k in _option_keys(g, c)}
+                             for c in registry(g) for k in option_keys(g, c)}
             raise ConfigError(f"unknown key '{key}'{did_you_mean(key, cands)}: see --help for the settings")
         if ov.type == OverrideType.ADD:
             raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
@@ -194,8 +176,8 @@ def _check_values(key: str, values: list[str], chosen: dict[str, list[str]]) -> 
     elif head in GROUP_SCHEMAS:
         schema, name = GROUP_SCHEMAS[head], rest
     elif head in OPTION_GROUPS:
-        owners = [c for c in chosen.get(head, []) if rest in _option_keys(head, c)]
-        schema, name = (_registry(head)[owners[0]].Options, rest) if owners else (None, rest)
+        have = owners(head, rest, chosen.get(head, []))
+        schema, name = (registry(head)[have[0]].Options, rest) if have else (None, rest)
     fields = {f[0]: f for f in fields_of(schema)} if schema else {}
     if name not in fields:
         return
@@ -214,40 +196,28 @@ def _check_values(key: str, values: list[str], chosen: dict[str, list[str]]) -> 
 def _check_option_key(group: str, key: str, choices: list[str], multirun: bool) -> bool:
     """Whether ``group.key`` must be passed as ``++`` (a knob of only some swept choices); raise if no chosen
     choice has it."""
-    owners = [c for c in choices if key in _option_keys(group, c)]
-    if not owners:
-        everyone = sorted({k for c in choices for k in _option_keys(group, c)})
-        anyone = sorted({k for c in _registry(group) for k in _option_keys(group, c)})
-        elsewhere = [c for c in _registry(group) if key in _option_keys(group, c)]
-        which = " or ".join(f"{group}={c}" for c in choices)
-        if elsewhere:
-            raise ConfigError(f"{which} has no option {key} (it is {' and '.join(elsewhere)}'s): remove "
-                              f"{group}.{key}, or use {group}={elsewhere[0]}")
-        raise ConfigError(f"{group}.{key} is not an option of {which}{did_you_mean(key, anyone)}: its options are "
-                          f"{', '.join(everyone)}")
-    return multirun and len(owners) < len(choices)
+    have = owners(group, key, choices)
+    if not have:
+        raise not_an_option(group, choices, key)
+    return multirun and len(have) < len(choices)
 
 
 # ------------------------------------------------------------------------------------------------------------ help
 def help_text(prog: str, doc: str, config_name: str) -> str:
     """``--help``: what the command does, examples, its own config groups and settings."""
-    from .spec import compose
-
     lines = [doc.strip(), "", "Config groups (choose with group=name; several with -m group=a,b):"]
     for g in APP_GROUPS[config_name]:
         lines.append(f"  {g:<11} {', '.join(available(g))}")
     if config_name == "config":
         from .spec import GROUP_SCHEMAS, Knobs
-        from .models import ModelConfig
 
         lines += ["", "Settings (key=value):"]
         lines += _describe(Knobs, "")
         for g, schema in GROUP_SCHEMAS.items():
             lines += _describe(schema, f"{g}.")
-        lines.append("  model.<field>   " + ", ".join(f[0] for f in fields_of(ModelConfig)
-                                                       if f[0] not in ("tokens", "extra")))
+        lines.append("  model.<field>   " + ", ".join(MODEL_FIELDS))
         for g in OPTION_GROUPS:
-            for name, cls in sorted(_registry(g).items()):
+            for name, cls in sorted(registry(g).items()):
                 rows = [r for r in _describe(cls.Options, f"{g}.") if not r.lstrip().startswith(f"{g}.name")]
                 if rows:
                     lines += ["", f"Options of {g}={name}:", *rows]

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ConfigError, RunFailed
+from .errors import ConfigError, RunFailed, atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_GRACE_S = 30.0  # process start-up (Python + torch import) on a loaded machine, on top of timeout_s
@@ -192,8 +192,6 @@ def read_reports(paths: list[Path], logs: list[Path], names: list[str]) -> list:
 # -------------------------------------------------------------------------------------------------- local launching
 def launch_local(spec, workdir: Path, port: int | None = None) -> list[dict]:
     """One worker process per rank on 127.0.0.1 (no shaping); supervised; returns the ranks' reports."""
-    from .errors import atomic_write
-
     world = spec.devices
     spec_path = atomic_write(workdir / "spec.json", spec.to_json())
     port = int(port) if port is not None else free_port()

@@ -49,10 +49,9 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     points never share a label); a method with a ``groups`` column (ASTRA) always shows G. Settings are the
     point's identity (``settings``: what the point measured), or its raw config for rows written before."""
     df = df.copy()
-    raw = pd.Series([None] * len(df), index=df.index, dtype=object)
-    for col in ("config", "settings"):  # the identity wins where a row has it
-        if col in df.columns:
-            raw = df[col].where(df[col].notna(), raw) if col == "settings" else df[col]
+    empty = pd.Series([None] * len(df), index=df.index, dtype=object)
+    config = df["config"] if "config" in df.columns else empty
+    raw = df["settings"].where(df["settings"].notna(), config) if "settings" in df.columns else config
     settings = raw.map(_settings)
     labels = pd.Series("", index=df.index, dtype=object)
     for method, idx in df.groupby("method").groups.items():

@@ -25,6 +25,14 @@ COLUMNS = [
 ]
 
 
+def new_ids() -> dict:
+    """A fresh row's ``run_id`` and ``timestamp`` (UTC, seconds)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    return {"run_id": uuid.uuid4().hex[:12], "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def summarize(reports: list[dict]) -> dict:
     """Combine per-rank reports into the measured columns.
 

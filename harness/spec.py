@@ -160,32 +160,55 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
     return mc
 
 
-def owned_elsewhere(group: str, key: str) -> list[str]:
-    """The choices of ``group`` (method or network) that have option ``key``."""
-    registry = METHODS if group == "method" else BACKENDS
-    return [n for n, cls in registry.items() if key in {f[0] for f in fields_of(cls.Options)}]
+OPTION_GROUPS = ("method", "network")  # groups whose choices have different keys (one options schema each)
+
+
+def registry(group: str) -> dict:
+    """The classes of an option group's choices: ``METHODS`` or ``BACKENDS``."""
+    return METHODS if group == "method" else BACKENDS
+
+
+def option_keys(group: str, choice: str) -> set[str]:
+    """The options of one choice of ``group`` (none for an unknown choice)."""
+    reg = registry(group)
+    return {f[0] for f in fields_of(reg[choice].Options)} if choice in reg else set()
+
+
+def owners(group: str, key: str, choices=None) -> list[str]:
+    """The choices of ``group`` (all of them, or those given) that have option ``key``."""
+    return [c for c in (registry(group) if choices is None else choices) if key in option_keys(group, c)]
+
+
+def not_an_option(group: str, choices: list[str], key: str) -> ConfigError:
+    """The one-line refusal of ``group.key`` for choices none of which has it."""
+    which = " or ".join(f"{group}={c}" for c in choices)
+    elsewhere = owners(group, key)
+    if elsewhere:
+        return ConfigError(f"{which} has no option {key} (it is {' and '.join(elsewhere)}'s): remove {group}.{key}, "
+                           f"or use {group}={elsewhere[0]}")
+    anyone = sorted({k for c in registry(group) for k in option_keys(group, c)})
+    mine = sorted({k for c in choices for k in option_keys(group, c)})
+    return ConfigError(f"{group}.{key} is not an option of {which}{did_you_mean(key, anyone)}: its options are "
+                       f"{', '.join(mine)}")
 
 
 def group_options(group: str, values: dict, in_sweep: bool):
     """The typed options of the chosen method/backend. Inside a -m sweep, a knob of *another* choice of the group
     (``method.groups`` while sweeping sp and astra) is dropped; in a single run it is refused."""
-    registry = METHODS if group == "method" else BACKENDS
+    reg = registry(group)
     name = values.get("name")
-    if name not in registry:
-        raise ConfigError(f"unknown {group} '{name}'{did_you_mean(str(name), registry)}: choose one of "
-                          f"{', '.join(sorted(registry))}")
-    cls = registry[name].Options
-    own = {f[0] for f in fields_of(cls)}
+    if name not in reg:
+        raise ConfigError(f"unknown {group} '{name}'{did_you_mean(str(name), reg)}: choose one of "
+                          f"{', '.join(sorted(reg))}")
+    own = option_keys(group, name)
     kept = {}
     for k, v in values.items():
-        others = owned_elsewhere(group, k) if k not in own else []
-        if others:
+        if k not in own and owners(group, k):
             if in_sweep:
                 continue
-            raise ConfigError(f"{group}={name} has no option {k} (it is {' and '.join(others)}'s): remove "
-                              f"{group}.{k}, or use {group}={others[0]}")
+            raise not_an_option(group, [name], k)
         kept[k] = v
-    return parse_options(cls, kept, f"{group}.", f"{group}={name}")
+    return parse_options(reg[name].Options, kept, f"{group}.", f"{group}={name}")
 
 
 def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpec:
@@ -319,10 +342,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         error: str | None = None) -> dict:
     """The one result row of a point: its settings (``network`` = the backend's ``describe()``), the measured
     columns summarised from the ranks' ``reports``, the backend's own ``measured`` columns, or ``error``."""
-    import uuid
-    from datetime import datetime, timezone
-
-    from .results import summarize
+    from .results import new_ids, summarize
 
     out = {
         "model": spec.model.name, "method": spec.method.name, "devices": spec.devices, "tokens": spec.tokens,
@@ -333,9 +353,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         "wire_bytes": None, "max_abs_err": None,
         "cpu_per_device": network.get("cpu_per_device", float(spec.device.threads)),
         "oversubscribed": network.get("oversubscribed", False),
-        "status": "ok" if error is None else "failed", "error": error,
-        "run_id": uuid.uuid4().hex[:12],
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "ok" if error is None else "failed", "error": error, **new_ids(),
         "config": json.dumps(spec.config, sort_keys=True),
         "batch": spec.batch, "threads": spec.device.threads, "seed": spec.seed, "vq": None,
         "topology": network.get("topology"), "device": spec.device.name, "setup_s": None,

@@ -242,13 +242,6 @@ def test_a_refused_point_in_a_sweep_is_recorded(tmp_path):
     assert list(load(store)["status"]) == ["failed"]
 
 
-def test_model_keys_are_the_model_fields():
-    from harness.config import MODEL_KEYS
-    from harness.spec import MODEL_FIELDS
-
-    assert list(MODEL_KEYS) == MODEL_FIELDS
-
-
 def test_identity_normalises_what_does_not_change_a_point():
     def key(*ov, timing=False):
         from harness.spec import timing_key

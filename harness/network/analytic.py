@@ -25,8 +25,8 @@ from pathlib import Path
 
 from ..errors import atomic_write
 from ..launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
-from ..options import opt, parse_bandwidths
-from .base import Backend, Result, ShapedOptions, first_bandwidth, register
+from ..options import opt
+from .base import Backend, Result, ShapedOptions, device_bandwidths, register
 
 
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
@@ -59,8 +59,7 @@ class AnalyticBackend(Backend):
 
     def __init__(self, spec):
         super().__init__(spec)
-        value = spec.network.bandwidth_mbps
-        self.bw = parse_bandwidths(value if spec.devices > 1 else first_bandwidth(value), spec.devices)
+        self.bw = device_bandwidths(spec.network.bandwidth_mbps, spec.devices)
         self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
 
     def bandwidths(self) -> list[float]:

@@ -73,8 +73,7 @@ class Backend:
         (``100``, ``100.0`` and ``[100, 100]`` are one point), an unset impairment as None (0 = unset)."""
         ident = dataclasses.asdict(spec.network)
         if "bandwidth_mbps" in ident:
-            value = ident["bandwidth_mbps"] if spec.devices > 1 else first_bandwidth(ident["bandwidth_mbps"])
-            ident["bandwidth_mbps"] = parse_bandwidths(value, max(1, spec.devices))
+            ident["bandwidth_mbps"] = device_bandwidths(ident["bandwidth_mbps"], spec.devices)
         for k in ("delay_ms", "loss_pct", "max_queue"):
             if k in ident and not ident[k]:
                 ident[k] = None
@@ -93,9 +92,12 @@ class Backend:
         raise NotImplementedError
 
 
-def first_bandwidth(value):
-    """A single device's bandwidth from a per-device list (it sends nothing; only a valid rate is needed)."""
-    return value[0] if isinstance(value, (list, tuple)) and value else value
+def device_bandwidths(value, devices: int, max_mbps: float | None = None, why: str = "") -> list[float]:
+    """``network.bandwidth_mbps`` as one rate per device. One device (``single``, whatever ``devices`` says) sends
+    nothing, so a per-device list of the sweep's other points gives it its first rate."""
+    if devices <= 1 and isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return parse_bandwidths(value, max(1, devices), max_mbps, why)
 
 
 @dataclass

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, RunFailed, atomic_write
 from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
-from ..options import opt, parse_bandwidths
-from .base import Backend, Result, ShapedOptions, first_bandwidth, register
+from ..options import opt
+from .base import Backend, Result, ShapedOptions, device_bandwidths, register
 from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
 from .shaping import htb_commands, netem_command
 
@@ -97,7 +97,7 @@ def netem_available() -> bool:
 
 
 def bandwidths(net, n: int) -> list[float]:
-    return parse_bandwidths(net.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
+    return device_bandwidths(net.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
 
 
 # ----------------------------------------------------------------------------------------------------- the session
@@ -164,7 +164,7 @@ class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
     def __init__(self, topology: str, n: int, cores: float, threads: int, net: MininetOptions, workdir: Path,
-                 workers: bool = True, period_us: int = 100000):
+                 workers: bool = True, period_us: int = 100000, key: tuple = ()):
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -175,7 +175,7 @@ class Session:
 
         setLogLevel("error")
         t0 = time.perf_counter()
-        self.key = (topology, n, cores, threads)
+        self.key = key  # what the backend built this session for: a point with another key needs a new one
         self.n, self.workdir, self.jobs = n, workdir, 0
         self.workers: list[Worker] = []
         self.bw: list[float] | None = None
@@ -337,8 +337,7 @@ class MininetBackend(Backend):
 
     def __init__(self, spec):
         net = spec.network
-        self.bw = bandwidths(net, spec.devices) if spec.devices > 1 else bandwidths(
-            ShapedOptions(bandwidth_mbps=first_bandwidth(net.bandwidth_mbps)), 1)
+        self.bw = bandwidths(net, spec.devices)
         impaired = {k: getattr(net, k) for k in ("delay_ms", "loss_pct", "max_queue") if getattr(net, k) not in (None, 0)}
         if impaired and not netem_available():
             names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
@@ -366,8 +365,8 @@ class MininetBackend(Backend):
         if _SESSION is None:
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
-            _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir, period_us=dev.cfs_period_us)
-            _SESSION.key = key
+            _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir, period_us=dev.cfs_period_us,
+                               key=key)
             self.setup_s = _SESSION.setup_s
         try:
             _SESSION.apply(net, self.bw)
