@@ -86,12 +86,12 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
         return {**existing, "skipped": True}
     info = backend.describe()
     if info.get("oversubscribed"):
-        log(f"WARNING: {spec.devices} devices x {info['cpu_per_device']:g} cores exceed this machine's "
+        log(f"WARNING: {spec.devices} devices x {info['cpu_real_per_device']:g} cores exceed this machine's "
             f"{os.cpu_count()} cores: ranks compete for CPU (row marked oversubscribed=true)")
     spec = spec.method_class.prepare(spec, log)
     with tempfile.TemporaryDirectory(prefix="astra-run-") as wd:
         result = backend.run(spec, Path(wd))
-    out = row(spec, info, result.reports, result.measured)
+    out = row(spec, info, result.reports, result.measured, links_mbps=result.links_mbps)
     out["wall_s"] = round(time.perf_counter() - t0, 3)
     append_row(spec.results.path, out)
     if sweep:
@@ -141,9 +141,12 @@ def row_from_config(c: dict, error: str) -> dict:
 def summary(r: dict) -> str:
     bw = f" {r['bandwidth_mbps']:g} Mbps" if r["bandwidth_mbps"] is not None else ""
     err = f", max_abs_err {r['max_abs_err']:.2e}" if r["max_abs_err"] is not None else ""
+    k = r.get("dilation") or 1.0
+    dil = f", dilated k={k:.3g} (real {r['latency_real_ms']:.0f} ms)" if k != 1.0 else ""
+    fid = f"; fidelity: {r['fidelity']}" if r.get("fidelity") else ""
     return (f"{r['model']} {r['method']} N={r['devices']} T={r['tokens']} {r['network']}{bw}: latency "
-            f"{r['latency_ms']:.1f} ms (compute {r['compute_ms']:.1f}, comm {r['comm_ms']:.1f}), payload "
-            f"{r['payload_bytes']} B{err}")
+            f"{r['latency_ms']:.1f} ms (compute {r['compute_ms']:.1f}, comm {r['comm_ms']:.1f}; {r['repeats']} "
+            f"repeats{dil}), payload {r['payload_bytes']} B{err}{fid}")
 
 
 def job(cfg: DictConfig) -> None:

@@ -19,6 +19,7 @@ class CommRecord:
     tag: str
     payload_bytes: int
     seconds: float
+    wire_bytes: int | None = None  # what this rank's busiest interface sent meanwhile (``wire_ifaces`` set)
 
 
 class Comm:
@@ -28,23 +29,36 @@ class Comm:
         self.rank = rank
         self.world = world
         self.records: list[CommRecord] = []
+        self.local = False  # answer collectives locally (this rank alone: see SimulatedComm)
+        self.wire_ifaces: list[str] = []  # interfaces whose tx counters each collective reads (Mininet hosts)
 
     # -- public API -------------------------------------------------------------------------------------------
     def all_gather(self, t: torch.Tensor, tag: str = "") -> list[torch.Tensor]:
         """Gather equal-shaped tensors from all ranks (rank order). Pad uneven shards before calling."""
         t = t.contiguous()
+        tx0 = self._tx()
         t0 = time.perf_counter()
-        out = self._all_gather(t) if self.world > 1 else [t]
-        self._record("all_gather", tag, t, t0)
+        if self.world == 1:
+            out = [t]
+        elif self.local:
+            out = [t.clone() for _ in range(self.world)]
+        else:
+            out = self._all_gather(t)
+        self._record("all_gather", tag, t, t0, tx0)
         return out
 
     def all_reduce(self, t: torch.Tensor, tag: str = "") -> torch.Tensor:
         """Sum ``t`` over ranks, in place; returns ``t``."""
+        tx0 = self._tx()
         t0 = time.perf_counter()
-        if self.world > 1:
+        if self.world > 1 and not self.local:
             self._all_reduce(t)
-        self._record("all_reduce", tag, t, t0)
+        self._record("all_reduce", tag, t, t0, tx0)
         return t
+
+    def agree_max(self, value: float) -> float:
+        """The largest ``value`` over ranks (not recorded): how ranks take one decision, e.g. to stop repeating."""
+        return value
 
     def barrier(self) -> None:
         """Synchronise ranks; not recorded (used between timed repeats)."""
@@ -61,9 +75,18 @@ class Comm:
         return sum(r.seconds for r in self.records)
 
     # -- internals --------------------------------------------------------------------------------------------
-    def _record(self, op: str, tag: str, t: torch.Tensor, t0: float) -> None:
+    def _tx(self) -> list[int] | None:
+        if not self.wire_ifaces or self.local:
+            return None
+        return [int(open(f"/sys/class/net/{i}/statistics/tx_bytes").read()) for i in self.wire_ifaces]
+
+    def _record(self, op: str, tag: str, t: torch.Tensor, t0: float, tx0: list[int] | None = None) -> None:
+        took = time.perf_counter() - t0
         nbytes = t.numel() * t.element_size() if self.world > 1 else 0
-        self.records.append(CommRecord(op, tag, nbytes, time.perf_counter() - t0))
+        wire = None
+        if tx0 is not None:
+            wire = max(b - a for a, b in zip(tx0, self._tx()))
+        self.records.append(CommRecord(op, tag, nbytes, took, wire))
 
     def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -144,17 +167,21 @@ class DistComm(Comm):
     def barrier(self) -> None:
         self.dist.barrier()
 
+    def agree_max(self, value: float) -> float:
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return float(t.item())
+
 
 class SimulatedComm(Comm):
     """Pretends to be rank ``rank`` of ``world`` inside one process, for measuring that rank's compute alone.
 
     All-gather returns copies of the caller's own shard in every slot and all-reduce leaves the tensor as it is:
     values are wrong but shapes, dtypes, payload accounting and therefore the compute work are exactly those of
-    the real run. Time spent here is (near) zero, so the rank's measured time is its compute time.
+    the real run. Time spent here is (near) zero, so the rank's measured time is its compute time. A real group
+    does the same while its ``local`` flag is set (the solo runs of the compute-inflation check).
     """
 
-    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
-        return [t.clone() for _ in range(self.world)]
-
-    def _all_reduce(self, t: torch.Tensor) -> None:
-        return None
+    def __init__(self, rank: int, world: int):
+        super().__init__(rank, world)
+        self.local = True

@@ -21,7 +21,7 @@ def opt(default: Any = _MISSING, help: str = "", *, lo: float | None = None, hi:
         above: float | None = None, choices: Iterable | None = None, kind: str | None = None) -> Any:
     """A dataclass field with its rules: ``lo``/``hi`` inclusive bounds, ``above`` an exclusive lower bound,
     ``choices`` the allowed values, ``kind`` a special parser ("bandwidth": a number or a list of numbers;
-    "auto_bool": auto, true or false)."""
+    "auto_bool": auto, true or false; "auto_number": auto or a number in the range)."""
     meta = {"help": help, "lo": lo, "hi": hi, "above": above, "choices": tuple(choices) if choices else None,
             "kind": kind}
     if isinstance(default, (list, dict)):
@@ -83,6 +83,14 @@ def convert(value: Any, tp, key: str, meta: dict) -> Any:
         return s if s == "auto" else s == "true"
     if meta.get("kind") == "bandwidth":
         return value  # parsed per device count by parse_bandwidths
+    if meta.get("kind") == "auto_number":
+        if str(value).lower() == "auto":
+            return "auto"
+        meta = {**meta, "kind": None}
+        try:
+            return convert(value, float, key, meta)
+        except ConfigError:
+            raise ConfigError(f"{key}={value} is not valid: use auto or a number {rng}") from None
     bad = ConfigError(f"{key}={value} is not {want}: use {want}{' ' + rng if rng else ''}")
     if base is bool:
         if isinstance(value, bool):

@@ -20,10 +20,11 @@ from .results import load
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
                  "comm_ms", "cpu_ms", "runqueue_wait_ms", "payload_bytes", "wire_bytes", "max_abs_err", "speedup",
-                 "status"]
+                 "repeats", "dilation", "compute_inflation", "fidelity", "status"]
 # Settings that never tell two points apart in a label: where results go, run-keeping, and the plots' own axes.
 NOT_LABELS = ("results.", "cache_dir", "timeout_s", "fault.", "network.port", "network.reuse", "method.name",
-              "network.name", "model.name", "tokens", "devices", "network.bandwidth_mbps")
+              "network.name", "model.name", "tokens", "devices", "network.bandwidth_mbps",
+              "device.dilation")  # k follows from the device count
 SHORT = {"method.groups": "G", "method.codebook_size": "K"}
 
 
@@ -86,6 +87,21 @@ def markdown_table(df: pd.DataFrame) -> str:
     return df[cols].to_markdown(index=False, floatfmt=".4g")
 
 
+def unfaithful(df: pd.DataFrame) -> pd.Series:
+    """Rows whose fidelity check failed (``fidelity`` set and not ``ok``)."""
+    if "fidelity" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["fidelity"].notna() & (df["fidelity"] != "ok")
+
+
+def mark_unfaithful(ax, df: pd.DataFrame, x: str) -> None:
+    """Cross out points whose fidelity check failed (their numbers depend on the host machine)."""
+    bad = df[unfaithful(df)]
+    if not bad.empty:
+        ax.scatter(bad[x], bad["speedup"], marker="x", s=90, color="red", zorder=5,
+                   label="fidelity check failed (see table)")
+
+
 def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for p in paths:
@@ -124,6 +140,7 @@ def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt) -> lis
             for lab, g in shaped[shaped["devices"] == n].groupby("label"):
                 g = g.sort_values("bandwidth_mbps")
                 ax.plot(g["bandwidth_mbps"], g["speedup"], marker="o", label=lab)
+            mark_unfaithful(ax, shaped[shaped["devices"] == n], "bandwidth_mbps")
             ax.axhline(1.0, color="red", lw=1, ls="--")
             ax.set_xscale("log")
             ax.set_title(f"{n} devices")
@@ -140,6 +157,7 @@ def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt) -> lis
             g = g.sort_values("devices")
             name = lab if bw < 0 else f"{lab} @ {bw:g} Mbps"
             ax.plot(g["devices"], g["speedup"], marker="o", label=name)
+        mark_unfaithful(ax, multi, "devices")
         ax.axhline(1.0, color="red", lw=1, ls="--")
         ax.set_xlabel("devices")
         ax.set_ylabel("speedup over single device")

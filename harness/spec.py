@@ -41,15 +41,29 @@ class Knobs:
     collectives: str = opt("p2p", "p2p: bandwidth-optimal send/recv collectives; gloo: gloo's own",
                            choices=("p2p", "gloo"))
     cache_dir: str = opt("results/cache", "where k-means codebooks are cached")
+    budget_s: float | None = opt(None, "adaptive repeats: a point's warm-ups and repeats stop once they have used this "
+                                 "many (real) seconds, after at least one timed inference; an inference longer than "
+                                 "the budget is timed on its own, without warm-up; null: always warmup + repeats",
+                                 above=0)
+    solo_repeats: int = opt(1, "after a multi-device point, each rank runs this many inferences alone (collectives "
+                            "answered locally, peers idle) for the compute-inflation check; 0 skips it", lo=0, hi=100)
 
 
 @dataclass
 class DeviceOptions:
     name: str = opt("cpu1", "the device's name (the row's `device` column)")
-    cores: float = opt(1.0, "CPU quota per device in cores (enforced on Mininet hosts)", above=0)
+    cores: float = opt(1.0, "virtual cores per device: its speed is that many of this machine's cores", above=0)
     threads: int = opt(1, "torch threads per device", lo=1)
-    allow_oversubscribe: bool = opt(False, "Mininet: run even when devices x cores exceed the machine's cores")
-    cfs_period_us: int = opt(100000, "Mininet: the CFS period of the hosts' CPU quota (a shorter one bounds how long "
+    dilation: Any = opt("auto", "time dilation k (Mininet): each device gets cores/k real cores, every link is shaped "
+                        "at bandwidth/k and times are reported divided by k. auto: the smallest k >= 1 at which the "
+                        "devices fit the machine's cores minus reserve_cores", lo=1, kind="auto_number")
+    reserve_cores: float = opt(0.4, "Mininet, dilation=auto: cores kept free for the kernel's bridging and shaping "
+                               "and for the controller", lo=0)
+    reference_ms: float | None = opt(None, "Mininet: emulate a device whose single-device latency for this model and "
+                                     "token count is this many ms: k = measured single latency / reference_ms",
+                                     above=0)
+    allow_oversubscribe: bool = opt(False, "Mininet: run even when devices x cores/k exceed the machine's cores")
+    cfs_period_us: int = opt(10000, "Mininet: the CFS period of the hosts' CPU quota (a short one bounds how long "
                              "a fractional device may run at full speed)", lo=1000, hi=1000000)
 
 
@@ -95,6 +109,10 @@ class RunSpec:
     timeout_s: float = 300.0
     collectives: str = "p2p"
     cache_dir: str = "results/cache"
+    budget_s: float | None = None
+    solo_repeats: int = 0
+    dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
+    quota_cores: float = 1.0  # real cores per device (device.cores / k, or the reference mode's fit)
     fault: FaultOptions = field(default_factory=FaultOptions)
     results: ResultsOptions = field(default_factory=ResultsOptions)
     # What the method prepares before ranks start, and what a caller feeds the ranks directly.
@@ -244,9 +262,17 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     if Path(top.cache_dir).exists() and not Path(top.cache_dir).is_dir():
         raise ConfigError(f"cache_dir={top.cache_dir} is a file: pass a directory")
     check_writable(top.cache_dir, "cache_dir")
-    spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c,
+    from . import dilation
+
+    dev = sub["device"]
+    # k from the configured device count: the single-device baseline of an N-device point gets the same device
+    k = dilation.factor(dev, top.devices, BACKENDS[network.name].enforces_cores)
+    quota = dev.cores / k if k is not None else dilation.reference_quota(dev, top.devices)
+    spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=k,
+                   quota_cores=quota,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
-                                                    "timeout_s", "collectives", "cache_dir")},
+                                                    "timeout_s", "collectives", "cache_dir", "budget_s",
+                                                    "solo_repeats")},
                    **sub)
     if check_method:
         cls.check(spec)
@@ -309,8 +335,11 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "devices": spec.devices,
         "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,
         "warmup": spec.warmup, "verify": None if timing else spec.verify, "collectives": spec.collectives,
-        "device": {"threads": spec.device.threads, "cores": spec.device.cores if backend.enforces_cores else None,
-                   "cfs_period_us": spec.device.cfs_period_us if backend.enforces_cores else None},
+        "budget_s": spec.budget_s,
+        "device": {"threads": spec.device.threads, **({
+            "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
+            "dilation": None if spec.dilation is None else round(spec.dilation, 6),
+            "reference_ms": spec.device.reference_ms} if backend.enforces_cores else {})},
         "topology": spec.topology.name if backend.uses_topology else None,
     }
     # one device: bandwidth, topology and the network's knobs do not matter
@@ -339,9 +368,12 @@ def baseline_key(spec: RunSpec) -> str:
 
 # ------------------------------------------------------------------------------------------------------ the result row
 def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measured: dict | None = None,
-        error: str | None = None) -> dict:
+        error: str | None = None, links_mbps: list[float] | None = None) -> dict:
     """The one result row of a point: its settings (``network`` = the backend's ``describe()``), the measured
-    columns summarised from the ranks' ``reports``, the backend's own ``measured`` columns, or ``error``."""
+    columns summarised from the ranks' ``reports`` (times ÷ the dilation k, real ones kept), the backend's own
+    ``measured`` columns (``dilation`` there is the k measured in reference mode), the fidelity verdict, or
+    ``error``."""
+    from . import dilation, fidelity
     from .results import new_ids, summarize
 
     out = {
@@ -361,7 +393,17 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         "settings": json.dumps(identity(spec), sort_keys=True), "wall_s": None,
     }
     out.update(spec.method_class.columns(spec))
+    out["dilation"] = spec.dilation
+    out["cpu_real_per_device"] = network.get("cpu_real_per_device")
     if reports:
         out.update(summarize(reports))
+        out["repeats"] = len(reports[0]["latency_s"])
+        out["warmups"] = reports[0].get("warmups")
     out.update(measured or {})
+    if reports:
+        k = out["dilation"] or 1.0
+        out.update(dilation.scale_row(out, k))
+        out.update(fidelity.assess(reports, bool(out.get("oversubscribed")), links_mbps))
+        if spec.backend_class.name == "analytic":  # nothing is emulated: compute is profiled, comm is a formula
+            out["fidelity"] = None
     return out

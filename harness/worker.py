@@ -39,6 +39,144 @@ def tx_bytes(ifaces: list[str]) -> int:
     return sum(int(Path(f"/sys/class/net/{i}/statistics/tx_bytes").read_text()) for i in ifaces)
 
 
+def idle_seconds() -> tuple[float, float] | None:
+    """(idle + iowait, total) CPU seconds of the whole machine so far (``/proc/stat``), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    hz = os.sysconf("SC_CLK_TCK")
+    return (ticks[3] + ticks[4]) / hz, sum(ticks) / hz
+
+
+class Timing:
+    """The warm-ups and timed repeats of one rank, and what is read around each timed inference.
+
+    Without ``budget_s``: ``warmup`` untimed inferences, then ``repeats`` timed ones. With it (adaptive repeats),
+    ranks decide together (``Comm.agree_max``) after every inference: the first inference is timed; if it took
+    the whole budget it is the point's only repeat (warm-up effects are negligible at that length); otherwise it
+    was a warm-up, warm-ups continue while they fit in half the budget, and timed repeats while they fit in the
+    rest, at least one.
+    """
+
+    def __init__(self, spec: RunSpec, comm: Comm, plan, inputs):
+        self.spec, self.comm, self.plan, self.inputs = spec, comm, plan, inputs
+        self.ifaces = list(spec.wire_ifaces)
+        self.probe = Probe()
+        self.cols: dict[str, list] = {k: [] for k in ("latency_s", "comm_s", "wire_bytes", "cpu_s", "runqueue_wait_s",
+                                                      "throttled_s", "idle_cores")}
+        self.records: list = []
+        self.warmups = 0
+        self.out = None
+
+    def timed(self) -> float:
+        comm, c = self.comm, self.cols
+        comm.barrier()
+        comm.reset()
+        tx0 = tx_bytes(self.ifaces)
+        s0, m0 = self.probe.read(), idle_seconds()
+        t0 = time.perf_counter()
+        self.out = self.plan.forward(self.inputs)
+        took = time.perf_counter() - t0
+        used, m1 = self.probe.delta(s0, self.probe.read()), idle_seconds()
+        c["latency_s"].append(took)
+        c["comm_s"].append(comm.seconds)
+        c["wire_bytes"].append(tx_bytes(self.ifaces) - tx0)
+        c["cpu_s"].append(used.cpu_s)
+        c["runqueue_wait_s"].append(used.wait_s)
+        c["throttled_s"].append(used.throttled_s)
+        c["idle_cores"].append(None if m0 is None or m1 is None else (m1[0] - m0[0], m1[1] - m0[1]))
+        self.records = list(comm.records)
+        return took
+
+    def untimed(self) -> float:
+        self.comm.barrier()
+        t0 = time.perf_counter()
+        self.plan.forward(self.inputs)
+        self.warmups += 1
+        return time.perf_counter() - t0
+
+    def drop_last(self) -> None:
+        for v in self.cols.values():
+            v.pop()
+
+    def run(self) -> None:
+        spec, budget, agree = self.spec, self.spec.budget_s, self.comm.agree_max
+        if budget is None:
+            for _ in range(spec.warmup):
+                self.untimed()
+            for _ in range(spec.repeats):
+                self.timed()
+            return
+        start = time.perf_counter()
+        first = agree(self.timed())
+        if first >= budget:
+            return
+        self.drop_last()  # it was a warm-up
+        self.warmups, last = 1, first
+        while self.warmups < spec.warmup and agree(time.perf_counter() - start) + last <= budget / 2:
+            last = agree(self.untimed())
+        while True:
+            last = agree(self.timed())
+            n = len(self.cols["latency_s"])
+            if n >= spec.repeats or agree(time.perf_counter() - start) + last > budget:
+                return
+
+    def report(self) -> dict:
+        c = self.cols
+        def kept(key):
+            return c[key] if c[key] and None not in c[key] else None
+
+        idle = None
+        if kept("idle_cores"):  # over all timed repeats: /proc/stat counts in ticks (10 ms), too coarse for one
+            spent = [sum(x) for x in zip(*c["idle_cores"])]
+            if spent[1] >= 0.5:
+                idle = spent[0] / spent[1] * (os.cpu_count() or 1)
+        return {"latency_s": c["latency_s"], "comm_s": c["comm_s"], "wire_bytes": c["wire_bytes"] if self.ifaces else None,
+                "cpu_s": c["cpu_s"],  # process CPU time per repeat (all threads; includes collectives' own work)
+                "runqueue_wait_s": kept("runqueue_wait_s"), "throttled_s": kept("throttled_s"),
+                "idle_cores": idle,  # the machine's idle cores during the timed repeats (None: too short to tell)
+                "warmups": self.warmups}
+
+
+_SOLO: dict[str, list[float]] = {}  # a persistent worker's solo measurements, by point minus network and repeats
+
+
+def solo_compute(spec: RunSpec, comm: Comm, plan, inputs) -> list[float]:
+    """This rank's compute alone, on its own CPU budget: ranks take turns running their plan with collectives
+    answered locally (``comm.local``) while the others wait in a barrier. The reference of the compute-inflation
+    check (``harness.fidelity``): compute inside the emulation ÷ compute alone. It does not depend on the network,
+    so a persistent worker measures it once per point of a sweep and reuses it across bandwidths."""
+    from .spec import identity
+
+    ident = identity(spec)
+    for k in ("network", "repeats", "warmup", "verify", "budget_s"):
+        ident.pop(k, None)
+    key = json.dumps([ident, spec.solo_repeats, comm.rank], sort_keys=True)
+    if key in _SOLO:
+        return _SOLO[key]
+    mine: list[float] = []
+    for r in range(comm.world):
+        comm.barrier()
+        if r != comm.rank:
+            continue
+        comm.local = True
+        try:
+            plan.forward(inputs)  # warm-up
+            for _ in range(spec.solo_repeats):
+                comm.reset()
+                t0 = time.perf_counter()
+                plan.forward(inputs)
+                mine.append(time.perf_counter() - t0 - comm.seconds)
+        finally:
+            comm.local = False
+            comm.reset()
+    comm.barrier()
+    _SOLO[key] = mine
+    return mine
+
+
 def run_rank(spec: RunSpec, comm: Comm) -> dict:
     """Run one rank's share of the point described by ``spec`` over ``comm``; return its report."""
     torch.set_num_threads(spec.device.threads)
@@ -61,44 +199,25 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
         while True:  # injected hang: the controller's timeout must end this run
             time.sleep(1)
 
-    for _ in range(spec.warmup):
-        comm.barrier()
-        plan.forward(inputs)
-    lat, comm_s, wire, cpu, wait, throttled = [], [], [], [], [], []
-    ifaces = list(spec.wire_ifaces)
-    probe = Probe()
-    out = None
-    for _ in range(spec.repeats):
-        comm.barrier()
-        comm.reset()
-        tx0 = tx_bytes(ifaces)
-        s0 = probe.read()
-        t0 = time.perf_counter()
-        out = plan.forward(inputs)
-        lat.append(time.perf_counter() - t0)
-        used = probe.delta(s0, probe.read())
-        cpu.append(used.cpu_s)
-        wait.append(used.wait_s)
-        throttled.append(used.throttled_s)
-        wire.append(tx_bytes(ifaces) - tx0)
-        comm_s.append(comm.seconds)
+    comm.wire_ifaces = list(spec.wire_ifaces)
+    timing = Timing(spec, comm, plan, inputs)
+    timing.run()
+    out = timing.out
+    solo = solo_compute(spec, comm, plan, inputs) if spec.solo_repeats and comm.world > 1 and not comm.local else None
     per_tag: dict[str, int] = {}
-    for rec in comm.records:
+    for rec in timing.records:
         per_tag[rec.tag] = per_tag.get(rec.tag, 0) + rec.payload_bytes
     report = {
         "rank": comm.rank,
         "world": comm.world,
         "threads": torch.get_num_threads(),
-        "latency_s": lat,
-        "comm_s": comm_s,
-        "payload_bytes": comm.payload_bytes,
-        "wire_bytes": wire if ifaces else None,
-        "cpu_s": cpu,  # process CPU time per repeat (all threads; includes collectives' own work)
-        "runqueue_wait_s": wait if None not in wait else None,
-        "throttled_s": throttled if None not in throttled else None,
-        "collectives": len(comm.records),
+        **timing.report(),
+        "payload_bytes": sum(rec.payload_bytes for rec in timing.records),
+        "collectives": len(timing.records),
         "payload_by_tag": per_tag,
-        "records": [[rec.op, rec.tag, rec.payload_bytes] for rec in comm.records],
+        # the last repeat's collectives: op, tag, payload bytes, seconds, wire bytes of the busiest interface
+        "records": [[rec.op, rec.tag, rec.payload_bytes, rec.seconds, rec.wire_bytes] for rec in timing.records],
+        "solo_compute_s": solo,
         "has_output": out is not None and out.logits is not None,
         "max_abs_err": None,
     }

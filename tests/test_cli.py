@@ -258,6 +258,12 @@ BAD = {
     "sp-sweep-astra-knob": (["-m", "method=sp", "method.groups=2"], ["method=sp has no option groups"]),
     "single-astra-knob": (["method=single", "method.codebook_size=64"], ["no option codebook_size"]),
     "loopback-bandwidth": (["network=loopback", "network.bandwidth_mbps=10"], ["network=loopback has no option"]),
+    "reference-ms-0": (["device.reference_ms=0"], ["device.reference_ms=0"]),
+    "dilation-below-1": (["device.dilation=0.5"], ["device.dilation=0.5", "auto or a number"]),
+    "dilation-word": (["device.dilation=fast"], ["device.dilation=fast", "auto or a number"]),
+    "dilation-on-loopback": (["device.dilation=2"], ["device.dilation=2", "network=mininet"]),
+    "reference-on-loopback": (["device.reference_ms=100"], ["device.reference_ms=100", "network=mininet"]),
+    "budget-0": (["budget_s=0"], ["budget_s=0"]),
     "analytic-bandwidth-list": (["network=analytic", "network.bandwidth_mbps=[10,abc]"], ["abc is not a number"]),
     "analytic-bandwidth-count": (["network=analytic", "network.bandwidth_mbps=[10,20,30]"], ["lists 3 values"]),
     "analytic-model": (["network=analytic", "network.collective_model=tree"], ["collective_model=tree"]),
@@ -407,6 +413,10 @@ def test_point_runs_and_is_recorded(runs, case):
     assert math.isfinite(lat) and lat > 0
     # where the time went: the rank's own CPU time and its wait for a CPU are recorded beside the latency
     assert 0 < row["cpu_ms"] and row["runqueue_wait_ms"] >= 0 and row["throttled_ms"] in (None, 0.0)
+    # nothing is dilated on loopback; every row carries its fidelity verdict, multi-device ones their inflation
+    assert row["dilation"] == 1.0 and row["latency_real_ms"] == lat
+    assert row["fidelity"] == "ok" or row["fidelity"].startswith(("compute inflated", "machine saturated", "oversub"))
+    assert (row["compute_inflation"] is None) == (method == "single")
     assert row["latency_p90_ms"] >= lat
     assert row["compute_ms"] > 0 and row["comm_ms"] >= 0
     if method == "single":

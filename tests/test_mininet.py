@@ -186,7 +186,9 @@ def test_signal_to_controller_tears_down(tmp_path, sig):
         (["network.bandwidth_mbps=2000"], "bandwidth_mbps=2000"),
         (["network.bandwidth_mbps=[10,20,30]"], "lists 3 values"),
         (["topology=nope"], "unknown topology"),
-        (["devices=4", "device=cpu1"], "cores"),
+        (["devices=4", "device=cpu1", "device.dilation=1"], "cores"),
+        (["devices=8", "tokens=64", "network.bandwidth_mbps=0.5"], "HTB"),
+        (["devices=8", "tokens=64", "device.cfs_period_us=1000"], "minimum"),
     ],
 )
 def test_bad_network_input(tmp_path, args, needle):
@@ -211,6 +213,34 @@ def test_netem_options_refused_or_applied(tmp_path):
 
 
 def test_oversubscription_allowed_is_marked(tmp_path):
-    row = row_of(bench(tmp_path, "network=mininet", "method=sp", "devices=3", "tokens=48",
+    row = row_of(bench(tmp_path, "network=mininet", "method=sp", "devices=3", "tokens=48", "device.dilation=1",
                        "device.allow_oversubscribe=true", "network.bandwidth_mbps=100"))
     assert row["oversubscribed"] is True and row["status"] == "ok"
+    assert "oversubscribed" in row["fidelity"]
+
+
+def test_dilated_four_devices_and_reference_device(tmp_path):
+    """Four 1-core devices on this machine: k is chosen so they fit beside the reserve, links are shaped at B/k,
+    times are reported ÷ k with the real ones kept, and every row carries its fidelity verdict."""
+    from harness.dilation import machine_cores
+
+    before = worker_pids()
+    k = max(1.0, 4 / (machine_cores() - 0.4))
+    net = ["network=mininet", "network.bandwidth_mbps=10", "devices=4"]
+    astra = row_of(bench(tmp_path, *MODEL, *net, "method=astra", "method.codebook_size=256", "budget_s=30"))
+    single = row_of(bench(tmp_path, *MODEL, *net, "method=single"))
+    for row in (astra, single):
+        assert row["dilation"] == pytest.approx(k)
+        assert row["cpu_real_per_device"] == pytest.approx(1 / k) and row["oversubscribed"] is False
+        assert row["latency_ms"] == pytest.approx(row["latency_real_ms"] / k)
+        assert row["compute_ms"] == pytest.approx(row["compute_real_ms"] / k)
+        assert isinstance(row["fidelity"], str) and row["fidelity"]
+    assert astra["link_real_mbps"] == pytest.approx(10 / k)
+    assert astra["compute_inflation"] is not None and astra["compute_inflation"] > 0
+    assert astra["baseline_key"] == single["timing_key"]  # the baseline ran on the same dilated device
+    assert 1 <= astra["repeats"] <= 3
+    # Reference mode: k from the measured single-device latency, so single reports (about) the reference.
+    ref = row_of(bench(tmp_path, *MODEL, *net, "method=single", "device.reference_ms=5"))
+    assert ref["dilation"] == pytest.approx(ref["reference_single_real_ms"] / 5)
+    assert 2.5 < ref["latency_ms"] < 10, ref["latency_ms"]
+    assert_nothing_left(before)

@@ -99,7 +99,7 @@ class AnalyticBackend(Backend):
             r = rep["rank"]
             bw = min(self.bw) if net.collective_model == "ring" else self.bw[r % len(self.bw)]
             comm = sum(charge_seconds(op, b, world, bw, net.mbps_unit, net.collective_model, net.wire_overhead)
-                       for op, _tag, b in rep["records"])
+                       for op, _tag, b, *_ in rep["records"])
             compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
             out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
         return Result(out)

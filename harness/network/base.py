@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..options import bandwidth_columns, opt, parse_bandwidths
 
 BACKENDS: dict[str, type["Backend"]] = {}
@@ -37,23 +36,21 @@ class Result:
 
     reports: list[dict]
     measured: dict = field(default_factory=dict)
+    links_mbps: list[float] | None = None  # the real (shaped, dilated) rate of each device's link, if shaped
 
 
 def cpu_budget(spec, enforced_cores: bool) -> dict:
-    """``cpu_per_device`` and ``oversubscribed`` for the row. With ``enforced_cores`` (CPU quotas) the budget is
-    ``device.cores`` and oversubscription is refused unless ``device.allow_oversubscribe``; otherwise the budget is
-    the thread count and oversubscription only warned about."""
+    """``cpu_per_device`` (virtual cores), ``cpu_real_per_device`` and ``oversubscribed`` for the row. With
+    ``enforced_cores`` (CPU quotas) a device gets ``spec.quota_cores`` real cores (``device.cores`` / k) and devices
+    that do not fit are refused (``harness.dilation.check_fit``); otherwise the budget is the thread count and
+    oversubscription is only warned about."""
     n, dev = spec.devices, spec.device
-    per = float(dev.cores) if enforced_cores else float(dev.threads)
-    cores = os.cpu_count() or 1
-    over = n * per > cores + 1e-9
-    if over and enforced_cores and not dev.allow_oversubscribe:
-        raise ConfigError(
-            f"devices={n} x device.cores={per:g} need {n * per:g} cores but this machine has {cores}: use fewer "
-            "devices, a smaller device (e.g. device=cpu_half), or device.allow_oversubscribe=true (the row is then "
-            "marked oversubscribed=true)"
-        )
-    return {"cpu_per_device": per, "oversubscribed": over}
+    if enforced_cores:
+        from ..dilation import check_fit
+
+        return check_fit(dev, n, dev.cores / spec.quota_cores)
+    per = float(dev.threads)
+    return {"cpu_per_device": per, "cpu_real_per_device": per, "oversubscribed": n * per > (os.cpu_count() or 1)}
 
 
 class Backend:

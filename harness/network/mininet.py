@@ -39,6 +39,7 @@ from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
 from ..options import opt
 from .base import Backend, Result, ShapedOptions, device_bandwidths, register
 from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
+from ..dilation import check_links
 from .shaping import htb_commands, netem_command
 
 MAX_BW = 1000.0
@@ -164,7 +165,8 @@ class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
     def __init__(self, topology: str, n: int, cores: float, threads: int, net: MininetOptions, workdir: Path,
-                 workers: bool = True, period_us: int = 100000, key: tuple = ()):
+                 workers: bool = True, period_us: int = 10000, key: tuple = ()):
+        """``cores``: each host's real CPU quota in cores (``device.cores`` / k)."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -259,29 +261,31 @@ class Session:
     def host_ifaces(self, rank: int) -> list[str]:
         return [i.name for i in self.hosts[rank].intfList() if i.name != "lo"]
 
-    def run(self, spec, port: int | None) -> list[dict]:
-        """Send the point to every worker, supervise the answers, return the reports."""
+    def run(self, spec, port: int | None, ranks: int | None = None) -> list[dict]:
+        """Send the point to every worker (or to the first ``ranks``), supervise the answers, return the reports."""
         self.jobs += 1
         port = port or 29500 + (self.jobs % 2000)
         job_dir = self.workdir / f"job{self.jobs}"
         job_dir.mkdir()
+        workers = self.workers[:ranks or self.n]
+        world = len(workers)
         self.throttled_before = [host_throttled_s(h.name) for h in self.hosts]
-        for r, w in enumerate(self.workers):
+        for r, w in enumerate(workers):
             path = atomic_write(job_dir / f"spec{r}.json", spec.replace(wire_ifaces=self.host_ifaces(r)).to_json())
             w.send({"spec": str(path), "report": str(job_dir / f"rank{r}.json"),
-                    "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r, "WORLD_SIZE": self.n}})
-        supervise([JobHandle(w) for w in self.workers], spec.timeout_s)
+                    "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r, "WORLD_SIZE": world}})
+        supervise([JobHandle(w) for w in workers], spec.timeout_s)
         self.throttled_after = [host_throttled_s(h.name) for h in self.hosts]
-        return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(self.n)]
+        return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(world)]
 
-    def throttled_per_inference_ms(self, spec) -> float | None:
+    def throttled_per_inference_ms(self, inferences: int) -> float | None:
         """The most any host's CPU cgroup was throttled during the last job, per inference it ran (warm-up,
-        repeats, verification): the ranks cannot read their host's cgroup from inside it, so we read it here."""
+        repeats, solo runs, verification): the ranks cannot read their host's cgroup from inside it, so we read it
+        here."""
         pairs = list(zip(self.throttled_before, self.throttled_after))
         if not pairs or any(a is None or b is None for a, b in pairs):
             return None
-        inferences = spec.warmup + spec.repeats + (1 if spec.verify else 0)
-        return 1e3 * max(b - a for a, b in pairs) / inferences
+        return 1e3 * max(b - a for a, b in pairs) / max(1, inferences)
 
     def close(self) -> float:
         t0 = time.perf_counter()
@@ -343,6 +347,8 @@ class MininetBackend(Backend):
             names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
             raise ConfigError(f"{names} needs the netem qdisc, which this kernel does not have: remove the option(s) "
                               "(a link must never come up different from its config) or use network=analytic")
+        if spec.dilation is not None and spec.method_class.communicates:
+            check_links(spec.dilation, self.bw)
         check_environment()
         super().__init__(spec)
         self.setup_s = 0.0
@@ -355,7 +361,7 @@ class MininetBackend(Backend):
         acquire_lock()
         net, dev = spec.network, spec.device
         # everything the session fixes when it is built: a change of any of it builds a new one
-        key = (spec.topology.name, spec.devices, float(dev.cores), int(dev.threads), dev.cfs_period_us,
+        key = (spec.topology.name, spec.devices, round(spec.quota_cores, 6), int(dev.threads), dev.cfs_period_us,
                net.htb_burst_ms, net.htb_stock,
                net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
@@ -365,16 +371,50 @@ class MininetBackend(Backend):
         if _SESSION is None:
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
-            _SESSION = Session(key[0], spec.devices, key[2], key[3], net, sess_dir, period_us=dev.cfs_period_us,
-                               key=key)
+            _SESSION = Session(key[0], spec.devices, spec.quota_cores, key[3], net, sess_dir,
+                               period_us=dev.cfs_period_us, key=key)
             self.setup_s = _SESSION.setup_s
+        measured: dict = {}
         try:
-            _SESSION.apply(net, self.bw)
+            k = spec.dilation
+            if k is None:  # reference mode: k from this device's measured single-device latency
+                single_ms = reference_single_ms(_SESSION, spec)
+                k = single_ms / spec.device.reference_ms
+                measured = {"dilation": k, "reference_single_real_ms": single_ms}
+                if spec.method_class.communicates:
+                    check_links(k, self.bw)
+            links = [b / k for b in self.bw]
+            _SESSION.apply(net, links)
             reports = _SESSION.run(spec, net.port)
         except BaseException:
             close_session()  # a failed or interrupted point leaves nothing behind
             raise
-        throttled = _SESSION.throttled_per_inference_ms(spec)
+        r0 = reports[0]
+        throttled = _SESSION.throttled_per_inference_ms(r0.get("warmups", 0) + len(r0["latency_s"]) + spec.verify)
         if not net.reuse:
             close_session()
-        return Result(reports, {"setup_s": round(self.setup_s, 3), "throttled_ms": throttled})
+        measured.update({"setup_s": round(self.setup_s, 3), "throttled_ms": throttled,
+                         "link_real_mbps": min(links) if spec.method_class.communicates else None})
+        return Result(reports, measured, links if spec.method_class.communicates else None)
+
+
+_REFERENCE: dict[str, float] = {}  # single-device real latency (ms) on a quota, per model/input/quota
+
+
+def reference_single_ms(session: Session, spec) -> float:
+    """The real single-device latency of ``spec``'s model and inputs on one host of ``session`` (its quota), in
+    ms: median of 3 timed inferences after one warm-up. Measured once per model, inputs and quota."""
+    from ..parallel import METHODS
+    from ..spec import FaultOptions, identity
+
+    single = next(n for n, cls in METHODS.items() if cls.is_baseline)
+    calib = spec.replace(method=METHODS[single].Options(name=single), devices=1, warmup=1, repeats=3, verify=False,
+                         budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0)
+    ident = identity(calib)
+    key = json.dumps([ident["model"], ident["tokens"], ident["batch"], ident["seed"], spec.device.threads,
+                      round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.model_state, spec.inputs_path],
+                     sort_keys=True)
+    if key not in _REFERENCE:
+        rep = session.run(calib, spec.network.port, ranks=1)[0]
+        _REFERENCE[key] = 1e3 * sorted(rep["latency_s"])[1]
+    return _REFERENCE[key]

@@ -1,0 +1,123 @@
+"""Time dilation: emulating devices and links faster than this machine can give them in real time.
+
+An emulated device of ``device.cores`` virtual cores runs on ``cores / k`` real cores (its Mininet host's CFS quota)
+and every link of ``B`` Mbit/s is shaped at ``B / k``. Compute then takes k times longer in real time, and so does
+every transfer, so the ratio of compute to communication — what decides which method wins — is that of the
+emulated system; every reported time is real time ÷ k (the rows keep the real figures and k). This is the
+time-warp idea of Gupta et al. ("To Infinity and Beyond: Time-Warped Network Emulation", NSDI 2006) and DieCast
+(NSDI 2008), done here with CPU quotas and link rates instead of a virtual clock.
+
+How k is chosen (``device.dilation``):
+- ``auto`` (default): the smallest k >= 1 at which the devices fit the machine: devices x cores / k <= machine cores
+  - ``device.reserve_cores`` (the reserve is left to the kernel's bridging and shaping and to the controller).
+  k depends on the *configured* device count, so the single-device baseline of a 4-device point runs on the same
+  real quota as each of its devices.
+- a number: that k (refused when the devices would not fit, unless ``device.allow_oversubscribe``).
+- ``device.reference_ms``: k = the measured single-device latency on the auto quota ÷ reference_ms, so the emulated
+  device has the reference device's speed for this model and token count (for example the paper's ~111.5 ms for
+  ViT-Base at 1024 tokens); measured once per Mininet session.
+
+What dilation does not scale: the kernel's own work (TCP/IP processing, bridging and HTB run outside the hosts'
+quotas, so they are k times cheaper in emulated time than on the device), kernel timers (delayed ACKs, the 200 ms
+minimum retransmission timeout), and HTB's burst, which is in real milliseconds. None of these matter while a
+point moves bulk data at the shaped rate; they can for many tiny messages at a large k.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+
+MIN_LINK_MBPS = 0.2  # astra-calibrate here: HTB + TCP goodput is 0.959 of the configured rate at 0.2 Mbit/s
+MAX_LINK_MBPS = 1000.0
+MIN_QUOTA_US = 1000  # the kernel's smallest CFS quota per period
+
+
+def machine_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float | None:
+    """k for a point configured with ``devices`` devices of ``dev`` (None: measured at run time, reference mode).
+    ``enforced``: whether the backend holds devices to CPU quotas (only then can it dilate)."""
+    cores = machine_cores() if cores is None else cores
+    if not enforced:
+        if dev.dilation != "auto" and float(dev.dilation) != 1.0:
+            raise ConfigError(f"device.dilation={dev.dilation:g} needs a backend that holds devices to CPU quotas "
+                              "(network=mininet): remove it, or use network=mininet")
+        if dev.reference_ms is not None:
+            raise ConfigError(f"device.reference_ms={dev.reference_ms:g} needs network=mininet (it dilates time "
+                              "there): remove it, or use network=mininet")
+        return 1.0
+    if dev.reference_ms is not None:
+        if dev.dilation != "auto":
+            raise ConfigError(f"device.reference_ms sets k from a measurement, device.dilation={dev.dilation:g} "
+                              "sets it by hand: remove one of them")
+        room(dev, cores)
+        return None
+    if dev.dilation == "auto":
+        return max(1.0, devices * dev.cores / room(dev, cores))
+    return float(dev.dilation)
+
+
+def room(dev, cores: int) -> float:
+    """The cores the devices may use together: the machine's minus the reserve."""
+    left = cores - dev.reserve_cores
+    if left <= 0:
+        raise ConfigError(f"device.reserve_cores={dev.reserve_cores:g} leaves none of this machine's {cores} cores "
+                          "to the devices: lower it")
+    return left
+
+
+def reference_quota(dev, devices: int, cores: int | None = None) -> float:
+    """Real cores per device in reference mode: the auto fit, but never more than one device's virtual cores."""
+    cores = machine_cores() if cores is None else cores
+    return min(dev.cores, room(dev, cores) / devices)
+
+
+def check_fit(dev, devices: int, k: float, cores: int | None = None) -> dict:
+    """Refuse devices that cannot be emulated at k; return the row's CPU columns."""
+    cores = machine_cores() if cores is None else cores
+    per = dev.cores / k
+    quota_us = per * dev.cfs_period_us
+    if quota_us < MIN_QUOTA_US:
+        need = MIN_QUOTA_US / per
+        raise ConfigError(
+            f"{devices} devices of {dev.cores:g} cores cannot be emulated even dilated: at k={k:.3g} each gets "
+            f"{per:.3g} real cores, a CFS quota of {quota_us:.0f} us per {dev.cfs_period_us} us period, below the "
+            f"kernel's {MIN_QUOTA_US} us minimum: raise device.cfs_period_us to at least {int(need) + 1} or use "
+            "fewer devices")
+    over = devices * per > cores + 1e-9
+    if over and not dev.allow_oversubscribe:
+        raise ConfigError(
+            f"devices={devices} x device.cores={dev.cores:g} / k={k:.3g} need {devices * per:.3g} cores but this "
+            f"machine has {cores}: use device.dilation=auto (or a k of at least {devices * dev.cores / cores:.3g}), "
+            "fewer devices, or device.allow_oversubscribe=true (the row is then marked oversubscribed=true)")
+    return {"cpu_per_device": float(dev.cores), "cpu_real_per_device": per, "oversubscribed": over}
+
+
+def check_links(k: float, bandwidths: list[float]) -> list[float]:
+    """The real (shaped) rate of every link at dilation k; refuse rates HTB cannot shape accurately here."""
+    real = [b / k for b in bandwidths]
+    if min(real) < MIN_LINK_MBPS:
+        raise ConfigError(
+            f"dilation k={k:.3g} would shape the {min(bandwidths):g} Mbit/s links at {min(real):.3g} Mbit/s, below "
+            f"the {MIN_LINK_MBPS} Mbit/s down to which HTB shaping was measured accurate here: use a smaller k "
+            "(fewer devices, a larger device.reference_ms) or faster links")
+    if max(real) > MAX_LINK_MBPS:
+        raise ConfigError(
+            f"dilation k={k:.3g} would shape the {max(bandwidths):g} Mbit/s links at {max(real):.4g} Mbit/s, above "
+            f"the {MAX_LINK_MBPS:g} Mbit/s HTB shapes here: use slower links or a smaller device.reference_ms")
+    return real
+
+
+def scale_row(row: dict, k: float) -> dict:
+    """Report times of the emulated system: latency, compute and communication ÷ k, keeping the real ones. CPU
+    time, run-queue wait and throttled time stay real (they describe the host, and CPU time is not dilated)."""
+    out = {"dilation": k}
+    for col in ("latency_ms", "latency_p90_ms", "compute_ms", "comm_ms"):
+        real = row.get(col)
+        out[col.replace("_ms", "_real_ms")] = real
+        out[col] = None if real is None else real / k
+    return out

@@ -1,0 +1,89 @@
+"""The fidelity verdict of a point: the invariants that make an emulated measurement trustworthy, measured during
+that point (after Mininet-HiFi, "Reproducible Network Experiments Using Container-Based Emulation", CoNEXT 2012,
+which monitors that every host got its CPU share and every link its rate).
+
+- ``compute_inflation``: each rank's compute inside the emulation (its time outside collectives, median over
+  repeats) ÷ the same rank's compute alone on the same CPU budget (``worker.solo_compute``: the peers idle,
+  collectives answered locally). 1.0 means co-running devices, the kernel's network work and the controller did not
+  slow the device down; the column is the rank furthest from 1.
+- ``idle_cores``: the machine's idle cores during the timed repeats (``/proc/stat`` summed over them; the least
+  any rank saw; None when the repeats are too short for its 10 ms ticks). Near zero, something besides the devices' quotas is using the machine and the quotas can
+  no longer be honoured.
+- ``goodput_ratio``: during bulk transfers (collectives that keep a link busy for at least ``BULK_S`` at its
+  rate), the bytes a host put on its link per second ÷ the rate the link is shaped at (real, dilated). Median
+  over bulk collectives of the best rank per collective; None when a point moves no bulk data.
+- ``oversubscribed``: the devices' real quotas exceed the machine.
+
+``fidelity`` is ``ok`` or the violated invariants, ``;``-separated. A point that fails a check is still recorded.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+INFLATION_TOL = 0.10  # |compute inflation - 1| above this is a violation
+MIN_IDLE_CORES = 0.1  # fewer idle cores than this while timing: the machine is saturated
+MIN_GOODPUT = 0.90  # a bulk transfer below this fraction of the shaped rate: the link is not what it claims
+BULK_S = 0.05  # a collective is a bulk transfer when its bytes take at least this long at the link's rate
+
+
+def compute_inflation(reports: list[dict]) -> float | None:
+    """The per-rank ratio (compute in the emulation ÷ compute alone) furthest from 1, or None if not measured."""
+    ratios = []
+    for r in reports:
+        solo = r.get("solo_compute_s")
+        if not solo:
+            continue
+        inside = statistics.median(a - b for a, b in zip(r["latency_s"], r["comm_s"]))
+        alone = statistics.median(solo)
+        if alone > 0:
+            ratios.append(inside / alone)
+    return max(ratios, key=lambda x: abs(x - 1)) if ratios else None
+
+
+def idle_cores(reports: list[dict]) -> float | None:
+    vals = [r["idle_cores"] for r in reports if r.get("idle_cores") is not None]
+    return min(vals) if vals else None
+
+
+def goodput_ratio(reports: list[dict], link_mbps: list[float] | None) -> float | None:
+    """Median over bulk collectives of max over ranks of (wire bytes / seconds) / the rank's shaped rate."""
+    if not link_mbps:
+        return None
+    per_collective: dict[int, float] = {}
+    for r in reports:
+        rate = link_mbps[r["rank"] % len(link_mbps)] * 1e6 / 8  # bytes per second
+        for i, rec in enumerate(r.get("records") or []):
+            if len(rec) < 5 or rec[4] is None or rec[3] <= 0:
+                continue
+            seconds, wire = rec[3], rec[4]
+            if wire < rate * BULK_S:
+                continue
+            per_collective[i] = max(per_collective.get(i, 0.0), wire / seconds / rate)
+    return statistics.median(per_collective.values()) if per_collective else None
+
+
+def verdict(cols: dict) -> str:
+    """``ok`` or the violated invariants of a row's fidelity columns."""
+    bad = []
+    infl = cols.get("compute_inflation")
+    if infl is not None and abs(infl - 1) > INFLATION_TOL:
+        bad.append(f"compute inflated {100 * (infl - 1):+.0f}%")
+    idle = cols.get("idle_cores")
+    if idle is not None and idle < MIN_IDLE_CORES:
+        bad.append(f"machine saturated ({idle:.2f} idle cores)")
+    good = cols.get("goodput_ratio")
+    if good is not None and good < MIN_GOODPUT:
+        bad.append(f"link goodput {good:.2f} of shaped rate")
+    if cols.get("oversubscribed"):
+        bad.append("oversubscribed")
+    return "; ".join(bad) if bad else "ok"
+
+
+def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | None) -> dict:
+    """The fidelity columns of a point from its ranks' reports and the real (shaped) link rates."""
+    cols = {"compute_inflation": compute_inflation(reports), "idle_cores": idle_cores(reports),
+            "goodput_ratio": goodput_ratio(reports, link_mbps), "oversubscribed": oversubscribed}
+    cols["fidelity"] = verdict(cols)
+    cols.pop("oversubscribed")
+    return cols

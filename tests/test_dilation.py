@@ -1,0 +1,170 @@
+"""Time dilation arithmetic, the refused cases, adaptive repeats, and the fidelity invariants — no network needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import dilation, fidelity
+from harness.errors import ConfigError
+from harness.spec import DeviceOptions
+
+
+def dev(**kw) -> DeviceOptions:
+    return DeviceOptions(**kw)
+
+
+# ------------------------------------------------------------------------------------------------------ dilation
+def test_auto_fits_devices_beside_the_reserve():
+    d = dev(cores=1.0, reserve_cores=0.4)
+    assert dilation.factor(d, 4, True, cores=2) == pytest.approx(4 / 1.6)
+    assert dilation.factor(d, 8, True, cores=2) == pytest.approx(8 / 1.6)
+    assert dilation.factor(d, 1, True, cores=2) == 1.0  # one device fits: no dilation
+    assert dilation.factor(dev(cores=0.5, reserve_cores=0.4), 2, True, cores=2) == 1.0
+    assert dilation.factor(d, 4, True, cores=16) == 1.0
+    # whatever the machine, the devices' real quotas plus the reserve fit it
+    for n in (2, 3, 4, 8):
+        k = dilation.factor(d, n, True, cores=2)
+        assert n * 1.0 / k <= 2 - 0.4 + 1e-9
+        assert dilation.check_fit(d, n, k, cores=2)["oversubscribed"] is False
+
+
+def test_fixed_and_reference_dilation():
+    assert dilation.factor(dev(dilation=3.0), 2, True, cores=2) == 3.0
+    assert dilation.factor(dev(reference_ms=111.5), 4, True, cores=2) is None  # measured at run time
+    assert dilation.reference_quota(dev(reference_ms=111.5, reserve_cores=0.4), 4, cores=2) == pytest.approx(0.4)
+    assert dilation.reference_quota(dev(reference_ms=111.5, reserve_cores=0.4), 1, cores=2) == 1.0
+
+
+@pytest.mark.parametrize("kw, enforced, needle", [
+    (dict(dilation=2.0), False, "network=mininet"),
+    (dict(reference_ms=100.0), False, "network=mininet"),
+    (dict(reference_ms=100.0, dilation=2.0), True, "remove one"),
+    (dict(reserve_cores=2.0), True, "reserve_cores"),
+])
+def test_dilation_refusals(kw, enforced, needle):
+    with pytest.raises(ConfigError, match=needle):
+        dilation.factor(dev(**kw), 4, enforced, cores=2)
+
+
+def test_devices_that_cannot_fit_even_dilated():
+    d = dev(cores=1.0, cfs_period_us=10000)
+    with pytest.raises(ConfigError, match="minimum"):  # 32 devices: 0.05 core = 500 us per 10 ms period
+        dilation.check_fit(d, 32, dilation.factor(d, 32, True, cores=2), cores=2)
+    with pytest.raises(ConfigError, match="dilation=auto"):  # a hand-set k too small to fit
+        dilation.check_fit(dev(dilation=1.0), 4, 1.0, cores=2)
+    cols = dilation.check_fit(dev(dilation=1.0, allow_oversubscribe=True), 4, 1.0, cores=2)
+    assert cols == {"cpu_per_device": 1.0, "cpu_real_per_device": 1.0, "oversubscribed": True}
+
+
+def test_links_shaped_at_bandwidth_over_k_within_htb_range():
+    assert dilation.check_links(2.5, [10.0, 100.0]) == [4.0, 40.0]
+    with pytest.raises(ConfigError, match="HTB"):
+        dilation.check_links(60, [10.0])  # 0.17 Mbit/s
+    with pytest.raises(ConfigError, match="1000"):
+        dilation.check_links(0.5, [1000.0])  # a reference device slower than ours compresses time
+
+
+def test_reported_times_are_real_over_k():
+    row = {"latency_ms": 250.0, "latency_p90_ms": 300.0, "compute_ms": 200.0, "comm_ms": 50.0, "cpu_ms": 190.0}
+    out = dilation.scale_row(row, 2.5)
+    assert out["latency_ms"] == 100.0 and out["latency_real_ms"] == 250.0
+    assert out["compute_ms"] == 80.0 and out["comm_ms"] == 20.0 and out["latency_p90_real_ms"] == 300.0
+    assert "cpu_ms" not in out and out["dilation"] == 2.5  # CPU time is not dilated
+
+
+def test_build_spec_gives_single_its_sweeps_device(monkeypatch):
+    """The single-device baseline of a 4-device Mininet point runs on the same dilated device."""
+    from harness.spec import baseline_key, build_spec, compose, timing_key
+
+    monkeypatch.setattr(dilation, "machine_cores", lambda: 2)
+    specs = {m: build_spec(compose(["network=mininet", f"method={m}", "devices=4", "model=vit_tiny"]))
+             for m in ("single", "sp")}
+    assert specs["single"].devices == 1
+    assert specs["single"].dilation == specs["sp"].dilation == pytest.approx(2.5)
+    assert specs["sp"].quota_cores == pytest.approx(0.4)
+    assert baseline_key(specs["sp"]) == timing_key(specs["single"])
+    two = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny"]))
+    assert two.dilation == pytest.approx(1.25) and baseline_key(two) != timing_key(specs["single"])
+
+
+# ------------------------------------------------------------------------------------------------ adaptive repeats
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class FakePlan:
+    def __init__(self, clock, seconds):
+        self.clock, self.seconds, self.calls = clock, seconds, 0
+
+    def forward(self, inputs, **kw):
+        self.calls += 1
+        self.clock.t += self.seconds
+
+
+@pytest.mark.parametrize("seconds, budget, warmup, repeats, want", [
+    (2.0, 1.0, 2, 5, (0, 1)),      # longer than the budget: timed once, no warm-up
+    (0.01, 1.0, 2, 5, (2, 5)),     # short: the full warm-up and repeats
+    (0.3, 1.0, 2, 5, (1, 2)),      # warm-ups fit half the budget, repeats the rest
+    (0.6, 1.0, 2, 5, (1, 1)),      # at least one timed repeat
+    (0.2, None, 3, 4, (3, 4)),     # no budget: warmup + repeats
+])
+def test_adaptive_repeats(monkeypatch, seconds, budget, warmup, repeats, want):
+    from harness import worker
+    from harness.comm import LocalComm
+    from harness.spec import compose, build_spec
+
+    clock = FakeClock()
+    monkeypatch.setattr(worker.time, "perf_counter", clock)
+    spec = build_spec(compose(["model=vit_tiny", "method=single"])).replace(
+        budget_s=budget, warmup=warmup, repeats=repeats)
+    plan = FakePlan(clock, seconds)
+    t = worker.Timing(spec, LocalComm(), plan, None)
+    t.run()
+    rep = t.report()
+    assert (rep["warmups"], len(rep["latency_s"])) == want
+    assert plan.calls == sum(want)
+    assert all(x == pytest.approx(seconds) for x in rep["latency_s"])
+
+
+# ---------------------------------------------------------------------------------------------------- fidelity
+def report(rank, lat, comm, solo=None, idle=None, records=()):
+    return {"rank": rank, "latency_s": lat, "comm_s": comm, "solo_compute_s": solo, "idle_cores": idle,
+            "records": [list(r) for r in records]}
+
+
+def test_compute_inflation_is_the_rank_furthest_from_one():
+    reps = [report(0, [1.0, 1.2, 1.1], [0.1, 0.1, 0.1], solo=[1.0]),   # inside 1.0 / alone 1.0
+            report(1, [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], solo=[0.4])]   # inside 0.5 / alone 0.4 = 1.25
+    assert fidelity.compute_inflation(reps) == pytest.approx(1.25)
+    assert fidelity.compute_inflation([report(0, [1.0], [0.0])]) is None
+
+
+def test_goodput_counts_bulk_collectives_only():
+    rate = 8.0  # Mbit/s = 1e6 bytes/s
+    bulk = ("all_gather", "b0", 900_000, 1.0, 1_000_000)  # 1 MB in 1 s: exactly the rate
+    slow = ("all_gather", "b1", 900_000, 2.0, 1_000_000)  # half the rate on this rank...
+    tiny = ("all_gather", "b2", 100, 0.5, 200)  # not a bulk transfer: ignored
+    reps = [report(0, [3.5], [3.5], records=[bulk, slow, tiny]),
+            report(1, [3.5], [3.5], records=[("all_gather", "b0", 900_000, 1.25, 1_000_000),
+                                            ("all_gather", "b1", 900_000, 1.0, 1_000_000), tiny])]
+    # per collective the best rank: b0 -> 1.0, b1 -> 1.0 (rank 1 was not waiting)
+    assert fidelity.goodput_ratio(reps, [rate, rate]) == pytest.approx(1.0)
+    reps[1]["records"][1][3] = 2.0
+    assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(0.75)
+    assert fidelity.goodput_ratio(reps, None) is None
+    assert fidelity.goodput_ratio([report(0, [1], [1], records=[tiny])], [rate]) is None
+
+
+def test_verdict_names_every_violation():
+    assert fidelity.verdict({"compute_inflation": 1.05, "idle_cores": 0.5, "goodput_ratio": 0.97}) == "ok"
+    assert fidelity.verdict({}) == "ok"
+    v = fidelity.verdict({"compute_inflation": 1.2, "idle_cores": 0.02, "goodput_ratio": 0.6, "oversubscribed": True})
+    assert "compute inflated +20%" in v and "saturated" in v and "goodput 0.60" in v and "oversubscribed" in v
+    assert fidelity.verdict({"compute_inflation": 0.8}) == "compute inflated -20%"
+    cols = fidelity.assess([report(0, [1.0], [0.0], solo=[0.5], idle=1.0)], False, None)
+    assert cols == {"compute_inflation": 2.0, "idle_cores": 1.0, "goodput_ratio": None,
+                    "fidelity": "compute inflated +100%"}
