@@ -2,10 +2,10 @@
 that point (after Mininet-HiFi, "Reproducible Network Experiments Using Container-Based Emulation", CoNEXT 2012,
 which monitors that every host got its CPU share and every link its rate).
 
-- ``compute_inflation``: each rank's compute inside the emulation (its time outside collectives, median over
-  repeats) ÷ the same rank's compute alone on the same CPU budget (``worker.solo_compute``: the peers idle,
-  collectives answered locally). 1.0 means co-running devices, the kernel's network work and the controller did not
-  slow the device down; the column is the rank furthest from 1.
+- ``compute_inflation``: the ranks' compute inside the emulation (each rank's time outside collectives, median
+  over repeats) ÷ the same ranks' compute alone on the same CPU budget (``worker.solo_compute``: the peers idle,
+  collectives answered locally), pooled over ranks. 1.0 means co-running devices, the kernel's network work and the
+  controller neither slowed the devices down nor let them run faster than their budget.
 - ``idle_cores``: the machine's idle cores during the timed repeats (``/proc/stat`` summed over them; the least
   any rank saw; None when the repeats are too short for its 10 ms ticks). Near zero, something besides the devices' quotas is using the machine and the quotas can
   no longer be honoured.
@@ -15,6 +15,8 @@ which monitors that every host got its CPU share and every link its rate).
 - ``oversubscribed``: the devices' real quotas exceed the machine.
 
 ``fidelity`` is ``ok`` or the violated invariants, ``;``-separated. A point that fails a check is still recorded.
+Two more columns put the point beside its ideals: ``solo_compute_ms`` (the slowest rank's compute alone, ÷ k: the
+compute-bound latency) and ``analytic_ms`` (the paper's size ÷ bandwidth formula fed with that same compute).
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ BULK_S = 0.05  # a collective is a bulk transfer when its bytes take at least th
 
 
 def compute_inflation(reports: list[dict]) -> float | None:
-    """The per-rank ratio (compute in the emulation ÷ compute alone) furthest from 1, or None if not measured."""
-    ratios = []
+    """Compute inside the emulation ÷ compute alone, pooled over ranks (the sum of every rank's median compute in
+    the point over the sum of their solo medians), or None if not measured. Pooling keeps one rank's noisy solo
+    sample from deciding the verdict on a machine whose speed drifts by several percent from minute to minute."""
+    inside = alone = 0.0
     for r in reports:
         solo = r.get("solo_compute_s")
         if not solo:
-            continue
-        inside = statistics.median(a - b for a, b in zip(r["latency_s"], r["comm_s"]))
-        alone = statistics.median(solo)
-        if alone > 0:
-            ratios.append(inside / alone)
-    return max(ratios, key=lambda x: abs(x - 1)) if ratios else None
+            return None
+        inside += statistics.median(a - b for a, b in zip(r["latency_s"], r["comm_s"]))
+        alone += statistics.median(solo)
+    return inside / alone if reports and alone > 0 else None
 
 
 def idle_cores(reports: list[dict]) -> float | None:
@@ -80,10 +82,37 @@ def verdict(cols: dict) -> str:
     return "; ".join(bad) if bad else "ok"
 
 
-def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | None) -> dict:
-    """The fidelity columns of a point from its ranks' reports and the real (shaped) link rates."""
+def solo_compute_ms(reports: list[dict]) -> float | None:
+    """The slowest rank's compute alone (median of its solo runs), in real ms; None if not measured."""
+    vals = [statistics.median(r["solo_compute_s"]) for r in reports if r.get("solo_compute_s")]
+    return 1e3 * max(vals) if vals else None
+
+
+def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float) -> float | None:
+    """The paper's cost model fed with this point's own per-rank compute: each rank's solo compute (÷ k) plus
+    every collective it issued charged bits ÷ bandwidth (``network=analytic``'s ring model, 10^6 bit/s, no
+    framing), the slowest rank. Beside ``latency_ms`` it shows what the emulated network adds to the formula."""
+    from .network.analytic import charge_seconds
+
+    if bandwidth_mbps is None or not all(r.get("solo_compute_s") for r in reports):
+        return None
+    out = []
+    for r in reports:
+        comm = sum(charge_seconds(rec[0], rec[2], r["world"], bandwidth_mbps, 1e6, "ring", 1.0)
+                   for rec in r["records"])
+        out.append(statistics.median(r["solo_compute_s"]) / k + comm)
+    return 1e3 * max(out)
+
+
+def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | None, k: float = 1.0,
+           bandwidth_mbps: float | None = None) -> dict:
+    """The fidelity columns of a point from its ranks' reports, the real (shaped) link rates, the dilation k and
+    the (emulated) bottleneck bandwidth."""
+    solo = solo_compute_ms(reports)
     cols = {"compute_inflation": compute_inflation(reports), "idle_cores": idle_cores(reports),
             "goodput_ratio": goodput_ratio(reports, link_mbps), "oversubscribed": oversubscribed}
     cols["fidelity"] = verdict(cols)
     cols.pop("oversubscribed")
+    cols["solo_compute_ms"] = None if solo is None else solo / k
+    cols["analytic_ms"] = analytic_ms(reports, bandwidth_mbps, k)
     return cols

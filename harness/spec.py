@@ -57,7 +57,7 @@ class DeviceOptions:
     dilation: Any = opt("auto", "time dilation k (Mininet): each device gets cores/k real cores, every link is shaped "
                         "at bandwidth/k and times are reported divided by k. auto: the smallest k >= 1 at which the "
                         "devices fit the machine's cores minus reserve_cores", lo=1, kind="auto_number")
-    reserve_cores: float = opt(0.4, "Mininet, dilation=auto: cores kept free for the kernel's bridging and shaping "
+    reserve_cores: float = opt(0.25, "Mininet, dilation=auto: cores kept free for the kernel's bridging and shaping "
                                "and for the controller", lo=0)
     reference_ms: float | None = opt(None, "Mininet: emulate a device whose single-device latency for this model and "
                                      "token count is this many ms: k = measured single latency / reference_ms",
@@ -403,7 +403,8 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     if reports:
         k = out["dilation"] or 1.0
         out.update(dilation.scale_row(out, k))
-        out.update(fidelity.assess(reports, bool(out.get("oversubscribed")), links_mbps))
+        out.update(fidelity.assess(reports, bool(out.get("oversubscribed")), links_mbps, k,
+                                   out.get("bandwidth_mbps") if spec.method_class.communicates else None))
         if spec.backend_class.name == "analytic":  # nothing is emulated: compute is profiled, comm is a formula
             out["fidelity"] = None
     return out

@@ -140,6 +140,28 @@ class Timing:
                 "warmups": self.warmups}
 
 
+_MODEL: dict[str, torch.nn.Module] = {}  # a persistent worker's last built model, kept pristine
+
+
+def fresh_model(spec: RunSpec) -> torch.nn.Module:
+    """The point's model with its weights (random from the seed, or an astra-train checkpoint's). A persistent
+    worker builds it once per sweep and hands each point a copy (plans may change the model they are given, and a
+    copy of ViT-Base takes a fraction of a second where building it takes seconds on a dilated device)."""
+    import copy
+
+    state = [spec.model_state, os.stat(spec.model_state).st_mtime_ns] if spec.model_state else None
+    key = json.dumps([spec.model.to_dict(), spec.seed, state], sort_keys=True, default=str)
+    if key not in _MODEL:
+        _MODEL.clear()
+        model = build_model(spec.model, seed=spec.seed)
+        if spec.model_state:  # fine-tuned weights from an astra-train checkpoint
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(spec.model_state))
+        _MODEL[key] = model
+    return copy.deepcopy(_MODEL[key])
+
+
 _SOLO: dict[str, list[float]] = {}  # a persistent worker's solo measurements, by point minus network and repeats
 
 
@@ -162,8 +184,7 @@ def solo_compute(spec: RunSpec, comm: Comm, plan, inputs) -> list[float]:
         if r != comm.rank:
             continue
         comm.local = True
-        try:
-            plan.forward(inputs)  # warm-up
+        try:  # no warm-up: the rank has just run the point with this very plan
             for _ in range(spec.solo_repeats):
                 comm.reset()
                 t0 = time.perf_counter()
@@ -182,11 +203,7 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
     torch.set_num_threads(spec.device.threads)
     if spec.fault.crash_rank == comm.rank:
         raise RuntimeError(f"injected crash on rank {comm.rank} (fault.crash_rank)")
-    model = build_model(spec.model, seed=spec.seed)
-    if spec.model_state:  # fine-tuned weights from an astra-train checkpoint
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(spec.model_state))
+    model = fresh_model(spec)
     if spec.inputs_path:  # a given input batch (astra-train's runtime check) instead of random inputs
         from safetensors.torch import load_file
 

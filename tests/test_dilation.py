@@ -80,11 +80,12 @@ def test_build_spec_gives_single_its_sweeps_device(monkeypatch):
     specs = {m: build_spec(compose(["network=mininet", f"method={m}", "devices=4", "model=vit_tiny"]))
              for m in ("single", "sp")}
     assert specs["single"].devices == 1
-    assert specs["single"].dilation == specs["sp"].dilation == pytest.approx(2.5)
-    assert specs["sp"].quota_cores == pytest.approx(0.4)
+    reserve = specs["sp"].device.reserve_cores
+    assert specs["single"].dilation == specs["sp"].dilation == pytest.approx(4 / (2 - reserve))
+    assert specs["sp"].quota_cores == pytest.approx((2 - reserve) / 4)
     assert baseline_key(specs["sp"]) == timing_key(specs["single"])
     two = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny"]))
-    assert two.dilation == pytest.approx(1.25) and baseline_key(two) != timing_key(specs["single"])
+    assert two.dilation == pytest.approx(2 / (2 - reserve)) and baseline_key(two) != timing_key(specs["single"])
 
 
 # ------------------------------------------------------------------------------------------------ adaptive repeats
@@ -136,11 +137,12 @@ def report(rank, lat, comm, solo=None, idle=None, records=()):
             "records": [list(r) for r in records]}
 
 
-def test_compute_inflation_is_the_rank_furthest_from_one():
-    reps = [report(0, [1.0, 1.2, 1.1], [0.1, 0.1, 0.1], solo=[1.0]),   # inside 1.0 / alone 1.0
-            report(1, [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], solo=[0.4])]   # inside 0.5 / alone 0.4 = 1.25
-    assert fidelity.compute_inflation(reps) == pytest.approx(1.25)
+def test_compute_inflation_pools_the_ranks():
+    reps = [report(0, [1.0, 1.2, 1.1], [0.1, 0.1, 0.1], solo=[1.0]),   # inside 1.0, alone 1.0
+            report(1, [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], solo=[0.4])]   # inside 0.5, alone 0.4
+    assert fidelity.compute_inflation(reps) == pytest.approx(1.5 / 1.4)
     assert fidelity.compute_inflation([report(0, [1.0], [0.0])]) is None
+    assert fidelity.compute_inflation([reps[0], report(1, [1.0], [0.0])]) is None  # a rank without its solo
 
 
 def test_goodput_counts_bulk_collectives_only():
@@ -167,4 +169,13 @@ def test_verdict_names_every_violation():
     assert fidelity.verdict({"compute_inflation": 0.8}) == "compute inflated -20%"
     cols = fidelity.assess([report(0, [1.0], [0.0], solo=[0.5], idle=1.0)], False, None)
     assert cols == {"compute_inflation": 2.0, "idle_cores": 1.0, "goodput_ratio": None,
-                    "fidelity": "compute inflated +100%"}
+                    "fidelity": "compute inflated +100%", "solo_compute_ms": 500.0, "analytic_ms": None}
+
+
+def test_analytic_formula_fed_with_the_points_own_compute():
+    # two ranks, each all-gathers a 1.25 MB shard at 10 Mbit/s: ring = (N-1) x 1.25 MB = 1 s; compute 0.5 s / k=2
+    recs = [("all_gather", "b0", 1_250_000, 9.9, None)]
+    reps = [dict(report(r, [3.0], [2.0], solo=[0.5, 0.5], records=recs), world=2) for r in (0, 1)]
+    assert fidelity.analytic_ms(reps, 10.0, 2.0) == pytest.approx(1250.0)
+    assert fidelity.analytic_ms(reps, None, 2.0) is None
+    assert fidelity.assess(reps, False, None, 2.0, 10.0)["solo_compute_ms"] == pytest.approx(250.0)
