@@ -69,6 +69,10 @@ def test_analytic_sweep_then_plot(tmp_path):
     # analytic comm is payload bits / bandwidth: 100x the bandwidth, 1/100 the communication time
     assert sp.loc[10.0, "comm_ms"] == pytest.approx(100 * sp.loc[1000.0, "comm_ms"], rel=1e-6)
     assert sp.loc[10.0, "comm_ms"] == pytest.approx(sp.loc[10.0, "payload_bytes"] * 8 / 10e6 * 1e3, rel=1e-6)
+    # the ranks' compute is profiled once per point and reused across bandwidths: no noise posing as bandwidth
+    assert sp.loc[10.0, "compute_ms"] == pytest.approx(sp.loc[1000.0, "compute_ms"], rel=1e-9)
+    assert list(sp["profile_reused"]) == [False, True]
+    assert df["fidelity"].isna().all()  # nothing is emulated on the analytic backend
     astra = df[df.method == "astra"].set_index("bandwidth_mbps")
     assert astra.loc[10.0, "speedup"] > sp.loc[10.0, "speedup"]
     # a second run of the same sweep skips every point
