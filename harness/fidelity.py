@@ -116,3 +116,15 @@ def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | N
     cols["solo_compute_ms"] = None if solo is None else solo / k
     cols["analytic_ms"] = analytic_ms(reports, bandwidth_mbps, k)
     return cols
+
+
+def interleaved(reports: list[dict], k: float) -> dict:
+    """``interleave=true``: the single-device baseline timed between the point's repeats (rank 0, peers idle) as
+    ``single_interleaved_ms`` (median ÷ k), and ``speedup_interleaved``, the median over repeats of baseline ÷ the
+    point's latency in the same repeat — a speedup whose two halves were measured seconds apart."""
+    single = next((r.get("single_s") for r in reports if r.get("single_s")), None)
+    if not single:
+        return {}
+    lat = [max(r["latency_s"][i] for r in reports) for i in range(len(single))]
+    return {"single_interleaved_ms": 1e3 * statistics.median(single) / k,
+            "speedup_interleaved": statistics.median(s / t for s, t in zip(single, lat))}

@@ -17,7 +17,7 @@ def profile_ranks(spec, ranks: list[int] | None = None) -> list[dict]:
     from .spec import FaultOptions
 
     world = spec.devices
-    spec = spec.replace(verify=False, fault=FaultOptions(), solo_repeats=0, budget_s=None)
+    spec = spec.replace(verify=False, fault=FaultOptions(), solo_repeats=0, budget_s=None, interleave=False)
     return [run_rank(spec, SimulatedComm(r, world)) for r in (ranks if ranks is not None else range(world))]
 
 

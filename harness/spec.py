@@ -45,6 +45,9 @@ class Knobs:
                                  "many (real) seconds, after at least one timed inference; an inference longer than "
                                  "the budget is timed on its own, without warm-up; null: always warmup + repeats",
                                  above=0)
+    interleave: bool = opt(False, "multi-device points: after every timed repeat rank 0 also runs the whole model "
+                           "alone on the same device (the others idle), so the row's speedup_interleaved pairs each "
+                           "repeat with a baseline measured seconds apart, free of the machine's drift")
     solo_repeats: int = opt(1, "after a multi-device point, each rank runs this many inferences alone (collectives "
                             "answered locally, peers idle) for the compute-inflation check; 0 skips it", lo=0, hi=100)
 
@@ -111,6 +114,7 @@ class RunSpec:
     cache_dir: str = "results/cache"
     budget_s: float | None = None
     solo_repeats: int = 0
+    interleave: bool = False
     dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
     quota_cores: float = 1.0  # real cores per device (device.cores / k, or the reference mode's fit)
     fault: FaultOptions = field(default_factory=FaultOptions)
@@ -272,7 +276,7 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
                    quota_cores=quota,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
-                                                    "solo_repeats")},
+                                                    "solo_repeats", "interleave")},
                    **sub)
     if check_method:
         cls.check(spec)
@@ -336,6 +340,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,
         "warmup": spec.warmup, "verify": None if timing else spec.verify, "collectives": spec.collectives,
         "budget_s": spec.budget_s,
+        "interleave": spec.interleave if cls.communicates and not timing else None,
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
@@ -405,6 +410,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         out.update(dilation.scale_row(out, k))
         out.update(fidelity.assess(reports, bool(out.get("oversubscribed")), links_mbps, k,
                                    out.get("bandwidth_mbps") if spec.method_class.communicates else None))
+        out.update(fidelity.interleaved(reports, k))
         if spec.backend_class.name == "analytic":  # nothing is emulated: compute is profiled, comm is a formula
             out["fidelity"] = None
     return out

@@ -60,12 +60,13 @@ class Timing:
     rest, at least one.
     """
 
-    def __init__(self, spec: RunSpec, comm: Comm, plan, inputs):
-        self.spec, self.comm, self.plan, self.inputs = spec, comm, plan, inputs
+    def __init__(self, spec: RunSpec, comm: Comm, plan, inputs, baseline=None):
+        self.spec, self.comm, self.plan, self.inputs, self.baseline = spec, comm, plan, inputs, baseline
+        self.interleave = spec.interleave and comm.world > 1 and not comm.local
         self.ifaces = list(spec.wire_ifaces)
         self.probe = Probe()
         self.cols: dict[str, list] = {k: [] for k in ("latency_s", "comm_s", "wire_bytes", "cpu_s", "runqueue_wait_s",
-                                                      "throttled_s", "idle_cores")}
+                                                      "throttled_s", "idle_cores", "single_s")}
         self.records: list = []
         self.warmups = 0
         self.out = None
@@ -88,6 +89,18 @@ class Timing:
         c["throttled_s"].append(used.throttled_s)
         c["idle_cores"].append(None if m0 is None or m1 is None else (m1[0] - m0[0], m1[1] - m0[1]))
         self.records = list(comm.records)
+        c["single_s"].append(self.single() if self.interleave else None)
+        return took
+
+    def single(self) -> float | None:
+        """``interleave``: rank 0 runs the single-device baseline alone while the others wait; its time."""
+        self.comm.barrier()
+        took = None
+        if self.baseline is not None:
+            t0 = time.perf_counter()
+            self.baseline.forward(self.inputs)
+            took = time.perf_counter() - t0
+        self.comm.barrier()
         return took
 
     def untimed(self) -> float:
@@ -137,6 +150,7 @@ class Timing:
                 "cpu_s": c["cpu_s"],  # process CPU time per repeat (all threads; includes collectives' own work)
                 "runqueue_wait_s": kept("runqueue_wait_s"), "throttled_s": kept("throttled_s"),
                 "idle_cores": idle,  # the machine's idle cores during the timed repeats (None: too short to tell)
+                "single_s": kept("single_s"),  # interleave: rank 0's single-device baseline after each repeat
                 "warmups": self.warmups}
 
 
@@ -217,7 +231,13 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
             time.sleep(1)
 
     comm.wire_ifaces = list(spec.wire_ifaces)
-    timing = Timing(spec, comm, plan, inputs)
+    baseline = None
+    if spec.interleave and comm.world > 1 and comm.rank == 0 and not comm.local:
+        from .parallel import METHODS
+
+        single = next(cls for cls in METHODS.values() if cls.is_baseline)
+        baseline = single(fresh_model(spec), LocalComm(), {})
+    timing = Timing(spec, comm, plan, inputs, baseline)
     timing.run()
     out = timing.out
     solo = solo_compute(spec, comm, plan, inputs) if spec.solo_repeats and comm.world > 1 and not comm.local else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from harness import dilation, fidelity
@@ -179,3 +181,29 @@ def test_analytic_formula_fed_with_the_points_own_compute():
     assert fidelity.analytic_ms(reps, 10.0, 2.0) == pytest.approx(1250.0)
     assert fidelity.analytic_ms(reps, None, 2.0) is None
     assert fidelity.assess(reps, False, None, 2.0, 10.0)["solo_compute_ms"] == pytest.approx(250.0)
+
+
+def test_interleaved_baseline_pairs_each_repeat():
+    reps = [dict(report(0, [1.0, 2.0, 1.0], [0, 0, 0]), single_s=[3.0, 4.0, 3.3]),
+            dict(report(1, [1.1, 1.0, 1.0], [0, 0, 0]), single_s=None)]
+    out = fidelity.interleaved(reps, 2.0)
+    assert out["single_interleaved_ms"] == pytest.approx(3300 / 2)
+    assert out["speedup_interleaved"] == pytest.approx(statistics.median([3.0 / 1.1, 4.0 / 2.0, 3.3 / 1.0]))
+    assert fidelity.interleaved([report(0, [1.0], [0.0])], 1.0) == {}
+
+
+def test_interleave_runs_the_baseline_between_repeats(tmp_path):
+    """On real ranks (loopback): rank 0 times the whole model after every repeat; the row pairs them."""
+    from harness.launch import free_port, launch_local
+    from harness.spec import make_spec, model_from_conf, row
+
+    mc = model_from_conf("vit_tiny", 32)
+    spec = make_spec(mc, {"name": "sp"}, devices=2, tokens=32, repeats=3, warmup=1, interleave=True,
+                     solo_repeats=0, results={"path": str(tmp_path / "r.parquet")})
+    reports = launch_local(spec, tmp_path, free_port())
+    assert len(reports[0]["single_s"]) == 3 and reports[1]["single_s"] is None
+    r = row(spec, {"network": "loopback"}, reports)
+    assert r["single_interleaved_ms"] > 0 and r["speedup_interleaved"] > 0
+    (tmp_path / "b").mkdir()
+    plain = launch_local(spec.replace(interleave=False), tmp_path / "b", free_port())
+    assert plain[0]["single_s"] is None
