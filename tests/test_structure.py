@@ -292,3 +292,14 @@ def test_per_device_bandwidths_have_a_single_baseline():
     single = build_spec(compose(["method=single", "network=analytic", "network.bandwidth_mbps=[10,100]"]),
                         in_sweep=True)
     assert baseline_key(sp) == timing_key(single)
+
+
+def test_every_top_level_knob_is_in_the_config():
+    """A Knobs field missing from conf/config.yaml could not be set from the command line (unknown key)."""
+    from harness.options import fields_of
+    from harness.spec import GROUP_SCHEMAS, Knobs, compose
+
+    cfg = compose([])
+    assert not [name for name, *_ in fields_of(Knobs) if name not in cfg]
+    for group, schema in GROUP_SCHEMAS.items():
+        assert not [name for name, *_ in fields_of(schema) if name not in cfg[group]], group
