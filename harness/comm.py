@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+
+def tx_counters(ifaces: list[str]) -> list[int]:
+    """Bytes sent so far on each of these interfaces (this network namespace's own sysfs)."""
+    return [int(Path(f"/sys/class/net/{i}/statistics/tx_bytes").read_text()) for i in ifaces]
 
 
 @dataclass
@@ -78,7 +84,7 @@ class Comm:
     def _tx(self) -> list[int] | None:
         if not self.wire_ifaces or self.local:
             return None
-        return [int(open(f"/sys/class/net/{i}/statistics/tx_bytes").read()) for i in self.wire_ifaces]
+        return tx_counters(self.wire_ifaces)
 
     def _record(self, op: str, tag: str, t: torch.Tensor, t0: float, tx0: list[int] | None = None) -> None:
         took = time.perf_counter() - t0

@@ -411,6 +411,6 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         out.update(fidelity.assess(reports, bool(out.get("oversubscribed")), links_mbps, k,
                                    out.get("bandwidth_mbps") if spec.method_class.communicates else None))
         out.update(fidelity.interleaved(reports, k))
-        if spec.backend_class.name == "analytic":  # nothing is emulated: compute is profiled, comm is a formula
+        if not spec.backend_class.emulates:
             out["fidelity"] = None
     return out

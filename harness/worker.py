@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .comm import Comm, DistComm, LocalComm
+from .comm import Comm, DistComm, LocalComm, tx_counters
 from .cpustat import Probe
 from .errors import atomic_write
 from .models import build_model, make_inputs
@@ -36,7 +36,7 @@ def reference_output(model, inputs) -> torch.Tensor:
 
 def tx_bytes(ifaces: list[str]) -> int:
     """Bytes sent so far on this host's interfaces (this network namespace's own sysfs)."""
-    return sum(int(Path(f"/sys/class/net/{i}/statistics/tx_bytes").read_text()) for i in ifaces)
+    return sum(tx_counters(ifaces))
 
 
 def idle_seconds() -> tuple[float, float] | None:

@@ -60,6 +60,7 @@ _PROFILES: dict[str, list[dict]] = {}  # rank reports of profiled points, by poi
 class AnalyticBackend(Backend):
     name = "analytic"
     Options = AnalyticOptions
+    emulates = False  # compute is profiled and communication is a formula
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -58,6 +58,7 @@ class Backend:
     Options: type = NetworkOptions
     uses_topology = False  # whether topology= changes what this backend measures
     enforces_cores = False  # whether device.cores is a real CPU quota (else the budget is device.threads)
+    emulates = True  # whether ranks really run and communicate (else there is no emulation to give a verdict on)
 
     def __init__(self, spec):
         """Check ``spec`` against what this backend can honour (ConfigError, one line); start nothing."""

@@ -34,12 +34,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..dilation import check_links
 from ..errors import ConfigError, RunFailed, atomic_write
 from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
 from ..options import opt
 from .base import Backend, Result, ShapedOptions, device_bandwidths, register
 from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
-from ..dilation import check_links
 from .shaping import htb_commands, netem_command
 
 MAX_BW = 1000.0
@@ -405,15 +405,14 @@ def reference_single_ms(session: Session, spec) -> float:
     """The real single-device latency of ``spec``'s model and inputs on one host of ``session`` (its quota), in
     ms: median of 3 timed inferences after one warm-up. Measured once per model, inputs and quota."""
     from ..parallel import METHODS
-    from ..spec import FaultOptions, identity
+    from ..spec import FaultOptions
 
     single = next(n for n, cls in METHODS.items() if cls.is_baseline)
     calib = spec.replace(method=METHODS[single].Options(name=single), devices=1, warmup=1, repeats=3, verify=False,
                          budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0)
-    ident = identity(calib)
-    key = json.dumps([ident["model"], ident["tokens"], ident["batch"], ident["seed"], spec.device.threads,
+    key = json.dumps([spec.model.to_dict(), spec.tokens, spec.batch, spec.seed, spec.device.threads,
                       round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.model_state, spec.inputs_path],
-                     sort_keys=True)
+                     sort_keys=True, default=str)
     if key not in _REFERENCE:
         rep = session.run(calib, spec.network.port, ranks=1)[0]
         _REFERENCE[key] = 1e3 * sorted(rep["latency_s"])[1]
