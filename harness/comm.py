@@ -50,7 +50,7 @@ class Comm:
             out = [t.clone() for _ in range(self.world)]
         else:
             out = self._all_gather(t)
-        self._record("all_gather", tag, t, t0, tx0)
+        self._record("all_gather", tag, t.numel() * t.element_size(), t0, tx0)
         return out
 
     def all_reduce(self, t: torch.Tensor, tag: str = "") -> torch.Tensor:
@@ -59,8 +59,25 @@ class Comm:
         t0 = time.perf_counter()
         if self.world > 1 and not self.local:
             self._all_reduce(t)
-        self._record("all_reduce", tag, t, t0, tx0)
+        self._record("all_reduce", tag, t.numel() * t.element_size(), t0, tx0)
         return t
+
+    def all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]], tag: str = "") -> list[torch.Tensor]:
+        """Send ``parts[j]`` to rank j and receive a tensor of shape ``recv_shapes[j]`` (same dtype) from each rank j;
+        slot ``rank`` of the result is ``parts[rank]`` itself. The payload is the bytes of all parts (the rank's
+        input), of which (N-1)/N leave the rank when the parts are equal."""
+        parts = [p.contiguous() for p in parts]
+        tx0 = self._tx()
+        t0 = time.perf_counter()
+        if self.world == 1:
+            out = [parts[0]]
+        elif self.local:
+            out = [parts[j] if j == self.rank else parts[self.rank].new_zeros(recv_shapes[j])
+                   for j in range(self.world)]
+        else:
+            out = self._all_to_all(parts, recv_shapes)
+        self._record("all_to_all", tag, sum(p.numel() * p.element_size() for p in parts), t0, tx0)
+        return out
 
     def agree_max(self, value: float) -> float:
         """The largest ``value`` over ranks (not recorded): how ranks take one decision, e.g. to stop repeating."""
@@ -86,9 +103,9 @@ class Comm:
             return None
         return tx_counters(self.wire_ifaces)
 
-    def _record(self, op: str, tag: str, t: torch.Tensor, t0: float, tx0: list[int] | None = None) -> None:
+    def _record(self, op: str, tag: str, nbytes: int, t0: float, tx0: list[int] | None = None) -> None:
         took = time.perf_counter() - t0
-        nbytes = t.numel() * t.element_size() if self.world > 1 else 0
+        nbytes = nbytes if self.world > 1 else 0
         wire = None
         if tx0 is not None:
             wire = max(b - a for a, b in zip(tx0, self._tx()))
@@ -98,6 +115,9 @@ class Comm:
         raise NotImplementedError
 
     def _all_reduce(self, t: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
         raise NotImplementedError
 
 
@@ -169,6 +189,12 @@ class DistComm(Comm):
         done = [total if j == self.rank else torch.empty_like(chunks[j]) for j in range(self.world)]
         self._exchange([total] * self.world, done)  # all-gather of the reduced chunks
         flat.copy_(torch.cat(done))
+
+    def _all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        # direct exchange for both impls (every pair at once, like the all-gather above)
+        out = [parts[j] if j == self.rank else parts[self.rank].new_empty(recv_shapes[j]) for j in range(self.world)]
+        self._exchange(parts, out)
+        return out
 
     def barrier(self) -> None:
         self.dist.barrier()

@@ -224,7 +224,7 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
         inputs = load_file(spec.inputs_path)["inputs"]
     else:
         inputs = make_inputs(spec.model, spec.tokens, spec.batch, seed=spec.seed)
-    ref = reference_output(model, inputs) if spec.verify else None
+    ref = reference_output(spec.method_class.reference_model(model, spec), inputs) if spec.verify else None
     plan = spec.method_class.plan(model, comm, spec)
     if spec.fault.hang_rank == comm.rank:
         while True:  # injected hang: the controller's timeout must end this run

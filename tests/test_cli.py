@@ -195,7 +195,7 @@ def run_sigkill_rank(d: Path, args: list[str], rank: int = 1) -> Run:
 # --------------------------------------------------------------------------------------------------------------------
 
 MODELS = ("vit_tiny", "gpt2_tiny")
-METHODS = ("single", "tp", "sp", "astra")
+METHODS = ("single", "tp", "sp", "astra", "bp_ag", "bp_sp")
 POINT = ["devices=2", "tokens=50", "verify=true", "repeats=2", "warmup=1"]
 
 
@@ -228,6 +228,8 @@ BAD = {
     "astra-K-1000": (["method=astra", "method.codebook_size=1000"], ["codebook_size=1000"]),
     "astra-K-131072": (["method=astra", "method.codebook_size=131072"], ["codebook_size=131072"]),
     "tp-devices-3": (["model=vit_tiny", "method=tp", "devices=3"], ["heads"]),
+    "bp-retained-3": (["model=vit_tiny", "method=bp_ag", "method.retained=3"], ["retained=3", "divide"]),
+    "bp-devices-3": (["model=vit_tiny", "method=bp_sp", "devices=3"], ["hidden size 64", "devices=3"]),
     "weights-missing": (["model=vit_tiny", "model.weights={dir}/missing"], ["missing"]),
     "weights-wrong-shape": (["model=gpt2_tiny", "model.weights={dir}/gpt2_h32"], ["shape"]),
     "astra-vq-checkpoint-without-path": (["method=astra", "method.vq=checkpoint"], ["checkpoint"]),

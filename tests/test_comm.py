@@ -1,5 +1,5 @@
-"""The real gloo collectives of ``DistComm`` on loopback: p2p and gloo implementations give the same results,
-with uneven chunking (a tensor size not divisible by the group), for 3 ranks."""
+"""The real gloo collectives of ``DistComm`` on loopback: p2p and gloo implementations give the same results (and
+the all-to-all delivers uneven blocks to the right ranks), with uneven chunking (a tensor size not divisible by the group), for 3 ranks."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def _rank(rank: int, world: int, port: int, results) -> None:
             comm = DistComm(impl)
             out[impl] = (comm.all_reduce(x.clone()), torch.stack(comm.all_gather(shard)))
             assert [r.payload_bytes for r in comm.records] == [70 * 4, 4]
+            # all-to-all with uneven shapes: rank r sends rank j a (j+1, r+1) block filled with 100r + j
+            parts = [torch.full((j + 1, rank + 1), 100.0 * rank + j) for j in range(world)]
+            got = comm.all_to_all(parts, [(rank + 1, j + 1) for j in range(world)])
+            assert [g.tolist() for g in got] == [[[100.0 * j + rank] * (j + 1)] * (rank + 1) for j in range(world)]
+            assert comm.records[-1].payload_bytes == sum(p.numel() * 4 for p in parts)
         results[rank] = out
     finally:
         dist.destroy_process_group()

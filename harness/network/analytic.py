@@ -6,10 +6,10 @@ cores (so co-located devices contend for memory as they do on Mininet), one at a
 bits ÷ bandwidth for every collective the rank issued, and added to compute with no overlap:
 
 - ``collective_model=ring`` (default): a ring all-gather sends (N-1) shards per rank, a ring all-reduce
-  2(N-1)/N of the tensor; on a star every host has its own link, so these run in parallel across hosts and the
+  2(N-1)/N of the tensor, an all-to-all the (N-1)/N of its input meant for others; on a star every host has its own link, so these run in parallel across hosts and the
   slowest link (the smallest bandwidth) sets the pace.
 - ``collective_model=paper``: what the paper's simulator appears to charge (paper.md §5.2): one send of the rank's
-  own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor).
+  own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor; all-to-all: its input).
 
 ``mbps_unit`` is 10^6 bit/s by default (the paper appears to use 2^20). ``wire_overhead`` scales payload bits to
 account for framing (1.0 = none, as in the paper). No root needed; any number of devices.
@@ -34,9 +34,11 @@ def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float
     if world <= 1 or nbytes == 0:
         return 0.0
     if model == "paper":
-        volume = nbytes if op == "all_gather" else nbytes / world
+        volume = nbytes if op in ("all_gather", "all_to_all") else nbytes / world
     elif op == "all_gather":
         volume = (world - 1) * nbytes
+    elif op == "all_to_all":
+        volume = (world - 1) / world * nbytes
     else:
         volume = 2 * (world - 1) / world * nbytes
     return volume * 8 * overhead / (bw_mbps * unit)

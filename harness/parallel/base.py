@@ -104,6 +104,13 @@ class Method:
         return dataclasses.asdict(spec.method)
 
     @classmethod
+    def reference_model(cls, model: Transformer, spec):
+        """The model whose plain single-device forward this method's output must equal (``verify``): the model
+        itself, or, for a method that changes the architecture (block parallelism), the changed model built from
+        it. Called before ``plan``, on the untouched model."""
+        return model
+
+    @classmethod
     def plan(cls, model: Transformer, comm: Comm, spec) -> "Method":
         """This rank's plan for ``spec`` (in the worker)."""
         return cls(model, comm, dataclasses.asdict(spec.method))
