@@ -227,7 +227,7 @@ BAD = {
     "astra-groups-3": (["model=vit_tiny", "method=astra", "method.groups=3"], ["groups=3"]),
     "astra-K-1000": (["method=astra", "method.codebook_size=1000"], ["codebook_size=1000"]),
     "astra-K-131072": (["method=astra", "method.codebook_size=131072"], ["codebook_size=131072"]),
-    "tp-devices-3": (["model=vit_tiny", "method=tp", "devices=3"], ["heads"]),
+    "tp-devices-5": (["model=vit_tiny", "method=tp", "devices=5"], ["heads", "at most 4 devices"]),
     "bp-retained-3": (["model=vit_tiny", "method=bp_ag", "method.retained=3"], ["retained=3", "divide"]),
     "bp-devices-3": (["model=vit_tiny", "method=bp_sp", "devices=3"], ["hidden size 64", "devices=3"]),
     "weights-missing": (["model=vit_tiny", "model.weights={dir}/missing"], ["missing"]),

@@ -34,13 +34,23 @@ def max_err(results, ref):
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_tp_sp_equal_single(tiny_cfg, kind, method, world):
     tokens = 13  # not divisible by 2, 3 or 4
-    heads = 12 if method == "tp" else 4  # tp needs heads divisible by 2, 3 and 4
-    cfg = tiny_cfg(kind, tokens, heads=heads, hidden=48)
+    cfg = tiny_cfg(kind, tokens, heads=4, hidden=48)  # tp over 3 ranks: uneven heads (2, 1, 1)
     model = build_model(cfg, seed=1)
     x = make_inputs(cfg, tokens, batch=2, seed=1)
     ref = model(x, all_positions=True) if kind == "gpt2" else model(x)
     res = run_method(model, x, method, world)
     assert max_err(res, ref) <= 1e-4
+
+
+def test_tp_twelve_heads_on_eight_devices(tiny_cfg):
+    """The paper's 8-device TP point: 12 heads and the MLP columns split as evenly as they go."""
+    cfg = tiny_cfg("vit", 9, heads=12, hidden=48)
+    model = build_model(cfg, seed=4)
+    x = make_inputs(cfg, 9, seed=4)
+    res = run_method(model, x, "tp", 8)
+    assert max_err(res, model(x)) <= 1e-4
+    widths = [p.model.blocks[0].attn.qkv.out_features // 3 for _, p, _ in res]
+    assert widths == [8, 8, 8, 8, 4, 4, 4, 4]  # 2 or 1 heads of 4
 
 
 @pytest.mark.parametrize("kind", ["vit", "gpt2"])

@@ -1,6 +1,7 @@
 """``tp``: Megatron-LM tensor parallelism.
 
-Per block: column-parallel q|k|v (each rank keeps its heads) and MLP-in; row-parallel attention-out and MLP-out,
+Per block: column-parallel q|k|v (each rank keeps its heads; heads that do not divide evenly go one more to the
+first ranks, so 12 heads run on 8 devices) and MLP-in; row-parallel attention-out and MLP-out,
 each followed by an all-reduce of the (B, T, hidden) partial sums — two all-reduces per block. Embeddings, final
 LayerNorm and head are replicated (every rank computes them and ends with the same output).
 """
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..comm import Comm
 from ..errors import ConfigError
-from .base import Method, Output, register, single_device_output
+from .base import Method, Output, partition, register, single_device_output
 
 
 def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
@@ -48,28 +49,26 @@ class TensorParallel(Method):
 
     @classmethod
     def check(cls, spec) -> None:
-        if spec.model.heads % spec.devices:
-            raise ConfigError(f"tp splits heads over devices but heads={spec.model.heads} is not divisible by "
-                              f"devices={spec.devices}: use devices dividing {spec.model.heads}")
+        if spec.devices > spec.model.heads:
+            raise ConfigError(f"tp gives every device at least one of the {spec.model.heads} heads, but devices="
+                              f"{spec.devices}: use at most {spec.model.heads} devices")
 
     def __init__(self, model, comm, opts=None):
         super().__init__(model, comm, opts)
         cfg = self.cfg
         n, r = comm.world, comm.rank
-        if cfg.heads % n:
-            raise ValueError(
-                f"tp needs heads divisible by devices: {cfg.heads} heads over {n} devices; "
-                f"use devices dividing {cfg.heads}"
-            )
-        width = cfg.hidden // n
-        ffn = cfg.mlp_ratio * cfg.hidden // n
-        mine = slice(r * width, (r + 1) * width)
+        if cfg.heads < n:
+            raise ValueError(f"tp needs a head per device: {cfg.heads} heads over {n} devices")
+        # heads and MLP columns as even as possible (12 heads over 8 devices: 2,2,2,2,1,1,1,1)
+        h0, h1 = partition(cfg.heads, n)[r]
+        mine = slice(h0 * cfg.head_dim, h1 * cfg.head_dim)
+        f0, f1 = partition(cfg.mlp_ratio * cfg.hidden, n)[r]
+        d = cfg.hidden
         for i, blk in enumerate(model.blocks):
-            d = cfg.hidden
-            blk.attn.qkv = _rows(blk.attn.qkv, [slice(k * d + r * width, k * d + (r + 1) * width) for k in range(3)])
+            blk.attn.qkv = _rows(blk.attn.qkv, [slice(k * d + mine.start, k * d + mine.stop) for k in range(3)])
             blk.attn.proj = RowParallelLinear(blk.attn.proj, mine, comm, f"block{i}.attn")
-            blk.mlp.fc = _rows(blk.mlp.fc, [slice(r * ffn, (r + 1) * ffn)])
-            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, slice(r * ffn, (r + 1) * ffn), comm, f"block{i}.mlp")
+            blk.mlp.fc = _rows(blk.mlp.fc, [slice(f0, f1)])
+            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, slice(f0, f1), comm, f"block{i}.mlp")
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
