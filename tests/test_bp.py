@@ -135,3 +135,41 @@ def test_shapes_that_cannot_be_built_are_named(tiny_cfg, args, words):
     why = check_shape(cfg, *args)
     assert why is not None and all(w in why for w in words), why
     assert check_shape(cfg, 4, 4, "b") is None and check_shape(cfg, 8, 1, "a") is None
+
+
+TRAFFIC_CASES = [
+    ("tp", {}), ("sp", {}), ("single", {}),
+    ("astra", {"vq": "lossless"}), ("astra", {"vq": "lossless", "dct": False}),
+    ("bp_ag", {"retained": 2}), ("bp_sp", {"retained": 1}), ("bp_sp", {"retained": 2, "final_reshard": False}),
+]
+
+
+@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+@pytest.mark.parametrize("world", [1, 3, 4])
+@pytest.mark.parametrize("method,opts", TRAFFIC_CASES)
+def test_every_method_predicts_its_recorded_traffic(tiny_cfg, kind, world, method, opts):
+    """``Method.traffic`` (what network.compute=paper charges without running anything) equals the collectives the
+    plan really issues, rank by rank, op by op, byte for byte."""
+    from harness.spec import make_spec
+
+    cfg = tiny_cfg(kind, 13, layers=4, hidden=48, heads=12)
+    spec = make_spec(cfg, {"name": method, **opts}, devices=world, tokens=13, batch=2)
+    model = build_model(cfg, seed=1)
+    x = make_inputs(cfg, 13, batch=2, seed=1)
+    res = run_bp(model, x, method, spec.devices, {**opts, "seed": 0})
+    for rank, (_, _, records) in enumerate(res):
+        assert METHODS[method].traffic(spec, rank) == [(r.op, r.tag, r.payload_bytes) for r in records]
+
+
+@pytest.mark.parametrize("groups,k", [(1, 64), (4, 16)])
+def test_astra_predicts_its_packed_index_traffic(tiny_cfg, groups, k):
+    from harness.spec import make_spec
+
+    cfg = tiny_cfg("vit", 13, layers=2, hidden=48, heads=12)
+    books = torch.randn(2, groups, k, 48 // groups)
+    model = build_model(cfg, seed=1)
+    x = make_inputs(cfg, 13, batch=2, seed=1)
+    spec = make_spec(cfg, {"name": "astra", "groups": groups, "codebook_size": k}, devices=3, tokens=13, batch=2)
+    res = run_bp(model, x, "astra", 3, {"groups": groups, "codebook_size": k, "codebooks": books})
+    for rank, (_, _, records) in enumerate(res):
+        assert METHODS["astra"].traffic(spec, rank) == [(r.op, r.tag, r.payload_bytes) for r in records]

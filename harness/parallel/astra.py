@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .. import vq
 from ..errors import ConfigError
 from ..options import opt
-from .base import MethodOptions, register
+from .base import MethodOptions, register, traffic_of
 from .sp import SequenceParallel
 
 
@@ -153,6 +153,23 @@ class Astra(SequenceParallel):
         for w in warnings:
             log(f"WARNING: {w}")
         return str(path / "model.safetensors")
+
+    @classmethod
+    def replicates_cls(cls, spec) -> bool:
+        return bool(spec.method.dct)
+
+    @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        o = spec.method
+        if vq_mode(o) == "lossless":
+            out = super().traffic(spec, rank)
+        else:
+            rows = spec.batch * cls.exchanged_rows(spec)
+            out = [("all_gather", f"block{i}", vq.packed_nbytes(rows, o.groups, o.codebook_size))
+                   for i in range(spec.model.layers)]
+        if o.dct and spec.model.kind == "vit":  # the class-token replicas' mean pooling
+            out.append(("all_reduce", "cls_pool", spec.batch * spec.model.hidden * 4))
+        return traffic_of(spec, out)
 
     @classmethod
     def plan(cls, model, comm, spec):

@@ -104,6 +104,13 @@ class Method:
         return dataclasses.asdict(spec.method)
 
     @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        """The collectives rank ``rank`` issues in one inference of ``spec``, as (op, tag, payload bytes), exactly as
+        its ``Comm`` records them — derived from shapes, without running anything (``network.compute=paper``
+        charges these; tests hold every method's prediction to its recorded traffic)."""
+        raise NotImplementedError(f"method {cls.name} does not predict its traffic")
+
+    @classmethod
     def reference_model(cls, model: Transformer, spec):
         """The model whose plain single-device forward this method's output must equal (``verify``): the model
         itself, or, for a method that changes the architecture (block parallelism), the changed model built from
@@ -125,6 +132,18 @@ class Method:
         if out.positions is None:
             return ref
         return ref[:, out.positions]
+
+
+def sequence_length(spec) -> int:
+    """Tokens the blocks see: the content tokens plus ViT's class token."""
+    return spec.tokens + (1 if spec.model.kind == "vit" else 0)
+
+
+def traffic_of(spec, records: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Payloads as a ``Comm`` of ``spec``'s world records them (nothing is sent on one device)."""
+    if spec.devices > 1:
+        return records
+    return [(op, tag, 0) for op, tag, _ in records]
 
 
 def single_device_output(model: Transformer, inputs: torch.Tensor, all_positions: bool) -> Output:

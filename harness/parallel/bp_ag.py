@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.detransformer import VARIANTS, DecoupledModel, check_shape
 from ..options import opt
-from .base import Method, MethodOptions, Output, register
+from .base import Method, MethodOptions, Output, register, sequence_length, traffic_of
 
 
 @dataclass
@@ -49,6 +49,16 @@ class BlockParallelAllGather(Method):
     @classmethod
     def columns(cls, spec) -> dict:
         return {"retained": spec.method.retained}
+
+    @classmethod
+    def retained_depths(cls, spec) -> list[int]:
+        group = spec.model.layers // spec.method.retained
+        return [i for i in range(spec.model.layers) if (i + 1) % group == 0]
+
+    @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        shard = spec.batch * sequence_length(spec) * (spec.model.hidden // spec.devices) * 4
+        return traffic_of(spec, [("all_gather", f"block{i}", shard) for i in cls.retained_depths(spec)])
 
     @classmethod
     def reference_model(cls, model, spec):

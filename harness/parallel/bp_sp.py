@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..options import opt
-from .base import Output, partition, register
+from .base import Output, partition, register, sequence_length, traffic_of
 from .bp_ag import BlockParallelAllGather, BlockParallelOptions
 
 
@@ -36,6 +36,19 @@ class BlockParallelSPOptions(BlockParallelOptions):
 class BlockParallelSP(BlockParallelAllGather):
     name = "bp_sp"
     Options = BlockParallelSPOptions
+
+    @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        s, e = partition(sequence_length(spec), spec.devices)[rank]
+        shard = spec.batch * sequence_length(spec) * (spec.model.hidden // spec.devices) * 4
+        rows = spec.batch * (e - s) * spec.model.hidden * 4
+        depths = cls.retained_depths(spec)
+        out = []
+        for i in depths:
+            out.append(("all_gather", f"block{i}", shard))
+            if i != depths[-1] or spec.method.final_reshard:
+                out.append(("all_to_all", f"block{i}.reshard", rows))
+        return traffic_of(spec, out)
 
     def __init__(self, model, comm, opts=None):
         super().__init__(model, comm, opts)

@@ -17,6 +17,10 @@ class Single(Method):
     def devices(cls, requested: int) -> int:
         return 1  # whatever devices= says
 
+    @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        return []
+
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
         return single_device_output(self.model, inputs, all_positions)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, Output, partition, register
+from .base import Method, Output, partition, register, traffic_of
 
 
 class SeqParallelAttention(nn.Module):
@@ -39,6 +39,22 @@ class SequenceParallel(Method):
     replicate_cls = True
     # Mean-pool the class-token replicas over ranks before the head (ASTRA's Distributed Class Tokens).
     pool_cls = False
+
+    @classmethod
+    def exchanged_rows(cls, spec) -> int:
+        """Rows of every rank's all-gather shard: the largest share of the partitioned tokens (shards are padded)."""
+        replicated = spec.model.kind == "vit" and cls.replicates_cls(spec)
+        seq = spec.tokens + (1 if spec.model.kind == "vit" and not replicated else 0)
+        return max(e - s for s, e in partition(seq, spec.devices))
+
+    @classmethod
+    def replicates_cls(cls, spec) -> bool:
+        return cls.replicate_cls
+
+    @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        shard = spec.batch * cls.exchanged_rows(spec) * spec.model.hidden * 4
+        return traffic_of(spec, [("all_gather", f"block{i}", shard) for i in range(spec.model.layers)])
 
     def __init__(self, model, comm, opts=None):
         super().__init__(model, comm, opts)

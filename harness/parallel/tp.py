@@ -14,7 +14,7 @@ from torch import nn
 
 from ..comm import Comm
 from ..errors import ConfigError
-from .base import Method, Output, partition, register, single_device_output
+from .base import Method, Output, partition, register, sequence_length, single_device_output, traffic_of
 
 
 def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
@@ -52,6 +52,12 @@ class TensorParallel(Method):
         if spec.devices > spec.model.heads:
             raise ConfigError(f"tp gives every device at least one of the {spec.model.heads} heads, but devices="
                               f"{spec.devices}: use at most {spec.model.heads} devices")
+
+    @classmethod
+    def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        size = spec.batch * sequence_length(spec) * spec.model.hidden * 4  # the (B, S, hidden) fp32 partial sums
+        return traffic_of(spec, [("all_reduce", f"block{i}.{part}", size)
+                                 for i in range(spec.model.layers) for part in ("attn", "mlp")])
 
     def __init__(self, model, comm, opts=None):
         super().__init__(model, comm, opts)
