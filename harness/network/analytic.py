@@ -11,6 +11,11 @@ bits ÷ bandwidth for every collective the rank issued, and added to compute wit
 - ``collective_model=paper``: what the paper's simulator appears to charge (paper.md §5.2): one send of the rank's
   own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor; all-to-all: its input).
 
+``compute=paper`` takes each rank's compute from the compute profile the paper's figures imply
+(``results/paper/compute_profile.csv``, ``harness.paper``) instead of measuring it, and charges the collectives the
+method predicts (``Method.traffic``) without running anything: the paper's own latency model, with our methods'
+real traffic. Only for the paper's latency model (ViT-Base shape) at the points its figures cover.
+
 ``mbps_unit`` is 10^6 bit/s by default (the paper appears to use 2^20). ``wire_overhead`` scales payload bits to
 account for framing (1.0 = none, as in the paper). No root needed; any number of devices.
 """
@@ -24,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import atomic_write
+from ..errors import ConfigError, atomic_write
 from ..launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
 from ..options import opt
 from .base import Backend, Result, ShapedOptions, device_bandwidths, register
@@ -53,6 +58,16 @@ class AnalyticOptions(ShapedOptions):
                                 choices=("ring", "paper"))
     wire_overhead: float = opt(1.0, "multiply payload bits by this (e.g. 1.046 for TCP/IPv4/Ethernet framing)",
                                above=0)
+    compute: str = opt("measured", "measured: profile each rank's compute on this machine; paper: the per-device "
+                       "compute the paper's figures imply (results/paper/compute_profile.csv), nothing run",
+                       choices=("measured", "paper"))
+
+
+def paper_compute_ms(spec) -> float:
+    from ..paper import compute_ms
+
+    o = spec.method
+    return compute_ms(o.name, getattr(o, "groups", None), getattr(o, "retained", None), spec.devices, spec.tokens)
 
 
 _PROFILES: dict[str, list[dict]] = {}  # rank reports of profiled points, by point identity without the network
@@ -68,6 +83,18 @@ class AnalyticBackend(Backend):
         super().__init__(spec)
         self.bw = device_bandwidths(spec.network.bandwidth_mbps, spec.devices)
         self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
+        self.runs_ranks = spec.network.compute == "measured"
+        self.reused = False
+        if not self.runs_ranks:
+            m = spec.model
+            if (m.kind, m.layers, m.hidden) != ("vit", 12, 768):
+                raise ConfigError(f"network.compute=paper is the paper's latency model (a 12-layer, 768-wide ViT); "
+                                  f"model={m.name} is {m.kind} {m.layers}x{m.hidden}: use model=vit_base or "
+                                  "network.compute=measured")
+            if spec.batch != 1:
+                raise ConfigError(f"network.compute=paper times one request (batch 1), not batch={spec.batch}: "
+                                  "drop batch or use network.compute=measured")
+            self.paper_compute_s = 1e-3 * paper_compute_ms(spec)
 
     def bandwidths(self) -> list[float]:
         return self.bw
@@ -114,14 +141,27 @@ class AnalyticBackend(Backend):
         reports = [rep for group in read_reports(outs, logs, names) for rep in group]
         return sorted(reports, key=lambda r: r["rank"])
 
+    def paper_reports(self, spec) -> list[dict]:
+        """Rank reports as the paper's simulator would time them: its compute for the point, and the collectives
+        the method issues (predicted from shapes), answered in no time."""
+        out = []
+        for r in range(spec.devices):
+            records = [[op, tag, nbytes, 0.0, None] for op, tag, nbytes in spec.method_class.traffic(spec, r)]
+            out.append({"rank": r, "world": spec.devices, "latency_s": [self.paper_compute_s], "comm_s": [0.0],
+                        "records": records, "payload_bytes": sum(rec[2] for rec in records), "max_abs_err": None,
+                        "wire_bytes": None, "warmups": 0})
+        return out
+
     def run(self, spec, workdir: Path) -> Result:
         net, world = spec.network, spec.devices
         out = []
-        for rep in self.cached_profile(spec, workdir):
+        reports = self.cached_profile(spec, workdir) if self.runs_ranks else self.paper_reports(spec)
+        for rep in reports:
             r = rep["rank"]
             bw = min(self.bw) if net.collective_model == "ring" else self.bw[r % len(self.bw)]
             comm = sum(charge_seconds(op, b, world, bw, net.mbps_unit, net.collective_model, net.wire_overhead)
                        for op, _tag, b, *_ in rep["records"])
             compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
             out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
-        return Result(out, {"profile_reused": self.reused})
+        return Result(out, {"profile_reused": self.reused if self.runs_ranks else None,
+                            "compute_source": net.compute})

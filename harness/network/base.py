@@ -59,6 +59,7 @@ class Backend:
     uses_topology = False  # whether topology= changes what this backend measures
     enforces_cores = False  # whether device.cores is a real CPU quota (else the budget is device.threads)
     emulates = True  # whether ranks really run and communicate (else there is no emulation to give a verdict on)
+    runs_ranks = True  # whether this point runs the method's ranks at all (else nothing needs preparing)
 
     def __init__(self, spec):
         """Check ``spec`` against what this backend can honour (ConfigError, one line); start nothing."""
