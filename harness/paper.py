@@ -7,7 +7,8 @@ bits sent by one device ÷ bandwidth (1 Mbps = 2^20 bit/s), no overlap, one send
     sp: L·(T/N)·D·32   tp: 2·L·(T/N)·D·32   bp_ag: Nb·(T/N)·D·32   bp_sp: 2·Nb·(T/N)·D·32   astra: L·(T/N)·G·log2K
 
 ``derive_profile`` inverts that model: for every curve of the figures (method, G, Nb, devices, tokens) it finds the
-per-device compute that best reproduces the curve's speedups (least squares in relative error), and for token
+per-device compute that best reproduces the curve's speedups (least squares, each cell weighted by what its
+reading can tell: 2 % of the value, at least half the ±0.01 reading step), and for token
 counts whose single-device latency the paper does not print it fits that latency jointly over the curves at that
 token count (1024 tokens: 111.5 ms, read off Fig. 3). ``python -m harness.paper`` writes the result to
 ``results/paper/compute_profile.csv``, which ``network=analytic network.compute=paper`` uses instead of measuring
@@ -64,16 +65,26 @@ def paper_comm_ms(method: str, groups, retained, devices: int, tokens: int, mbps
     return 1e3 * paper_bits(method, groups, retained, devices, tokens) / (mbps * MBPS)
 
 
+def _misfit(pred: float, reading: float) -> float:
+    """A cell's error in units of what its reading can tell: 2 % of the value, but never below half the plot's
+    ±0.01 reading step (a 0.01 reading says little about the compute)."""
+    return (pred - reading) / max(0.02 * reading, 0.005)
+
+
 def _fit_compute(single_ms: float, cells: list[tuple[float, float]]) -> tuple[float, float]:
-    """The compute (ms) whose predicted speedups single / (compute + comm) best match ``cells`` (speedup, comm)
-    in relative error; returns (compute, sum of squared relative errors)."""
+    """The compute (ms) whose predicted speedups single / (compute + comm) best match ``cells`` (speedup, comm),
+    each cell weighted by its reading precision (``_misfit``); returns (compute, sum of squared misfits)."""
     from scipy.optimize import minimize_scalar
 
     def loss(c):
-        return sum((single_ms / (c + comm) / s - 1) ** 2 for s, comm in cells)
+        return sum(_misfit(single_ms / (c + comm), s) ** 2 for s, comm in cells)
 
     best = minimize_scalar(loss, bounds=(0.01, 4 * single_ms), method="bounded", options={"xatol": 1e-4})
     return float(best.x), float(best.fun)
+
+
+def _rms_rel(single_ms: float, compute: float, cells: list[tuple[float, float]]) -> float:
+    return math.sqrt(sum((single_ms / (compute + comm) / s - 1) ** 2 for s, comm in cells) / len(cells))
 
 
 def derive_profile():
@@ -102,11 +113,11 @@ def derive_profile():
         rows.append({"method": "single", "groups": pd.NA, "retained": pd.NA, "devices": 1, "tokens": int(tokens),
                      "compute_ms": round(single, 3), "source": source, "cells": 0, "fit_rms_rel": 0.0})
         for key, c, figs in curves:
-            compute, sq = _fit_compute(single, c)
+            compute, _ = _fit_compute(single, c)
             rows.append({"method": key[0], "groups": key[1], "retained": key[2], "devices": int(key[3]),
                          "tokens": int(tokens), "compute_ms": round(compute, 3),
                          "source": f"{'/'.join(figs)}: least squares over {len(c)} bandwidths",
-                         "cells": len(c), "fit_rms_rel": round(math.sqrt(sq / len(c)), 4)})
+                         "cells": len(c), "fit_rms_rel": round(_rms_rel(single, compute, c), 4)})
     out = pd.DataFrame(rows)
     out["groups"] = out["groups"].astype("Int64")
     out["retained"] = out["retained"].astype("Int64")

@@ -109,7 +109,36 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
+def plain_log_ticks(axis, values) -> None:
+    """Log axis ticked at the data's own values, printed as plain numbers (10, 100, not 10^1)."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    vals = sorted({float(v) for v in values if pd.notna(v) and v > 0})
+    if vals:
+        axis.set_major_locator(FixedLocator(vals))
+    axis.set_minor_locator(NullLocator())
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+
+
+def scene_title(df: pd.DataFrame, head: str) -> str:
+    """The scene plus what a reader needs to compare it: the codebook size(s) and the device budget."""
+    parts = [head]
+    if "codebook_size" in df.columns and df["codebook_size"].notna().any():
+        parts.append("K=" + "/".join(str(int(k)) for k in sorted(df["codebook_size"].dropna().unique())))
+    if "device" in df.columns and df["device"].notna().any():
+        dev = "/".join(sorted(str(d) for d in df["device"].dropna().unique()))
+        cores = df["cpu_per_device"].dropna().unique() if "cpu_per_device" in df.columns else []
+        parts.append(f"device {dev}" + (f" ({'/'.join(f'{c:g}' for c in sorted(cores))} cores)" if len(cores) else ""))
+    if "dilation" in df.columns:
+        k = pd.to_numeric(df["dilation"], errors="coerce").dropna()
+        if (k > 1).any():
+            parts.append("dilated k=" + "/".join(f"{v:.3g}" for v in sorted(k.unique())))
+    return ", ".join(parts)
+
+
+def plot_all(df: pd.DataFrame, out: Path, note=None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,17 +149,32 @@ def plot_all(df: pd.DataFrame, out: Path) -> list[Path]:
     scenes = list(df.groupby(["model", "tokens", "network"], dropna=False))
     for (model, tokens, network), part in scenes:
         suffix = "" if len(scenes) == 1 else f"_{model}_{tokens}_{network}"
-        written += plot_scene(part, out, suffix, f"{model}, {tokens} tokens, {network}", plt)
+        written += plot_scene(part, out, suffix, scene_title(part, f"{model}, {tokens} tokens, {network}"), plt,
+                              note)
     return written
 
 
-def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt) -> list[Path]:
-    ok = df[(df["status"] == "ok") & df["speedup"].notna()]
+def speedup_spread(g: pd.DataFrame):
+    """Down-error of each speedup: its value at the 90th-percentile latency (repeats > 1), else none."""
+    if "latency_p90_ms" not in g.columns or not (pd.to_numeric(g.get("repeats"), errors="coerce") > 1).any():
+        return None
+    low = g["single_latency_ms"] / pd.to_numeric(g["latency_p90_ms"], errors="coerce")
+    down = (g["speedup"] - low).clip(lower=0).fillna(0)
+    return [down.to_numpy(), [0] * len(g)]
+
+
+def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt, note=None) -> list[Path]:
+    note = note or (lambda msg: None)
+    done = df[df["status"] == "ok"]
+    ok = done[done["speedup"].notna()]
     written: list[Path] = []
     if {"point_key", "baseline_key"} <= set(ok.columns) and ok["baseline_key"].notna().all():
         multi = ok[ok["point_key"] != ok["baseline_key"]]  # every point but the single-device baselines
     else:  # rows from before baseline keys existed
         multi = ok[ok["devices"] > 1]
+    if ok.empty and not done.empty:
+        note(f"{title}: no single-device baseline among these rows, so no speedup plots (run method=single at the "
+             "same model, tokens, network and device); drawing the latency breakdown and bytes only")
 
     shaped = multi[multi["bandwidth_mbps"].notna()]
     if not shaped.empty:
@@ -139,48 +183,77 @@ def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt) -> lis
         for ax, n in zip(axes[0], devs):
             for lab, g in shaped[shaped["devices"] == n].groupby("label"):
                 g = g.sort_values("bandwidth_mbps")
-                ax.plot(g["bandwidth_mbps"], g["speedup"], marker="o", label=lab)
+                ax.errorbar(g["bandwidth_mbps"], g["speedup"], yerr=speedup_spread(g), marker="o", capsize=3,
+                            label=lab)
             mark_unfaithful(ax, shaped[shaped["devices"] == n], "bandwidth_mbps")
             ax.axhline(1.0, color="red", lw=1, ls="--")
             ax.set_xscale("log")
+            ax.set_yscale("log")
+            plain_log_ticks(ax.xaxis, shaped["bandwidth_mbps"])
+            ax.grid(True, which="both", alpha=0.3)
             ax.set_title(f"{n} devices")
             ax.set_xlabel("bandwidth (Mbps)")
-        axes[0][0].set_ylabel("speedup over single device")
-        axes[0][-1].legend()
-        fig.suptitle(title)
+        axes[0][0].set_ylabel("speedup over single device (log; bars: p90 latency)")
+        axes[0][-1].legend(fontsize="small")
+        fig.suptitle(title, fontsize="medium")
         written += _save(fig, out, "speedup_vs_bandwidth" + suffix)
         plt.close(fig)
 
-    if not multi.empty:
+    if multi.loc[multi["devices"] > 1, "devices"].nunique() > 1:  # one device count is not a curve
         fig, ax = plt.subplots(figsize=(6, 4))
         for (lab, bw), g in multi.groupby(["label", multi["bandwidth_mbps"].fillna(-1)]):
             g = g.sort_values("devices")
             name = lab if bw < 0 else f"{lab} @ {bw:g} Mbps"
-            ax.plot(g["devices"], g["speedup"], marker="o", label=name)
+            ax.errorbar(g["devices"], g["speedup"], yerr=speedup_spread(g), marker="o", capsize=3, label=name)
         mark_unfaithful(ax, multi, "devices")
         ax.axhline(1.0, color="red", lw=1, ls="--")
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(multi["devices"].unique()))
         ax.set_xlabel("devices")
-        ax.set_ylabel("speedup over single device")
+        ax.set_ylabel("speedup over single device (log)")
         ax.legend(fontsize="small")
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
         written += _save(fig, out, "speedup_vs_devices" + suffix)
         plt.close(fig)
 
-    if not ok.empty:
+    if not done.empty:
         names = [
             f"{r.label} N={r.devices}" + (f" {r.bandwidth_mbps:g}M" if pd.notna(r.bandwidth_mbps) else "")
-            for r in ok.itertuples()
+            for r in done.itertuples()
         ]
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(ok)), 4))
-        ax.bar(names, ok["compute_ms"], label="compute")
-        ax.bar(names, ok["comm_ms"], bottom=ok["compute_ms"], label="communication")
-        ax.set_ylabel("latency (ms)")
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(done)), 4))
+        ax.bar(names, done["compute_ms"], label="compute")
+        ax.bar(names, done["comm_ms"], bottom=done["compute_ms"], label="communication")
+        ax.set_yscale("log")  # a comm-bound baseline 100x slower must not flatten the others
+        ax.set_ylabel("latency (ms, log)")
         ax.tick_params(axis="x", rotation=60)
         ax.legend()
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
         written += _save(fig, out, "latency_breakdown" + suffix)
         plt.close(fig)
+
+    sent = done[pd.to_numeric(done["payload_bytes"], errors="coerce") > 0]
+    if not sent.empty:  # bytes one device hands to the network per inference: ASTRA's headline quantity
+        per = sent.groupby(["label", "devices"], as_index=False)["payload_bytes"].max()
+        names = [f"{r.label} N={r.devices}" for r in per.itertuples()]
+        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(per)), 4))
+        bars = ax.bar(names, per["payload_bytes"], color="C2")
+        ax.bar_label(bars, labels=[_human_bytes(b) for b in per["payload_bytes"]], fontsize="x-small")
+        ax.set_yscale("log")
+        ax.set_ylabel("payload per device per inference (bytes, log)")
+        ax.tick_params(axis="x", rotation=60)
+        ax.set_title(title, fontsize="medium")
+        written += _save(fig, out, "bytes_per_method" + suffix)
+        plt.close(fig)
     return written
+
+
+def _human_bytes(b: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if b < 1024 or unit == "GB":
+            return f"{b:.3g} {unit}"
+        b /= 1024
+    return f"{b:.3g} GB"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(pts))
     src = Path(args.results)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
-    for p in plot_all(pts, out):
+    for p in plot_all(pts, out, note=lambda msg: print(f"astra-plot: {msg}", file=sys.stderr)):
         print(f"wrote {p}", file=sys.stderr)
 
 

@@ -89,7 +89,8 @@ def _key(df: pd.DataFrame) -> pd.Series:
 
 
 def _gap(ours: pd.Series, theirs: pd.Series) -> pd.Series:
-    return ours / theirs - 1
+    """ours / paper - 1 (undefined where the paper reads 0.00)."""
+    return ours / theirs.where(theirs != 0) - 1
 
 
 def within(ours: pd.Series, theirs: pd.Series) -> pd.Series:
@@ -156,7 +157,7 @@ def summary(name: str, table: pd.DataFrame) -> list[dict]:
         if f"{src} gap" not in table.columns:
             continue
         gap = table[f"{src} gap"]
-        have = gap.notna()
+        have = table[f"{src} compute"].notna() if name == "fig3" else table[src].notna()
         if name == "fig3":
             ok = gap.abs() <= TOLERANCE
         else:
@@ -164,8 +165,8 @@ def summary(name: str, table: pd.DataFrame) -> list[dict]:
             ok = within(table[src], theirs)
         out.append({"figure": name, "source": src, "cells": int(len(table)), "matched": int(have.sum()),
                     "within": int((ok & have).sum()),
-                    "max_gap_pct": round(100 * float(gap[have].abs().max()), 2) if have.any() else None,
-                    "median_gap_pct": round(100 * float(gap[have].abs().median()), 2) if have.any() else None})
+                    "max_gap_pct": round(100 * float(gap.abs().max()), 2) if gap.notna().any() else None,
+                    "median_gap_pct": round(100 * float(gap.abs().median()), 2) if gap.notna().any() else None})
     return out
 
 

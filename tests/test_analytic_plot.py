@@ -85,10 +85,21 @@ def test_analytic_sweep_then_plot(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| model" in out.stdout and "speedup" in out.stdout
-    for stem in ("speedup_vs_bandwidth", "speedup_vs_devices", "latency_breakdown"):
+    for stem in ("speedup_vs_bandwidth", "latency_breakdown", "bytes_per_method"):
         for ext in ("png", "pdf"):
             f = plots / f"{stem}.{ext}"
             assert f.is_file() and f.stat().st_size > 1000, f
+    assert not (plots / "speedup_vs_devices.png").exists(), "one device count is not a curve"
+
+    # a store without the single-device baseline: say why there is no speedup plot, still draw the rest
+    nobase = tmp_path / "nobase.parquet"
+    load(store).query("method != 'single'").drop(columns=["single_latency_ms", "speedup"]).to_parquet(nobase)
+    out2 = subprocess.run([sys.executable, "-m", "harness.plot", str(nobase), "--out", str(tmp_path / "p2")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out2.returncode == 0, out2.stderr
+    assert "no single-device baseline" in out2.stderr
+    assert (tmp_path / "p2" / "latency_breakdown.png").is_file() and (tmp_path / "p2" / "bytes_per_method.png").is_file()
+    assert not (tmp_path / "p2" / "speedup_vs_bandwidth.png").exists()
 
 
 def test_plot_bad_input(tmp_path):

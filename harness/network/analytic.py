@@ -99,6 +99,18 @@ class AnalyticBackend(Backend):
     def bandwidths(self) -> list[float]:
         return self.bw
 
+    @classmethod
+    def identity(cls, spec) -> dict:
+        ident = super().identity(spec)
+        if spec.network.compute == "paper":  # a re-derived profile is a different measurement
+            import hashlib
+
+            from ..paper import PROFILE
+
+            ident["compute_profile_sha"] = hashlib.sha256(PROFILE.read_bytes()).hexdigest()[:16] if PROFILE.is_file() \
+                else None
+        return ident
+
     def cached_profile(self, spec, workdir: Path) -> list[dict]:
         """``profile``, measured once per point minus its network in this process: the ranks' compute does not
         depend on the bandwidth, so the points of a bandwidth sweep share one measurement and the curve shows no

@@ -1,0 +1,73 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Latency figures: Figure 1, Figure 3 and Table 4 of the paper, beside ours
+#
+# Loads a results store (`ASTRA_STORE`, default `results/results.parquet`) with pandas and puts our ViT-Base
+# points beside the paper's values (`results/paper/*.csv`), per source: `paper-compute` (the analytic backend fed
+# the paper's compute — a gap is a difference in what our methods send), `analytic` (compute measured here) and
+# `mininet` (the emulated network). Make the points with
+#
+#     astra-bench -m experiment=paper_fig1        # seconds: network.compute=paper
+#     astra-bench -m experiment=paper_fig1 network.compute=measured   # hours on 2 cores: ViT-Base profiled here
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from harness import report
+
+store = os.environ.get("ASTRA_STORE", "results/results.parquet")
+ours = report.our_points(store)
+print(f"{len(ours)} ViT-Base points of ours in {store}, by source:")
+print(ours.groupby("source").size().to_string())
+
+# %% [markdown]
+# ## Figure 1: speedup over one device (4 devices, 1024 tokens)
+
+# %%
+fig1 = report.speedup_table("fig1", ours)
+print(report.to_markdown(fig1))
+
+# %%
+src = next((s for s in report.SOURCES if s in fig1.columns), None)
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for i, (lab, g) in enumerate(fig1.groupby("label", sort=False)):
+    g = g.sort_values("bandwidth_mbps")
+    ax.plot(g["bandwidth_mbps"], g["paper"], ls="--", marker="x", color=f"C{i}", alpha=0.6)
+    if src:
+        ax.plot(g["bandwidth_mbps"], g[src], marker="o", ms=4, color=f"C{i}", label=lab)
+ax.axhline(1, color="red", lw=1)
+ax.set(xscale="log", yscale="log", xlabel="bandwidth (Mbps)", ylabel="speedup (log)",
+       title=f"Figure 1: paper dashed, ours ({src}) solid")
+report._ticks(ax, fig1["bandwidth_mbps"])
+ax.legend(fontsize="small")
+plt.show()
+
+# %% [markdown]
+# ## Figure 3: where the time goes (ms)
+
+# %%
+fig3 = report.breakdown_table(ours)
+print(report.to_markdown(fig3))
+
+# %% [markdown]
+# ## Table 4: ASTRA (G = 1) over each baseline
+
+# %%
+t4 = report.ratio_table(ours)
+print(report.to_markdown(t4))
+
+# %%
+summary = pd.DataFrame(report.summary("fig1", fig1) + report.summary("fig3", fig3) + report.summary("table4", t4))
+summary
