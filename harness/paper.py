@@ -2,7 +2,8 @@
 
 ``results/paper/*.csv`` hold the values of the paper's latency figures and tables (from ``shared/paper.md``; plot
 readings are ±0.01 in speedup). The paper simulated its network: latency = compute (measured on a GTX 1660Ti) +
-bits sent by one device ÷ bandwidth (1 Mbps = 2^20 bit/s), no overlap, one send per exchange (paper.md §5.2):
+bits sent by one device ÷ bandwidth (1 Mbps = 2^20 bit/s), no overlap, one send per exchange (paper.md §5.2; each
+method's ``paper_bits``):
 
     sp: L·(T/N)·D·32   tp: 2·L·(T/N)·D·32   bp_ag: Nb·(T/N)·D·32   bp_sp: 2·Nb·(T/N)·D·32   astra: L·(T/N)·G·log2K
 
@@ -43,22 +44,32 @@ def load(name: str):
     return pd.read_csv(path, dtype={"groups": "Int64", "retained": "Int64"})
 
 
+def method_class(method: str):
+    from .parallel import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"the paper's data names method {method!r}, which this harness does not have")
+    return METHODS[method]
+
+
+def baseline_name() -> str:
+    from .parallel import METHODS
+
+    return next(name for name, cls in METHODS.items() if cls.is_baseline)
+
+
+def knobs_of(method: str, groups, retained) -> dict:
+    """The paper's varied knobs that ``method`` has (G for ASTRA, Nb for block parallelism), from data columns."""
+    import dataclasses
+
+    have = {f.name for f in dataclasses.fields(method_class(method).Options)}
+    vals = {"groups": groups, "retained": retained, "codebook_size": 1024}
+    return {k: v for k, v in vals.items() if k in have}
+
+
 def paper_bits(method: str, groups, retained, devices: int, tokens: int) -> float:
-    """Bits one device sends per inference under the paper's accounting (paper.md §5.2)."""
-    shard = tokens / devices * HIDDEN * BITS
-    if method == "single":
-        return 0.0
-    if method == "sp":
-        return LAYERS * shard
-    if method == "tp":
-        return 2 * LAYERS * shard
-    if method == "bp_ag":
-        return int(retained) * shard
-    if method == "bp_sp":
-        return 2 * int(retained) * shard
-    if method == "astra":
-        return LAYERS * tokens / devices * int(groups) * INDEX_BITS
-    raise ValueError(f"the paper has no method {method!r}")
+    """Bits one device sends per inference under the paper's accounting (each method's ``paper_bits``)."""
+    return method_class(method).paper_bits(knobs_of(method, groups, retained), devices, tokens, LAYERS, HIDDEN)
 
 
 def paper_comm_ms(method: str, groups, retained, devices: int, tokens: int, mbps: float) -> float:
@@ -110,7 +121,7 @@ def derive_profile():
             single = float(minimize_scalar(total, bounds=(1.0, 2000.0), method="bounded",
                                            options={"xatol": 1e-3}).x)
             source = f"fitted jointly over the {len(curves)} curves at {tokens} tokens"
-        rows.append({"method": "single", "groups": pd.NA, "retained": pd.NA, "devices": 1, "tokens": int(tokens),
+        rows.append({"method": baseline_name(), "groups": pd.NA, "retained": pd.NA, "devices": 1, "tokens": int(tokens),
                      "compute_ms": round(single, 3), "source": source, "cells": 0, "fit_rms_rel": 0.0})
         for key, c, figs in curves:
             compute, _ = _fit_compute(single, c)
@@ -137,18 +148,18 @@ def compute_ms(method: str, groups, retained, devices: int, tokens: int) -> floa
     """The paper's per-device compute for this point (``network.compute=paper``); ConfigError naming what exists
     when the paper's figures imply none."""
     df = profile()
-    sel = (df["method"] == method) & (df["tokens"] == tokens) & (df["devices"] == (1 if method == "single" else devices))
-    if method == "astra":
-        sel &= df["groups"] == groups
-    if method.startswith("bp_"):
-        sel &= df["retained"] == retained
+    cls = method_class(method)
+    sel = (df["method"] == method) & (df["tokens"] == tokens) & (df["devices"] == cls.devices(devices))
+    knobs = {k: v for k, v in knobs_of(method, groups, retained).items() if k in df.columns}
+    for k, v in knobs.items():
+        sel &= df[k] == v
     hit = df[sel]
     if hit.empty:
         have = df[df["method"] == method]
         pts = sorted({(int(r.devices), int(r.tokens)) for r in have.itertuples()})
-        extra = {"astra": f" G={groups}", "bp_ag": f" retained={retained}", "bp_sp": f" retained={retained}"}
+        extra = "".join(f" {k}={v}" for k, v in knobs.items())
         raise ConfigError(
-            f"network.compute=paper: the paper's figures imply no compute for {method}{extra.get(method, '')} at "
+            f"network.compute=paper: the paper's figures imply no compute for {method}{extra} at "
             f"devices={devices} tokens={tokens} (they cover (devices, tokens) {pts} for {method}): use one of "
             "those points or network.compute=measured")
     return float(hit["compute_ms"].iloc[0])

@@ -37,14 +37,14 @@ FIGURES = {  # name -> (csv, title)
     "fig3": ("fig3_breakdown", "Figure 3: latency breakdown (ms), 4 devices, 1024 tokens"),
     "table4": ("table4_ratio", "Table 4: ASTRA (G=1) speedup over each baseline, 4 devices, 1024 tokens"),
 }
-NAMES = {"astra": "ASTRA", "sp": "SP", "tp": "TP", "bp_ag": "BP+AG", "bp_sp": "BP+SP", "single": "single"}
-
-
 def label(method: str, groups, retained) -> str:
-    name = NAMES.get(method, method)
-    if method == "astra" and pd.notna(groups):
+    """The paper's name for a curve: the method's title and the knob the paper varies for it (G, Nb)."""
+    from .parallel import METHODS
+
+    name = METHODS[method].title if method in METHODS else method
+    if pd.notna(groups):
         return f"{name} G={int(groups)}"
-    if method.startswith("bp_") and pd.notna(retained):
+    if pd.notna(retained):
         return f"{name} Nb={int(retained)}"
     return name
 
@@ -67,12 +67,10 @@ def our_points(store) -> pd.DataFrame:
             df[col] = None
     df["source"] = [source_of(r) for r in df.to_dict("records")]
     df = df[df["source"].notna()]
-    astra = df["method"] == "astra"
-    df = df[~astra | (pd.to_numeric(df["codebook_size"], errors="coerce") == 1024)]
-    df["groups"] = pd.to_numeric(df["groups"], errors="coerce").astype("Int64")
-    df["retained"] = pd.to_numeric(df["retained"], errors="coerce").astype("Int64")
-    df.loc[df["method"] != "astra", "groups"] = pd.NA
-    df.loc[~df["method"].str.startswith("bp_"), "retained"] = pd.NA
+    k = pd.to_numeric(df["codebook_size"], errors="coerce")
+    df = df[k.isna() | (k == 1024)]  # the paper's K everywhere
+    df["groups"] = pd.to_numeric(df["groups"], errors="coerce").astype("Int64")  # set only by methods with G
+    df["retained"] = pd.to_numeric(df["retained"], errors="coerce").astype("Int64")  # only by block parallelism
     df["bandwidth_mbps"] = pd.to_numeric(df["bandwidth_mbps"], errors="coerce")
     return df.sort_values("timestamp").drop_duplicates(
         ["source", "method", "groups", "retained", "devices", "tokens", "bandwidth_mbps"], keep="last")
@@ -136,19 +134,20 @@ def ratio_table(ours: pd.DataFrame) -> pd.DataFrame:
         part = ours[(ours["source"] == src) & (ours["devices"] == 4) & (ours["tokens"] == 1024)]
         if part.empty:
             continue
-        astra = part[(part["method"] == "astra") & (part["groups"] == 1)].set_index("bandwidth_mbps")["latency_ms"]
         vals = []
-        for r in out.itertuples():
-            sel = (part["method"] == r.baseline) & (part["bandwidth_mbps"] == r.bandwidth_mbps)
-            if r.baseline.startswith("bp_"):
+        for r in out.itertuples():  # the method's latency over the baseline's, both at r's bandwidth
+            at = part["bandwidth_mbps"] == r.bandwidth_mbps
+            mine = part.loc[at & (part["method"] == r.method) & (part["groups"] == r.groups), "latency_ms"]
+            sel = at & (part["method"] == r.baseline)
+            if pd.notna(r.baseline_retained):
                 sel &= part["retained"] == r.baseline_retained
             base = part.loc[sel, "latency_ms"]
-            a = astra.get(float(r.bandwidth_mbps), np.nan)
-            vals.append(float(base.iloc[0]) / a if len(base) and pd.notna(a) else np.nan)
+            vals.append(float(base.iloc[0]) / float(mine.iloc[0]) if len(base) and len(mine) else np.nan)
         out[src] = vals
         out[f"{src} gap"] = _gap(out[src], out["paper"])
-    out.insert(0, "label", [f"over {label(b, None, r)}" for b, r in zip(out["baseline"], out["baseline_retained"])])
-    return out.drop(columns=["baseline", "baseline_retained", "astra_groups"])
+    out.insert(0, "label", [f"{label(m, g, None)} over {label(b, None, r)}"
+                            for m, g, b, r in zip(out["method"], out["groups"], out["baseline"], out["baseline_retained"])])
+    return out.drop(columns=["method", "groups", "baseline", "baseline_retained"])
 
 
 def summary(name: str, table: pd.DataFrame) -> list[dict]:
@@ -226,7 +225,7 @@ def draw_breakdown(table: pd.DataFrame, out: Path, plt) -> Path:
     """Compute + communication bars, paper beside ours, one panel per method (each on its own scale, so a method
     that is 100x slower does not flatten the others)."""
     src = next((s for s in SOURCES if f"{s} compute" in table.columns), None)
-    rows = table[table["label"] != "single"]
+    rows = table[table["devices"] > 1]
     labels = list(dict.fromkeys(rows["label"]))
     fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.8), squeeze=False)
     for ax, lab in zip(axes[0], labels):

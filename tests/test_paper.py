@@ -72,7 +72,7 @@ def test_paper_compute_reproduces_fig1_fig3_and_table4(tmp_path):
 @pytest.mark.parametrize("overrides,words", [
     (["model=vit_tiny", "method=sp"], ["12-layer, 768-wide ViT", "model=vit_base"]),
     (["method=sp", "devices=3"], ["devices=3", "network.compute=measured"]),
-    (["method=astra", "method.groups=4"], ["astra G=4"]),
+    (["method=astra", "method.groups=4"], ["astra groups=4"]),
     (["method=sp", "batch=2"], ["batch=2"]),
 ])
 def test_paper_compute_refuses_points_the_paper_does_not_cover(tmp_path, overrides, words):

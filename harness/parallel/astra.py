@@ -64,6 +64,7 @@ def vq_mode(o: AstraOptions) -> str:
 @register
 class Astra(SequenceParallel):
     name = "astra"
+    title = "ASTRA"
     Options = AstraOptions
 
     # -- the controller's side ------------------------------------------------------------------------------------
@@ -153,6 +154,11 @@ class Astra(SequenceParallel):
         for w in warnings:
             log(f"WARNING: {w}")
         return str(path / "model.safetensors")
+
+    @classmethod
+    def paper_bits(cls, knobs, devices, tokens, layers, hidden) -> float:
+        return layers * tokens / devices * int(knobs["groups"]) * vq.bits_per_index(int(knobs.get("codebook_size")
+                                                                                     or 1024))
 
     @classmethod
     def replicates_cls(cls, spec) -> bool:

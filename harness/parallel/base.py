@@ -67,6 +67,7 @@ class Method:
     """
 
     name = "base"
+    title = "base"  # how reports and figures name the method (the paper's name where it has one)
     Options: type = MethodOptions
     communicates = True  # False: runs on one device, so bandwidth, topology and devices= do not matter
     is_baseline = False  # the single-device run speedups are measured against
@@ -109,6 +110,13 @@ class Method:
         its ``Comm`` records them — derived from shapes, without running anything (``network.compute=paper``
         charges these; tests hold every method's prediction to its recorded traffic)."""
         raise NotImplementedError(f"method {cls.name} does not predict its traffic")
+
+    @classmethod
+    def paper_bits(cls, knobs: dict, devices: int, tokens: int, layers: int, hidden: int) -> float:
+        """Bits one device sends per inference as the paper's simulator charges this method (paper.md §5.2: one
+        send of the device's own share per exchange, fp32); ``knobs`` holds the method's options the paper varies
+        (e.g. groups, retained). The paper's accounting, independent of ``traffic`` — reports compare the two."""
+        raise NotImplementedError(f"the paper does not evaluate method {cls.name}")
 
     @classmethod
     def reference_model(cls, model: Transformer, spec):

@@ -37,6 +37,8 @@ class BlockParallelOptions(MethodOptions):
 @register
 class BlockParallelAllGather(Method):
     name = "bp_ag"
+    title = "BP+AG"
+    exchanges_per_retained = 1  # shard-sends per retained layer in the paper's accounting
     Options = BlockParallelOptions
 
     # -- the controller's side ------------------------------------------------------------------------------------
@@ -49,6 +51,10 @@ class BlockParallelAllGather(Method):
     @classmethod
     def columns(cls, spec) -> dict:
         return {"retained": spec.method.retained}
+
+    @classmethod
+    def paper_bits(cls, knobs, devices, tokens, layers, hidden) -> float:
+        return cls.exchanges_per_retained * int(knobs["retained"]) * tokens / devices * hidden * 32
 
     @classmethod
     def retained_depths(cls, spec) -> list[int]:

@@ -35,6 +35,8 @@ class BlockParallelSPOptions(BlockParallelOptions):
 @register
 class BlockParallelSP(BlockParallelAllGather):
     name = "bp_sp"
+    title = "BP+SP"
+    exchanges_per_retained = 2
     Options = BlockParallelSPOptions
 
     @classmethod

@@ -10,6 +10,7 @@ from .base import Method, Output, register, single_device_output
 @register
 class Single(Method):
     name = "single"
+    title = "single"
     communicates = False
     is_baseline = True
 
@@ -20,6 +21,10 @@ class Single(Method):
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
         return []
+
+    @classmethod
+    def paper_bits(cls, knobs, devices, tokens, layers, hidden) -> float:
+        return 0.0
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:

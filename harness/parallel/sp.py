@@ -35,10 +35,15 @@ class SeqParallelAttention(nn.Module):
 @register
 class SequenceParallel(Method):
     name = "sp"
+    title = "SP"
     # Replicate the ViT class token on every rank (never sent). Subclasses may partition it instead.
     replicate_cls = True
     # Mean-pool the class-token replicas over ranks before the head (ASTRA's Distributed Class Tokens).
     pool_cls = False
+
+    @classmethod
+    def paper_bits(cls, knobs, devices, tokens, layers, hidden) -> float:
+        return layers * tokens / devices * hidden * 32
 
     @classmethod
     def exchanged_rows(cls, spec) -> int:

@@ -46,12 +46,17 @@ class RowParallelLinear(nn.Module):
 @register
 class TensorParallel(Method):
     name = "tp"
+    title = "TP"
 
     @classmethod
     def check(cls, spec) -> None:
         if spec.devices > spec.model.heads:
             raise ConfigError(f"tp gives every device at least one of the {spec.model.heads} heads, but devices="
                               f"{spec.devices}: use at most {spec.model.heads} devices")
+
+    @classmethod
+    def paper_bits(cls, knobs, devices, tokens, layers, hidden) -> float:
+        return 2 * layers * tokens / devices * hidden * 32  # "2 x SP": two exchanges of the device's share
 
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
