@@ -53,13 +53,30 @@ class Comm:
         self._record("all_gather", tag, t.numel() * t.element_size(), t0, tx0)
         return out
 
-    def all_reduce(self, t: torch.Tensor, tag: str = "") -> torch.Tensor:
-        """Sum ``t`` over ranks, in place; returns ``t``."""
+    def all_reduce(self, t: torch.Tensor, tag: str = "", wire: str = "fp32") -> torch.Tensor:
+        """Sum ``t`` over ranks, in place; returns ``t``. ``wire`` other than fp32 (``harness.wire``) sends every
+        value in that format, by rows of the last dimension: a reduce-scatter of row ranges (each rank sums its
+        range in fp32, in rank order) and an all-gather of the summed ranges, both encoded — so every rank ends
+        with identical values, and the payload is the encoded tensor."""
+        if wire == "fp32":
+            tx0 = self._tx()
+            t0 = time.perf_counter()
+            if self.world > 1 and not self.local:
+                self._all_reduce(t)
+            self._record("all_reduce", tag, t.numel() * t.element_size(), t0, tx0)
+            return t
+        from .wire import decode_rows, encode_rows, row_bytes
+
+        dim = t.shape[-1]
+        rows = t.reshape(-1, dim)
         tx0 = self._tx()
         t0 = time.perf_counter()
-        if self.world > 1 and not self.local:
-            self._all_reduce(t)
-        self._record("all_reduce", tag, t.numel() * t.element_size(), t0, tx0)
+        if self.world > 1:
+            if self.local:  # the same work on this rank's own values
+                rows.copy_(decode_rows(encode_rows(rows, wire), rows.shape[0], dim, wire))
+            else:
+                self._all_reduce_wire(rows, wire)
+        self._record("all_reduce", tag, rows.shape[0] * row_bytes(dim, wire), t0, tx0)
         return t
 
     def all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]], tag: str = "") -> list[torch.Tensor]:
@@ -119,6 +136,24 @@ class Comm:
 
     def _all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def _all_reduce_wire(self, rows: torch.Tensor, wire: str) -> None:
+        """``all_reduce`` in a wire format, from the group's all-to-all and all-gather (unrecorded)."""
+        from .wire import decode_rows, encode_rows, row_ranges
+
+        dim = rows.shape[1]
+        ranges = row_ranges(rows.shape[0], self.world)
+        s, e = ranges[self.rank]
+        send = [encode_rows(rows[a:b], wire) for a, b in ranges]
+        got = self._all_to_all(send, [tuple(send[self.rank].shape)] * self.world)
+        total = decode_rows(got[0], e - s, dim, wire)
+        for g in got[1:]:
+            total += decode_rows(g, e - s, dim, wire)
+        mine = encode_rows(total, wire)
+        longest = max(len(x) for x in send)
+        padded = torch.cat([mine, mine.new_zeros(longest - mine.numel())]) if mine.numel() < longest else mine
+        shards = self._all_gather(padded) if self.world > 1 else [padded]
+        rows.copy_(torch.cat([decode_rows(sh, b - a, dim, wire) for sh, (a, b) in zip(shards, ranges)]))
 
 
 class LocalComm(Comm):

@@ -140,6 +140,8 @@ def test_shapes_that_cannot_be_built_are_named(tiny_cfg, args, words):
 TRAFFIC_CASES = [
     ("tp", {}), ("sp", {}), ("single", {}),
     ("astra", {"vq": "lossless"}), ("astra", {"vq": "lossless", "dct": False}),
+    ("sp", {"exchange_dtype": "fp16"}), ("sp", {"exchange_dtype": "int8"}),
+    ("tp", {"exchange_dtype": "fp16"}), ("tp", {"exchange_dtype": "int8"}),
     ("bp_ag", {"retained": 2}), ("bp_sp", {"retained": 1}), ("bp_sp", {"retained": 2, "final_reshard": False}),
 ]
 

@@ -38,6 +38,10 @@ def _rank(rank: int, world: int, port: int, results) -> None:
             got = comm.all_to_all(parts, [(rank + 1, j + 1) for j in range(world)])
             assert [g.tolist() for g in got] == [[[100.0 * j + rank] * (j + 1)] * (rank + 1) for j in range(world)]
             assert comm.records[-1].payload_bytes == sum(p.numel() * 4 for p in parts)
+            # quantized all-reduce: encoded both ways, summed in fp32, identical bits on every rank
+            for wire, nbytes in (("fp16", 14 * 5 * 2), ("int8", 14 * (5 + 4))):
+                out[wire] = comm.all_reduce(x.clone(), wire=wire)
+                assert comm.records[-1].payload_bytes == nbytes
         results[rank] = out
     finally:
         dist.destroy_process_group()
@@ -68,6 +72,10 @@ def test_p2p_collectives_match_gloo():
             assert gathered.tolist() == [[10 * j + i for i in range(4)] for j in range(world)]
         # p2p sums in rank order on every rank: identical bits everywhere
         assert torch.equal(results[r]["p2p"][0], results[0]["p2p"][0])
+        for wire, tol in (("fp16", 1e-2), ("int8", 0.15)):
+            assert torch.equal(results[r][wire], results[0][wire])
+            err = (results[r][wire] - expect_sum).abs().max().item()
+            assert 0 < err <= tol, (wire, err)
 
 
 def test_unknown_impl():

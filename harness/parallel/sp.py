@@ -8,6 +8,9 @@ queries over all keys, and runs the MLP on its own tokens. The ViT class token i
 
 GPT2 (causal prefill): the mask is built on global positions, and a rank needs keys only up to its last token, so
 it projects K/V for earlier ranks' tokens only. The next-token logits come from the rank holding the last token.
+
+``exchange_dtype`` (fp32 | fp16 | int8 with per-token scales, ``harness.wire``) quantizes what crosses the network —
+the quantized-exchange baseline ASTRA's reviewers asked for; a rank's own tokens stay full precision.
 """
 
 from __future__ import annotations
@@ -16,7 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, Output, partition, register, traffic_of
+from dataclasses import dataclass
+
+from ..options import opt
+from ..wire import WIRE_DTYPES, decode_rows, encode_rows, row_bytes
+from .base import Method, MethodOptions, Output, partition, register, traffic_of
+
+
+@dataclass
+class SequenceParallelOptions(MethodOptions):
+    name: str = opt("sp", "the method")
+    exchange_dtype: str = opt("fp32", "what the all-gather sends: fp32 (exact), fp16, or int8 with a per-token fp32 "
+                              "scale; local tokens stay fp32", choices=WIRE_DTYPES)
 
 
 class SeqParallelAttention(nn.Module):
@@ -36,6 +50,7 @@ class SeqParallelAttention(nn.Module):
 class SequenceParallel(Method):
     name = "sp"
     title = "SP"
+    Options = SequenceParallelOptions
     # Replicate the ViT class token on every rank (never sent). Subclasses may partition it instead.
     replicate_cls = True
     # Mean-pool the class-token replicas over ranks before the head (ASTRA's Distributed Class Tokens).
@@ -58,7 +73,8 @@ class SequenceParallel(Method):
 
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
-        shard = spec.batch * cls.exchanged_rows(spec) * spec.model.hidden * 4
+        wire = getattr(spec.method, "exchange_dtype", "fp32")
+        shard = spec.batch * cls.exchanged_rows(spec) * row_bytes(spec.model.hidden, wire)
         return traffic_of(spec, [("all_gather", f"block{i}", shard) for i in range(spec.model.layers)])
 
     def __init__(self, model, comm, opts=None):
@@ -72,6 +88,7 @@ class SequenceParallel(Method):
             blk.attn = SeqParallelAttention(blk.attn, self, i)
         self.slices: list[tuple[int, int]] = []
         self.mask = None
+        self.wire = str(self.opts.get("exchange_dtype", "fp32"))
 
     # -- sequence bookkeeping -----------------------------------------------------------------------------------
     def setup(self, content_tokens: int) -> None:
@@ -113,7 +130,13 @@ class SequenceParallel(Method):
     # -- the exchange (overridden by ASTRA) ---------------------------------------------------------------------
     def remote_kv(self, content: torch.Tensor, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """K/V for the tokens of ``needed_ranks()`` (in that order), from a full-precision all-gather."""
-        shards = self.comm.all_gather(self.pad(content), tag=f"block{index}")
+        padded = self.pad(content)
+        if self.wire == "fp32":
+            shards = self.comm.all_gather(padded, tag=f"block{index}")
+        else:  # one encoded message per rank; remote tokens are decoded, this rank's own stay exact
+            b, n, d = padded.shape
+            got = self.comm.all_gather(encode_rows(padded.reshape(-1, d), self.wire), tag=f"block{index}")
+            shards = [decode_rows(g, b * n, d, self.wire).view(b, n, d) for g in got]
         need = self.needed_ranks()
         if not need:
             return []

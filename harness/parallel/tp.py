@@ -13,8 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..comm import Comm
+from dataclasses import dataclass
+
 from ..errors import ConfigError
-from .base import Method, Output, partition, register, sequence_length, single_device_output, traffic_of
+from ..options import opt
+from ..wire import WIRE_DTYPES, row_bytes
+from .base import Method, MethodOptions, Output, partition, register, sequence_length, single_device_output, traffic_of
 
 
 def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
@@ -27,11 +31,19 @@ def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
     return new
 
 
+@dataclass
+class TensorParallelOptions(MethodOptions):
+    name: str = opt("tp", "the method")
+    exchange_dtype: str = opt("fp32", "what the all-reduces send: fp32 (exact), fp16, or int8 with a per-token fp32 "
+                              "scale (reduced in fp32 between the two phases)", choices=WIRE_DTYPES)
+
+
 class RowParallelLinear(nn.Module):
     """Keeps the input features ``cols`` of ``linear``; all-reduces the partial output, then adds the bias once."""
 
-    def __init__(self, linear: nn.Linear, cols: slice, comm: Comm, tag: str):
+    def __init__(self, linear: nn.Linear, cols: slice, comm: Comm, tag: str, wire: str = "fp32"):
         super().__init__()
+        self.wire = wire
         self.weight = nn.Parameter(linear.weight.data[:, cols].clone(), requires_grad=False)
         self.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
         self.comm = comm
@@ -39,7 +51,7 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
-        self.comm.all_reduce(y, tag=self.tag)
+        self.comm.all_reduce(y, tag=self.tag, wire=self.wire)
         return y + self.bias
 
 
@@ -47,6 +59,7 @@ class RowParallelLinear(nn.Module):
 class TensorParallel(Method):
     name = "tp"
     title = "TP"
+    Options = TensorParallelOptions
 
     @classmethod
     def check(cls, spec) -> None:
@@ -60,7 +73,8 @@ class TensorParallel(Method):
 
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
-        size = spec.batch * sequence_length(spec) * spec.model.hidden * 4  # the (B, S, hidden) fp32 partial sums
+        wire = getattr(spec.method, "exchange_dtype", "fp32")
+        size = spec.batch * sequence_length(spec) * row_bytes(spec.model.hidden, wire)  # the (B, S, hidden) partials
         return traffic_of(spec, [("all_reduce", f"block{i}.{part}", size)
                                  for i in range(spec.model.layers) for part in ("attn", "mlp")])
 
@@ -77,9 +91,10 @@ class TensorParallel(Method):
         d = cfg.hidden
         for i, blk in enumerate(model.blocks):
             blk.attn.qkv = _rows(blk.attn.qkv, [slice(k * d + mine.start, k * d + mine.stop) for k in range(3)])
-            blk.attn.proj = RowParallelLinear(blk.attn.proj, mine, comm, f"block{i}.attn")
+            wire = str(self.opts.get("exchange_dtype", "fp32"))
+            blk.attn.proj = RowParallelLinear(blk.attn.proj, mine, comm, f"block{i}.attn", wire)
             blk.mlp.fc = _rows(blk.mlp.fc, [slice(f0, f1)])
-            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, slice(f0, f1), comm, f"block{i}.mlp")
+            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, slice(f0, f1), comm, f"block{i}.mlp", wire)
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
