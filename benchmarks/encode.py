@@ -106,7 +106,7 @@ def main() -> int:
             rows["int8 torch._int_mm"] = float("nan")
             print(f"  int8 _int_mm unavailable: {exc}")
         for dims in (64, 128):
-            rows[f"fp32 matmul on {dims} projected dims"] = timed(lambda: x[:, :dims] @ bt[:dims])
+            rows[f"fp32 matmul on {dims} of {d} dims"] = timed(lambda: x[:, :dims] @ bt[:dims])
         print(f"block {b}: {n} tokens x {d} x K={k}; nearest-vs-second gap median {100 * float(gap.median()):.2f} % "
               f"of the distance (p10 {100 * float(gap.quantile(0.1)):.2f} %)")
         for name, ms in rows.items():

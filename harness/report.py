@@ -7,7 +7,9 @@ Sources are kept apart, because they answer different questions:
 
 - ``paper-compute``: network=analytic with network.compute=paper — the paper's simulator with its own compute
   times and our methods' traffic; a gap here is a difference in what is sent.
-- ``analytic``: network=analytic with compute measured on this machine.
+- ``paper-compute-ring``: the same with ``collective_model=ring`` — what real collectives move ((N-1) shards per
+  all-gather): the bridge between the paper's accounting and the emulated network.
+- ``analytic`` / ``analytic-ring``: network=analytic with compute measured on this machine.
 - ``mininet``: the emulated network (real TCP, shaped links, dilated devices).
 
 A cell is *within* when |ours / paper − 1| ≤ 5 % or |ours − paper| ≤ 0.01 (the paper's plot readings are ±0.01
@@ -29,7 +31,7 @@ from .results import load
 
 TOLERANCE = 0.05
 READING = 0.01  # plot readings of the paper are ±0.01 in speedup
-SOURCES = ("paper-compute", "analytic", "mininet")
+SOURCES = ("paper-compute", "paper-compute-ring", "analytic", "analytic-ring", "mininet")
 FIGURES = {  # name -> (csv, title)
     "fig1": ("fig1_speedup", "Figure 1: speedup over one device, 4 devices, 1024 tokens"),
     "fig7": ("fig7_speedup", "Figure 7: speedup at 2, 6 and 8 devices, 1024 tokens"),
@@ -50,9 +52,16 @@ def label(method: str, groups, retained) -> str:
 
 
 def source_of(row) -> str | None:
+    import json
+
     net = row.get("network")
     if net == "analytic":
-        return "paper-compute" if row.get("compute_source") == "paper" else "analytic"
+        base = "paper-compute" if row.get("compute_source") == "paper" else "analytic"
+        try:
+            model = json.loads(row.get("settings") or "{}").get("network", {}).get("collective_model", "paper")
+        except (TypeError, ValueError):
+            model = "paper"
+        return base if model == "paper" else f"{base}-{model}"
     if net == "mininet":
         return "mininet"
     return None  # loopback: no bandwidth, nothing the paper shows
