@@ -230,6 +230,30 @@ def draw_speedups(name: str, table: pd.DataFrame, out: Path, plt) -> Path | None
     return path
 
 
+def draw_against(table: pd.DataFrame, x: str, src: str | None, plt, logx: bool = False):
+    """Speedup against ``x`` (devices or tokens), one panel per bandwidth our ``src`` has, one curve per method:
+    the paper dashed, ours solid, the 1x line (the notebooks' device and token scaling plots)."""
+    have = table[table[src].notna()] if src else table.head(0)
+    bws = sorted(have["bandwidth_mbps"].unique())
+    fig, axes = plt.subplots(1, max(1, len(bws)), figsize=(4.5 * max(1, len(bws)), 4), squeeze=False, sharey=True)
+    for ax, bw in zip(axes[0], bws):
+        part = table[table["bandwidth_mbps"] == bw]
+        for i, (lab, g) in enumerate(part.groupby("label", sort=False)):
+            g = g.sort_values(x)
+            ax.plot(g[x], g["paper"], ls="--", marker="x", color=f"C{i}", alpha=0.6)
+            mine = g[g[src].notna()]
+            if not mine.empty:
+                ax.plot(mine[x], mine[src], marker="o", color=f"C{i}", label=lab)
+        ax.axhline(1, color="red", lw=1)
+        ax.set(yscale="log", xlabel=x, title=f"{bw:g} Mbps")
+        if logx:
+            ax.set_xscale("log")
+            _ticks(ax, part[x])
+    axes[0][0].set_ylabel(f"speedup (log); paper dashed, ours ({src}) solid")
+    axes[0][-1].legend(fontsize="small")
+    return fig
+
+
 def draw_breakdown(table: pd.DataFrame, out: Path, plt) -> Path:
     """Compute + communication bars, paper beside ours, one panel per method (each on its own scale, so a method
     that is 100x slower does not flatten the others)."""

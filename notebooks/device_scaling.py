@@ -30,20 +30,7 @@ print(report.to_markdown(fig7[fig7[src].notna()] if src else fig7.head(0)))
 # Speedup against device count at each bandwidth our store has, paper dashed.
 
 # %%
-bws = sorted(fig7.loc[fig7[src].notna(), "bandwidth_mbps"].unique()) if src else []
-fig, axes = plt.subplots(1, max(1, len(bws)), figsize=(4.5 * max(1, len(bws)), 4), squeeze=False, sharey=True)
-for ax, bw in zip(axes[0], bws):
-    part = fig7[fig7["bandwidth_mbps"] == bw]
-    for i, (lab, g) in enumerate(part.groupby("label", sort=False)):
-        g = g.sort_values("devices")
-        ax.plot(g["devices"], g["paper"], ls="--", marker="x", color=f"C{i}", alpha=0.6)
-        have = g[g[src].notna()]
-        if not have.empty:
-            ax.plot(have["devices"], have[src], marker="o", color=f"C{i}", label=lab)
-    ax.axhline(1, color="red", lw=1)
-    ax.set(yscale="log", xlabel="devices", title=f"{bw:g} Mbps")
-axes[0][0].set_ylabel("speedup (log)")
-axes[0][-1].legend(fontsize="small")
+report.draw_against(fig7, "devices", src, plt)
 plt.show()
 
 # %%

@@ -33,21 +33,7 @@ prof = paper.load("compute_profile")
 print(prof[prof["method"] == "single"][["tokens", "compute_ms", "source"]].to_string(index=False))
 
 # %%
-bws = sorted(fig8.loc[fig8[src].notna(), "bandwidth_mbps"].unique()) if src else []
-fig, axes = plt.subplots(1, max(1, len(bws)), figsize=(4.5 * max(1, len(bws)), 4), squeeze=False, sharey=True)
-for ax, bw in zip(axes[0], bws):
-    part = fig8[fig8["bandwidth_mbps"] == bw]
-    for i, (lab, g) in enumerate(part.groupby("label", sort=False)):
-        g = g.sort_values("tokens")
-        ax.plot(g["tokens"], g["paper"], ls="--", marker="x", color=f"C{i}", alpha=0.6)
-        have = g[g[src].notna()]
-        if not have.empty:
-            ax.plot(have["tokens"], have[src], marker="o", color=f"C{i}", label=lab)
-    ax.axhline(1, color="red", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="tokens", title=f"{bw:g} Mbps")
-    report._ticks(ax, part["tokens"])
-axes[0][0].set_ylabel("speedup (log)")
-axes[0][-1].legend(fontsize="small")
+report.draw_against(fig8, "tokens", src, plt, logx=True)
 plt.show()
 
 # %%

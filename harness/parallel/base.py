@@ -17,6 +17,7 @@ import torch
 from ..comm import Comm
 from ..models import Transformer
 from ..options import opt
+from ..wire import row_ranges
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -29,13 +30,7 @@ def register(cls: type["Method"]) -> type["Method"]:
 
 def partition(n: int, world: int) -> list[tuple[int, int]]:
     """Contiguous [start, end) slices of ``n`` tokens over ``world`` ranks, as even as possible (first ranks +1)."""
-    base, extra = divmod(n, world)
-    out, start = [], 0
-    for r in range(world):
-        size = base + (1 if r < extra else 0)
-        out.append((start, start + size))
-        start += size
-    return out
+    return row_ranges(n, world)
 
 
 @dataclass
