@@ -29,7 +29,9 @@ import os
 
 from .errors import ConfigError
 
-MIN_LINK_MBPS = 0.2  # astra-calibrate here: HTB + TCP goodput is 0.959 of the configured rate at 0.2 Mbit/s
+MIN_LINK_MBPS = 0.2  # astra-calibrate here: HTB + TCP goodput is 0.959 of the configured rate at 0.2 Mbit/s (and at
+# 0.1, one flow); but bp_ag's 3-flow all-gathers at 0.107 Mbit/s took 1.5x their wire time against 1.13-1.16x at
+# 1.1-5.5 Mbit/s (a 1500-byte packet takes 112 ms there: TCP's timers do not dilate), so 0.2 stays the floor
 MAX_LINK_MBPS = 1000.0
 MIN_QUOTA_US = 1000  # the kernel's smallest CFS quota per period
 
