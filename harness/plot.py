@@ -130,7 +130,8 @@ def scene_title(df: pd.DataFrame, head: str) -> str:
     if "device" in df.columns and df["device"].notna().any():
         dev = "/".join(sorted(str(d) for d in df["device"].dropna().unique()))
         cores = df["cpu_per_device"].dropna().unique() if "cpu_per_device" in df.columns else []
-        parts.append(f"device {dev}" + (f" ({'/'.join(f'{c:g}' for c in sorted(cores))} cores)" if len(cores) else ""))
+        unit = "core" if list(cores) == [1.0] else "cores"
+        parts.append(f"device {dev}" + (f" ({'/'.join(f'{c:g}' for c in sorted(cores))} {unit})" if len(cores) else ""))
     if "dilation" in df.columns:
         k = pd.to_numeric(df["dilation"], errors="coerce").dropna()
         if (k > 1).any():
