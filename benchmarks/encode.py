@@ -20,29 +20,18 @@ AVX-512/VNNI/AMX) neither way pays, see the README.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compute import time_it  # noqa: E402  (benchmarks/compute.py, this script's folder)
 from harness import vq  # noqa: E402
 from harness.codebooks import calibration_vectors  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.spec import model_from_conf  # noqa: E402
-
-
-def timed(fn, repeats: int = 15) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(out)
 
 
 def cpu_flags() -> set[str]:
@@ -93,20 +82,20 @@ def main() -> int:
         dist = torch.cdist(x.double(), books.double()).pow(2)
         two = dist.topk(2, 1, largest=False).values
         gap = (two[:, 1] - two[:, 0]) / two[:, 0]
-        rows = {"fp32 addmm + argmin (today)": timed(lambda: torch.addmm(sq, x, bt, alpha=-2).argmin(1))}
+        rows = {"fp32 addmm + argmin (today)": time_it(lambda: torch.addmm(sq, x, bt, alpha=-2).argmin(1), 15)}
         xb, bb = x.bfloat16(), bt.bfloat16()
-        rows["bf16 matmul"] = timed(lambda: xb @ bb, 3)
+        rows["bf16 matmul"] = time_it(lambda: xb @ bb, 3)
         xh, bh = x.half(), bt.half()
-        rows["fp16 matmul"] = timed(lambda: xh @ bh, 3)
+        rows["fp16 matmul"] = time_it(lambda: xh @ bh, 3)
         xi = torch.randint(-127, 127, (n, d), dtype=torch.int8)
         bi = torch.randint(-127, 127, (d, k), dtype=torch.int8)
         try:
-            rows["int8 torch._int_mm"] = timed(lambda: torch._int_mm(xi, bi), 3)
+            rows["int8 torch._int_mm"] = time_it(lambda: torch._int_mm(xi, bi), 3)
         except RuntimeError as exc:
             rows["int8 torch._int_mm"] = float("nan")
             print(f"  int8 _int_mm unavailable: {exc}")
         for dims in (64, 128):
-            rows[f"fp32 matmul on {dims} of {d} dims"] = timed(lambda: x[:, :dims] @ bt[:dims])
+            rows[f"fp32 matmul on {dims} of {d} dims"] = time_it(lambda: x[:, :dims] @ bt[:dims], 15)
         print(f"block {b}: {n} tokens x {d} x K={k}; nearest-vs-second gap median {100 * float(gap.median()):.2f} % "
               f"of the distance (p10 {100 * float(gap.quantile(0.1)):.2f} %)")
         for name, ms in rows.items():

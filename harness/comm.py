@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .wire import decode_rows, encode_rows, row_bytes, row_ranges
+
 
 def tx_counters(ifaces: list[str]) -> list[int]:
     """Bytes sent so far on each of these interfaces (this network namespace's own sysfs)."""
@@ -58,25 +60,22 @@ class Comm:
         value in that format, by rows of the last dimension: a reduce-scatter of row ranges (each rank sums its
         range in fp32, in rank order) and an all-gather of the summed ranges, both encoded — so every rank ends
         with identical values, and the payload is the encoded tensor."""
-        if wire == "fp32":
-            tx0 = self._tx()
-            t0 = time.perf_counter()
-            if self.world > 1 and not self.local:
-                self._all_reduce(t)
-            self._record("all_reduce", tag, t.numel() * t.element_size(), t0, tx0)
-            return t
-        from .wire import decode_rows, encode_rows, row_bytes
-
-        dim = t.shape[-1]
-        rows = t.reshape(-1, dim)
         tx0 = self._tx()
         t0 = time.perf_counter()
-        if self.world > 1:
-            if self.local:  # the same work on this rank's own values
-                rows.copy_(decode_rows(encode_rows(rows, wire), rows.shape[0], dim, wire))
-            else:
-                self._all_reduce_wire(rows, wire)
-        self._record("all_reduce", tag, rows.shape[0] * row_bytes(dim, wire), t0, tx0)
+        nbytes = t.numel() * t.element_size()
+        if wire != "fp32":
+            rows = t.reshape(-1, t.shape[-1])
+            nbytes = rows.shape[0] * row_bytes(rows.shape[1], wire)
+        if self.world == 1:
+            pass
+        elif wire == "fp32":
+            if not self.local:
+                self._all_reduce(t)
+        elif self.local:  # the same work on this rank's own values
+            rows.copy_(decode_rows(encode_rows(rows, wire), rows.shape[0], rows.shape[1], wire))
+        else:
+            self._all_reduce_wire(rows, wire)
+        self._record("all_reduce", tag, nbytes, t0, tx0)
         return t
 
     def all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]], tag: str = "") -> list[torch.Tensor]:
@@ -139,8 +138,6 @@ class Comm:
 
     def _all_reduce_wire(self, rows: torch.Tensor, wire: str) -> None:
         """``all_reduce`` in a wire format, from the group's all-to-all and all-gather (unrecorded)."""
-        from .wire import decode_rows, encode_rows, row_ranges
-
         dim = rows.shape[1]
         ranges = row_ranges(rows.shape[0], self.world)
         s, e = ranges[self.rank]
@@ -152,7 +149,7 @@ class Comm:
         mine = encode_rows(total, wire)
         longest = max(len(x) for x in send)
         padded = torch.cat([mine, mine.new_zeros(longest - mine.numel())]) if mine.numel() < longest else mine
-        shards = self._all_gather(padded) if self.world > 1 else [padded]
+        shards = self._all_gather(padded)
         rows.copy_(torch.cat([decode_rows(sh, b - a, dim, wire) for sh, (a, b) in zip(shards, ranges)]))
 
 

@@ -186,72 +186,50 @@ def to_markdown(table: pd.DataFrame) -> str:
     return t.to_markdown(index=False, floatfmt=".4g")
 
 
-def _ticks(ax, values) -> None:
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+def draw_panels(table: pd.DataFrame, x: str, panel: str, src: str | None, plt, logx: bool = False):
+    """One panel per value of ``panel``, the speedup against ``x`` per curve: the paper dashed, ours (``src``)
+    solid, the 1x line, log y (and log x with plain tick labels when ``logx``). Returns the figure."""
+    from .plot import plain_log_ticks
 
-    ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{v:g}" for v in sorted(set(values))])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def draw_speedups(name: str, table: pd.DataFrame, out: Path, plt) -> Path | None:
-    """The paper's way: log-scale speedup vs bandwidth per method, the paper dashed, ours solid, the 1x line; one
-    panel per device count (Fig. 7) or token count (Fig. 8)."""
-    src = next((s for s in SOURCES if s in table.columns and table[s].notna().any()), None)
-    panel = "tokens" if name == "fig8" else "devices"
     panels = sorted(table[panel].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False, sharey=True)
-    colors = {}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 4.2), squeeze=False,
+                             sharey=True)
+    colors: dict[str, str] = {}
     for ax, p in zip(axes[0], panels):
         part = table[table[panel] == p]
         for lab, g in part.groupby("label", sort=False):
-            g = g.sort_values("bandwidth_mbps")
+            g = g.sort_values(x)
             c = colors.setdefault(lab, f"C{len(colors) % 10}")
-            ax.plot(g["bandwidth_mbps"], g["paper"], ls="--", marker="x", color=c, alpha=0.7)
+            ax.plot(g[x], g["paper"], ls="--", marker="x", color=c, alpha=0.7)
             if src:
-                ax.plot(g["bandwidth_mbps"], g[src], ls="-", marker="o", ms=4, color=c, label=lab)
+                mine = g[g[src].notna()]
+                ax.plot(mine[x], mine[src], ls="-", marker="o", ms=4, color=c, label=lab)
             else:
                 ax.plot([], [], color=c, label=lab)
         ax.axhline(1.0, color="red", lw=1)
-        ax.set_xscale("log")
         ax.set_yscale("log")
-        _ticks(ax, part["bandwidth_mbps"])
-        ax.set_title(f"{p} {panel}")
-        ax.set_xlabel("bandwidth (Mbps)")
+        if logx:
+            ax.set_xscale("log")
+            plain_log_ticks(ax.xaxis, part[x])
+        ax.set_title(f"{p:g} Mbps" if panel == "bandwidth_mbps" else f"{p} {panel}")
+        ax.set_xlabel("bandwidth (Mbps)" if x == "bandwidth_mbps" else x)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("speedup over one device (log)")
     axes[0][-1].legend(fontsize="small", loc="lower right")
+    return fig
+
+
+def draw_speedups(name: str, table: pd.DataFrame, out: Path, plt) -> Path:
+    """The paper's way: log-scale speedup vs bandwidth per method, one panel per device count (Fig. 1, 7) or token
+    count (Fig. 8)."""
+    src = next((s for s in SOURCES if s in table.columns and table[s].notna().any()), None)
+    fig = draw_panels(table, "bandwidth_mbps", "tokens" if name == "fig8" else "devices", src, plt, logx=True)
     ours = f"ours ({src}) solid" if src else "no matching points of ours"
     fig.suptitle(f"{FIGURES[name][1]} — paper dashed, {ours}; ViT-Base, K=1024", fontsize="medium")
     path = out / f"{name}.png"
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
     return path
-
-
-def draw_against(table: pd.DataFrame, x: str, src: str | None, plt, logx: bool = False):
-    """Speedup against ``x`` (devices or tokens), one panel per bandwidth our ``src`` has, one curve per method:
-    the paper dashed, ours solid, the 1x line (the notebooks' device and token scaling plots)."""
-    have = table[table[src].notna()] if src else table.head(0)
-    bws = sorted(have["bandwidth_mbps"].unique())
-    fig, axes = plt.subplots(1, max(1, len(bws)), figsize=(4.5 * max(1, len(bws)), 4), squeeze=False, sharey=True)
-    for ax, bw in zip(axes[0], bws):
-        part = table[table["bandwidth_mbps"] == bw]
-        for i, (lab, g) in enumerate(part.groupby("label", sort=False)):
-            g = g.sort_values(x)
-            ax.plot(g[x], g["paper"], ls="--", marker="x", color=f"C{i}", alpha=0.6)
-            mine = g[g[src].notna()]
-            if not mine.empty:
-                ax.plot(mine[x], mine[src], marker="o", color=f"C{i}", label=lab)
-        ax.axhline(1, color="red", lw=1)
-        ax.set(yscale="log", xlabel=x, title=f"{bw:g} Mbps")
-        if logx:
-            ax.set_xscale("log")
-            _ticks(ax, part[x])
-    axes[0][0].set_ylabel(f"speedup (log); paper dashed, ours ({src}) solid")
-    axes[0][-1].legend(fontsize="small")
-    return fig
 
 
 def draw_breakdown(table: pd.DataFrame, out: Path, plt) -> Path:

@@ -27,10 +27,10 @@ src = next((s for s in report.SOURCES if s in fig7.columns), None)
 print(report.to_markdown(fig7[fig7[src].notna()] if src else fig7.head(0)))
 
 # %% [markdown]
-# Speedup against device count at each bandwidth our store has, paper dashed.
+# Speedup against device count, one panel per bandwidth, paper dashed.
 
 # %%
-report.draw_against(fig7, "devices", src, plt)
+report.draw_panels(fig7, "devices", "bandwidth_mbps", src, plt)
 plt.show()
 
 # %%

@@ -41,17 +41,8 @@ print(report.to_markdown(fig1))
 
 # %%
 src = next((s for s in report.SOURCES if s in fig1.columns), None)
-fig, ax = plt.subplots(figsize=(7, 4.5))
-for i, (lab, g) in enumerate(fig1.groupby("label", sort=False)):
-    g = g.sort_values("bandwidth_mbps")
-    ax.plot(g["bandwidth_mbps"], g["paper"], ls="--", marker="x", color=f"C{i}", alpha=0.6)
-    if src:
-        ax.plot(g["bandwidth_mbps"], g[src], marker="o", ms=4, color=f"C{i}", label=lab)
-ax.axhline(1, color="red", lw=1)
-ax.set(xscale="log", yscale="log", xlabel="bandwidth (Mbps)", ylabel="speedup (log)",
-       title=f"Figure 1: paper dashed, ours ({src}) solid")
-report._ticks(ax, fig1["bandwidth_mbps"])
-ax.legend(fontsize="small")
+fig = report.draw_panels(fig1, "bandwidth_mbps", "devices", src, plt, logx=True)
+fig.suptitle(f"Figure 1: paper dashed, ours ({src}) solid")
 plt.show()
 
 # %% [markdown]

@@ -33,7 +33,7 @@ prof = paper.load("compute_profile")
 print(prof[prof["method"] == "single"][["tokens", "compute_ms", "source"]].to_string(index=False))
 
 # %%
-report.draw_against(fig8, "tokens", src, plt, logx=True)
+report.draw_panels(fig8, "tokens", "bandwidth_mbps", src, plt, logx=True)
 plt.show()
 
 # %%

@@ -41,15 +41,15 @@ class BlockParallelSP(BlockParallelAllGather):
 
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
+        """bp_ag's all-gathers, each followed by the all-to-all of this rank's rows at full width."""
         s, e = partition(sequence_length(spec), spec.devices)[rank]
-        shard = spec.batch * sequence_length(spec) * (spec.model.hidden // spec.devices) * 4
         rows = spec.batch * (e - s) * spec.model.hidden * 4
-        depths = cls.retained_depths(spec)
+        gathers = super().traffic(spec, rank)
         out = []
-        for i in depths:
-            out.append(("all_gather", f"block{i}", shard))
-            if i != depths[-1] or spec.method.final_reshard:
-                out.append(("all_to_all", f"block{i}.reshard", rows))
+        for n, (op, tag, nbytes) in enumerate(gathers):
+            out.append((op, tag, nbytes))
+            if n < len(gathers) - 1 or spec.method.final_reshard:
+                out.append(("all_to_all", f"{tag}.reshard", rows))
         return traffic_of(spec, out)
 
     def __init__(self, model, comm, opts=None):
