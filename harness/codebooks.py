@@ -93,8 +93,10 @@ def cached_kmeans_codebooks(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Path of k-means codebooks for this exact model/seed/G/K, computing and caching them on first use."""
+    from .ptq import model_identity, quantize_model
+
     key = json.dumps(
-        {"model": model_cfg.to_dict(), "tokens": tokens, "G": groups, "K": codebook_size, "seed": seed,
+        {"model": {**model_identity(model_cfg), "extra": model_cfg.extra}, "tokens": tokens, "G": groups, "K": codebook_size, "seed": seed,
          "iters": max_iter, "v": 1},
         sort_keys=True,
     )
@@ -105,6 +107,7 @@ def cached_kmeans_codebooks(
             log(f"codebooks: fitting k-means G={groups} K={codebook_size} for {model_cfg.name} ({model_cfg.layers} "
                 f"blocks; first use, cached in {cache_dir} afterwards)")
         model = build_model(model_cfg, seed=seed)
+        quantize_model(model, model_cfg.weight_bits, model_cfg.weight_group)  # fitted on the model that runs
         books = kmeans_codebooks(model, tokens, groups, codebook_size, seed=seed, max_iter=max_iter, log=log)
         save_codebooks(path, books, {"model": model_cfg.name, "groups": groups, "codebook_size": codebook_size})
     return path

@@ -10,8 +10,10 @@ which monitors that every host got its CPU share and every link its rate).
   any rank saw; None when the repeats are too short for its 10 ms ticks). Near zero, something besides the devices' quotas is using the machine and the quotas can
   no longer be honoured.
 - ``goodput_ratio``: during bulk transfers (collectives that keep a link busy for at least ``BULK_S`` at its
-  rate), the bytes a host put on its link per second ÷ the rate the link is shaped at (real, dilated). Median
-  over bulk collectives of the best rank per collective; None when a point moves no bulk data.
+  rate), the bytes the busiest host put on its link ÷ what its shaped rate (real, dilated) could carry in the
+  collective's span, from the last rank's arrival to the last rank's departure. Median over bulk collectives;
+  None when a point moves no bulk data. Below 1: the link sat idle while the collective was still running
+  (flows that finish unevenly, step latency, TCP recovering from a loss).
 - ``oversubscribed``: the devices' real quotas exceed the machine.
 
 ``fidelity`` is ``ok`` or the violated invariants, ``;``-separated. A point that fails a check is still recorded.
@@ -49,20 +51,33 @@ def idle_cores(reports: list[dict]) -> float | None:
 
 
 def goodput_ratio(reports: list[dict], link_mbps: list[float] | None) -> float | None:
-    """Median over bulk collectives of max over ranks of (wire bytes / seconds) / the rank's shaped rate."""
+    """How busy a bulk collective kept the links: median over bulk collectives of (the most any rank's interface
+    sent ÷ that rank's shaped rate) ÷ the collective's span. The span runs from the moment the last rank entered
+    the collective (before that, someone was still computing) to the moment the last rank left it, so a flow that
+    finishes late and leaves the other links idle counts against it; records without start times (older stores)
+    fall back to the fastest rank's own duration."""
     if not link_mbps:
         return None
-    per_collective: dict[int, float] = {}
+    per_collective: dict[int, list[tuple]] = {}
     for r in reports:
         rate = link_mbps[r["rank"] % len(link_mbps)] * 1e6 / 8  # bytes per second
         for i, rec in enumerate(r.get("records") or []):
             if len(rec) < 5 or rec[4] is None or rec[3] <= 0:
                 continue
-            seconds, wire = rec[3], rec[4]
-            if wire < rate * BULK_S:
-                continue
-            per_collective[i] = max(per_collective.get(i, 0.0), wire / seconds / rate)
-    return statistics.median(per_collective.values()) if per_collective else None
+            start = rec[5] if len(rec) > 5 else None
+            per_collective.setdefault(i, []).append((rec[4] / rate, rec[3], start))
+    ratios = []
+    for ranks in per_collective.values():
+        busiest = max(busy for busy, _, _ in ranks)  # seconds of link time the most loaded link needed
+        if busiest < BULK_S:
+            continue
+        if all(start is not None for _, _, start in ranks):
+            span = max(start + took for _, took, start in ranks) - max(start for _, _, start in ranks)
+        else:
+            span = min(took for _, took, _ in ranks)
+        if span > 0:
+            ratios.append(busiest / span)
+    return statistics.median(ratios) if ratios else None
 
 
 def verdict(cols: dict) -> str:

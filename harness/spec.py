@@ -38,8 +38,9 @@ class Knobs:
     seed: int = opt(0, "weights, inputs and k-means all derive from it", lo=0, hi=2**31 - 1)
     timeout_s: float = opt(300.0, "a rank not finished by then fails the run (collectives time out too)", above=0,
                            hi=7 * 86400)
-    collectives: str = opt("p2p", "p2p: bandwidth-optimal send/recv collectives; gloo: gloo's own",
-                           choices=("p2p", "gloo"))
+    collectives: str = opt("auto", "collectives from gloo send/recv: p2p (direct exchange), ring (N-1 steps, one "
+                           "flow per link), auto (ring for steps of >= 64 kB, p2p below); gloo: gloo's own",
+                           choices=("auto", "p2p", "ring", "gloo"))
     cache_dir: str = opt("results/cache", "where k-means codebooks are cached")
     budget_s: float | None = opt(None, "adaptive repeats: a point's warm-ups and repeats stop once they have used this "
                                  "many (real) seconds, after at least one timed inference; an inference longer than "
@@ -110,7 +111,7 @@ class RunSpec:
     warmup: int = 2
     verify: bool = False
     timeout_s: float = 300.0
-    collectives: str = "p2p"
+    collectives: str = "auto"
     cache_dir: str = "results/cache"
     budget_s: float | None = None
     solo_repeats: int = 0
@@ -169,6 +170,19 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
             raise ConfigError(f"model.{key}={getattr(mc, key)} must be >= 1")
     if not mc.ln_eps > 0:
         raise ConfigError(f"model.ln_eps={mc.ln_eps} must be > 0")
+    from .ptq import BITS, group_for
+
+    if mc.weight_bits not in BITS:
+        raise ConfigError(f"model.weight_bits={mc.weight_bits} is not supported: use 32 (no quantization), 8 or 4")
+    if mc.weight_group is not None and mc.weight_group < 0:
+        raise ConfigError(f"model.weight_group={mc.weight_group} must be >= 0 (0: one scale per row)")
+    group = group_for(mc.weight_bits, mc.weight_group)
+    if mc.weight_bits < 32 and group:
+        widths = {mc.hidden, mc.mlp_ratio * mc.hidden}
+        bad = sorted(w for w in widths if group < w and w % group)
+        if bad:
+            raise ConfigError(f"model.weight_group={group} does not divide the layers' input width {bad[0]}: "
+                              "use a divisor of model.hidden, or 0 for one scale per row")
     if mc.hidden % mc.heads:
         raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
     if check_positions and mc.kind == "gpt2" and tokens > mc.max_positions:
@@ -329,12 +343,14 @@ def make_spec(model: ModelConfig, method: dict, **knobs) -> RunSpec:
 
 # ----------------------------------------------------------------------------------------------------- identities
 def identity(spec: RunSpec, timing: bool = False) -> dict:
+    from .ptq import model_identity
+
     """Every setting that changes what a point measures (not where results go, time limits, fault injection, names).
     ``timing``: only what changes its timings (``verify`` adds an error measurement after the timed repeats)."""
     cls = spec.method_class
     backend = spec.backend_class
     ident = {
-        "model": {k: v for k, v in spec.model.to_dict().items() if k != "extra"},
+        "model": model_identity(spec.model),
         "method": cls.identity(spec),
         "devices": spec.devices,
         "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,

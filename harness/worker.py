@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .comm import Comm, DistComm, LocalComm, tx_counters
+from .ptq import quantize_model
 from .cpustat import Probe
 from .errors import atomic_write
 from .models import build_model, make_inputs
@@ -172,6 +173,7 @@ def fresh_model(spec: RunSpec) -> torch.nn.Module:
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(spec.model_state))
+        quantize_model(model, spec.model.weight_bits, spec.model.weight_group)  # no-op at 32 bits
         _MODEL[key] = model
     return copy.deepcopy(_MODEL[key])
 
@@ -252,8 +254,9 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
         "payload_bytes": sum(rec.payload_bytes for rec in timing.records),
         "collectives": len(timing.records),
         "payload_by_tag": per_tag,
-        # the last repeat's collectives: op, tag, payload bytes, seconds, wire bytes of the busiest interface
-        "records": [[rec.op, rec.tag, rec.payload_bytes, rec.seconds, rec.wire_bytes] for rec in timing.records],
+        # the last repeat's collectives: op, tag, payload bytes, seconds, wire bytes of the busiest interface, start
+        "records": [[rec.op, rec.tag, rec.payload_bytes, rec.seconds, rec.wire_bytes, rec.start]
+                    for rec in timing.records],
         "solo_compute_s": solo,
         "has_output": out is not None and out.logits is not None,
         "max_abs_err": None,

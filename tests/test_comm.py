@@ -1,5 +1,6 @@
-"""The real gloo collectives of ``DistComm`` on loopback: p2p and gloo implementations give the same results (and
-the all-to-all delivers uneven blocks to the right ranks), with uneven chunking (a tensor size not divisible by the group), for 3 ranks."""
+"""The real gloo collectives of ``DistComm`` on loopback: the p2p, ring, auto and gloo implementations give the
+same results (and the all-to-all delivers uneven blocks to the right ranks), with uneven chunking (a tensor size
+not divisible by the group), for 3 ranks; the ring and auto ones also on tensors large enough for auto's ring."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def _rank(rank: int, world: int, port: int, results) -> None:
         x = torch.randn(2, 7, 5)  # 70 elements over 3 ranks: uneven chunks
         shard = torch.arange(4, dtype=torch.uint8) + 10 * rank
         out = {}
-        for impl in ("p2p", "gloo"):
+        big = torch.randn(3, 100_003)  # 400 kB per all-reduce chunk, 1.2 MB per all-gather shard: auto goes round
+        for impl in ("p2p", "ring", "auto", "gloo"):
             comm = DistComm(impl)
             out[impl] = (comm.all_reduce(x.clone()), torch.stack(comm.all_gather(shard)))
             assert [r.payload_bytes for r in comm.records] == [70 * 4, 4]
+            out[impl + "-big"] = (comm.all_reduce(big.clone()), torch.cat(comm.all_gather(big)))
             # all-to-all with uneven shapes: rank r sends rank j a (j+1, r+1) block filled with 100r + j
             parts = [torch.full((j + 1, rank + 1), 100.0 * rank + j) for j in range(world)]
             got = comm.all_to_all(parts, [(rank + 1, j + 1) for j in range(world)])
@@ -65,13 +68,24 @@ def test_p2p_collectives_match_gloo():
                     p.kill()
         results = dict(results)
     expect_sum = sum(torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(r)) for r in range(world))
+    gens = [torch.Generator().manual_seed(r) for r in range(world)]
+    for g in gens:
+        torch.randn(2, 7, 5, generator=g)
+    bigs = [torch.randn(3, 100_003, generator=g) for g in gens]
     for r in range(world):
-        for impl in ("p2p", "gloo"):
+        for impl in ("p2p", "ring", "auto", "gloo"):
             red, gathered = results[r][impl]
             assert torch.allclose(red, expect_sum, atol=1e-5)
             assert gathered.tolist() == [[10 * j + i for i in range(4)] for j in range(world)]
-        # p2p sums in rank order on every rank: identical bits everywhere
-        assert torch.equal(results[r]["p2p"][0], results[0]["p2p"][0])
+            red, gathered = results[r][impl + "-big"]
+            assert torch.allclose(red, sum(bigs), atol=1e-4)
+            assert torch.equal(gathered, torch.cat(bigs))
+            if impl != "gloo":  # every reduced chunk is summed once, by its owner: identical bits everywhere
+                assert torch.equal(red, results[0][impl + "-big"][0])
+                assert torch.equal(results[r][impl][0], results[0][impl][0])
+        # auto: the small tensor went the direct way, the big one round the ring
+        assert torch.equal(results[r]["auto"][0], results[r]["p2p"][0])
+        assert torch.equal(results[r]["auto-big"][0], results[r]["ring-big"][0])
         for wire, tol in (("fp16", 1e-2), ("int8", 0.15)):
             assert torch.equal(results[r][wire], results[0][wire])
             err = (results[r][wire] - expect_sum).abs().max().item()

@@ -163,6 +163,22 @@ def test_goodput_counts_bulk_collectives_only():
     assert fidelity.goodput_ratio([report(0, [1], [1], records=[tiny])], [rate]) is None
 
 
+def test_goodput_spans_from_the_last_arrival_to_the_last_departure():
+    rate = 8.0  # 1e6 bytes/s: 1 MB is one second of link time
+    # rank 1 computes until t = 10.5; both then move 1 MB and leave at 11.5: the link was busy throughout
+    early = ("all_gather", "b0", 900_000, 1.5, 1_000_000, 10.0)
+    late = ("all_gather", "b0", 900_000, 1.0, 1_000_000, 10.5)
+    reps = [report(0, [2], [2], records=[early]), report(1, [2], [2], records=[late])]
+    assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(1.0)
+    # rank 0's last flow lands half a second after rank 1 is done: 1 s of link time in a 1.5 s span
+    reps[0]["records"][0][3] = 2.0
+    assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(1 / 1.5)
+    # a slower link (4 Mbit/s) on rank 1 needs 2 s for its megabyte: the busiest link decides
+    reps[0]["records"][0][3] = 1.5
+    reps[1]["records"][0][3] = 2.0
+    assert fidelity.goodput_ratio(reps, [rate, rate / 2]) == pytest.approx(1.0)
+
+
 def test_verdict_names_every_violation():
     assert fidelity.verdict({"compute_inflation": 1.05, "idle_cores": 0.5, "goodput_ratio": 0.97}) == "ok"
     assert fidelity.verdict({}) == "ok"

@@ -26,6 +26,10 @@ class ModelConfig:
     # Number of content tokens the position table is built for (ViT: patches; GPT2: at least this many positions).
     tokens: int = 196
     weights: str | None = None
+    # post-training weight quantization of the block linears (harness/ptq.py): 32 (none), 8 or 4 bits; the group
+    # size (input columns per scale) defaults to one scale per row at 8 bits and 64 columns at 4 bits
+    weight_bits: int = 32
+    weight_group: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
