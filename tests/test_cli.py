@@ -273,6 +273,8 @@ BAD = {
     "gpt2-positions": (["model=gpt2_tiny", "tokens=300"], ["tokens=300", "256 positions"]),
     "model-tokens": (["model.tokens=5"], ["tokens="]),
     "model-hidden-heads": (["model.hidden=65"], ["not divisible"]),
+    "weight-bits-5": (["model.weight_bits=5"], ["model.weight_bits=5", "32", "8 or 4"]),
+    "weight-group-7": (["model.weight_bits=4", "model.weight_group=7"], ["model.weight_group=7", "divisor"]),
     "kv-table-maybe": (["method.kv_table=maybe"], ["kv_table=maybe"]),
     "K-not-a-number": (["method.codebook_size=lots"], ["codebook_size=lots"]),
 }

@@ -85,6 +85,14 @@ def test_vit_every_stage(vit):
     tables = (tmp / "out" / "tables.md").read_text()
     assert "vs groups G" in tables and "single vs distributed" in tables
     assert "| 16 |" in p.stdout
+    # Table 5: the full model and every ASTRA variant also after 8- and 4-bit post-training weight quantization;
+    # 8 bits costs (almost) nothing, 4 bits changes the model
+    for bits in (8, 4):
+        assert 0 <= value(df, f"top1_w{bits}", method="full") <= 100
+        assert len(astra[astra["metric"] == f"top1_w{bits}"]) == 3
+    assert abs(value(df, "top1_w8", method="full") - full) <= 2.0
+    assert value(df, "loss_w4", method="full") != full_loss
+    assert "post-training weight quantization (paper Table 5)" in tables
 
 
 def test_more_groups_lower_quantization_error(vit):

@@ -4,6 +4,7 @@ runtime on loopback), one row per metric in the accuracy store."""
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 import uuid
@@ -17,6 +18,7 @@ from ..codebooks import attention_inputs_to
 from ..errors import RunFailed
 from ..manifest import VARIANT_KEYS, check_checkpoint, read_manifest
 from ..models import ModelConfig
+from ..ptq import quantize_model
 from .checkpoint import base_dir, base_manifest, load_base, load_checkpoint, run_dir
 from .common import ASTRA_ROWS, FULL_ROWS, TrainFailed, config_key, log, now, read_safetensors, write_safetensors
 from .sim import AstraSim, assign_devices, fpar
@@ -107,6 +109,22 @@ def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, v
             "seed": int(cfg.seed), "timestamp": now(), **extra}
 
 
+def weight_bits(cfg: DictConfig) -> list[int]:
+    """The post-training weight quantizations to evaluate besides full precision (``evaluate.weight_bits``)."""
+    bits = [int(b) for b in (cfg.evaluate.get("weight_bits") or [])]
+    bad = [b for b in bits if b not in (8, 4)]
+    if bad:
+        raise TrainFailed(f"evaluate.weight_bits={bits}: {bad[0]} is not supported; use a list of 8 and/or 4")
+    return bits
+
+
+def quantized(model, bits: int, group: int | None):
+    """A copy of ``model`` with its block linears quantized to ``bits`` (harness/ptq.py)."""
+    q = copy.deepcopy(model)
+    quantize_model(q, bits, group)
+    return q
+
+
 def evaluate_full(cfg: DictConfig, task: Task) -> list[dict]:
     model = load_base(cfg, task)
     t0 = time.perf_counter()
@@ -114,6 +132,10 @@ def evaluate_full(cfg: DictConfig, task: Task) -> list[dict]:
     for split in (("test", "train") if task.vit else ("test",)):
         for metric, value in evaluate_split(task, model, lambda x: full_forward(model, x), split).items():
             rows.append(_row(task, cfg, None, metric, split, value))
+    for bits in weight_bits(cfg):  # the paper's Table 5: the same model after post-training weight quantization
+        mq = quantized(model, bits, cfg.evaluate.get("weight_group"))
+        for metric, value in evaluate_split(task, mq, lambda x: full_forward(mq, x), "test").items():
+            rows.append(_row(task, cfg, None, f"{metric}_w{bits}", "test", value))
     wall = time.perf_counter() - t0
     base_info = base_manifest(cfg)
     for r in rows:
@@ -137,6 +159,10 @@ def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
     # the same weights in full precision on one device: the accuracy cost of quantization alone
     for metric, value in evaluate_split(task, model, lambda x: full_forward(model, x), "test").items():
         rows.append(_row(task, cfg, v, f"{metric}_fp", "test", value))
+    for bits in weight_bits(cfg):  # ASTRA on the post-training weight-quantized model (codebooks unchanged)
+        sim_q = AstraSim(quantized(model, bits, cfg.evaluate.get("weight_group")), state, sim_options(v))
+        for metric, value in evaluate_split(task, sim_q.model, lambda x: sim_q.forward(x)[0], "test").items():
+            rows.append(_row(task, cfg, v, f"{metric}_w{bits}", "test", value))
     if v["split"] == "random":  # also on random uneven splits, with their full-precision attention rate
         g = torch.Generator().manual_seed(int(cfg.seed) + 5)
 

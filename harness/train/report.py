@@ -20,6 +20,9 @@ PAPER_GPT2_G = {None: 15.79, 1: 21.46, 16: 18.84, 32: 17.39}
 PAPER_DEVICES = {1: 92.53, 2: 91.86, 4: 91.64, 6: 91.35, 8: 91.14}  # G=32
 PAPER_LAMBDA = {0.0: (99.98, 89.91), 0.1: (99.97, 90.02), 0.3: (99.98, 90.13), 1.0: (99.98, 90.77)}  # G=16
 PAPER_DCT = {1: (81.82, 88.95), 16: (88.93, 90.77), 32: (90.79, 91.64)}  # beta=5e-4, single -> distributed
+# Table 5 (ImageNet, ViT-Base, 4 devices): top-1 at FP32 / 8-bit / 4-bit weights
+PAPER_PTQ = {None: (80.32, 80.27, 80.19), 1: (77.39, 77.32, 76.82), 16: (78.80, 78.76, 78.43),
+             32: (80.28, 80.26, 79.78)}
 PAPER_BETA = {0.0: {1: 88.85, 16: 90.46, 32: 91.42}, 0.25: {1: 88.75, 16: 89.7, 32: 89.97},
               "best": {1: 88.95, 16: 90.77, 32: 91.64}}
 
@@ -144,6 +147,25 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
     parts.append(_table(["G", "bits/token", "CR", name, "Δ vs full", "same weights, full precision",
                          "rel. quant. MSE", "runtime agreement",
                          "paper (CIFAR-100)" if vit else "paper (GPT2-S, Wikipedia)", "fine-tune s", "eval s"], rows))
+
+    ptq = sorted({int(m.split("_w")[-1]) for m in df["metric"].unique() if m.startswith(f"{metric}_w")}, reverse=True)
+    if ptq:
+        rows = []
+        for g in [None, *groups]:
+            fp = full if g is None else look.value(metric, groups=g)
+            if fp is None:
+                continue
+            ours = [look.full(f"{metric}_w{b}") if g is None else look.value(f"{metric}_w{b}", groups=g) for b in ptq]
+            paper = PAPER_PTQ.get(g) if vit else None
+            rows.append(["full" if g is None else f"ASTRA G={g}", fp, *ours,
+                         *[None if o is None else o - fp for o in ours],
+                         " / ".join(f"{x:.2f}" for x in paper) if paper else None])
+        parts.append(f"\n## {name} after post-training weight quantization (paper Table 5)\n")
+        parts.append("Block linears rounded to symmetric integers (8-bit: a scale per output channel; 4-bit: per "
+                     "64 input columns); ASTRA's codebooks unchanged. Compute stays fp32, so no latency column: "
+                     "see the README (\"Weight quantization\").\n")
+        parts.append(_table(["model", "fp32", *[f"{b}-bit" for b in ptq], *[f"Δ {b}-bit" for b in ptq],
+                             "paper fp32 / 8 / 4 (ImageNet)" if vit else "paper"], rows))
 
     if len(s.devices):
         gd = int(s.get("devices_groups", main["groups"]))
