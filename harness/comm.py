@@ -182,9 +182,9 @@ class DistComm(Comm):
       latency-bound, large ones bandwidth-bound, the choice MPI libraries make by message size).
     - ``gloo``: gloo's own collectives, for comparison.
 
-    Measured on Mininet (star, 4 hosts, ``benchmarks/collectives.py``): all-gather of 768 kB shards at 43.7 and
-    4.37 Mbit/s (100 and 10 Mbit/s dilated by 2.29) took 0.89 and 0.87 of the link's rate with p2p, 0.99 and 0.94
-    with the ring. At 2 hosts both are the same exchange; gloo's own all-gather of a 1.5 MB shard took 1.95 s
+    Measured on Mininet (star, 4 hosts, ``benchmarks/collectives.py``): all-gather of 768 kB shards at 4.37 and
+    43.7 Mbit/s (10 and 100 Mbit/s dilated by 2.29) kept the links 0.84 and 0.93 busy with p2p, 0.94 and 0.98 with
+    the ring; a 3 MB all-reduce 0.87 and 0.89 with p2p, 0.94 and 0.98 with the ring. At 2 hosts both are the same exchange; gloo's own all-gather of a 1.5 MB shard took 1.95 s
     against 1.31 s for the direct exchange at 10 Mbit/s (its pipeline leaves the link idle part of the time).
     Every rank gets identical bits from every implementation (each reduced chunk is summed once, by its owner).
     """

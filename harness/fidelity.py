@@ -10,10 +10,10 @@ which monitors that every host got its CPU share and every link its rate).
   any rank saw; None when the repeats are too short for its 10 ms ticks). Near zero, something besides the devices' quotas is using the machine and the quotas can
   no longer be honoured.
 - ``goodput_ratio``: during bulk transfers (collectives that keep a link busy for at least ``BULK_S`` at its
-  rate), the bytes the busiest host put on its link ÷ what its shaped rate (real, dilated) could carry in the
-  collective's span, from the last rank's arrival to the last rank's departure. Median over bulk collectives;
-  None when a point moves no bulk data. Below 1: the link sat idle while the collective was still running
-  (flows that finish unevenly, step latency, TCP recovering from a loss).
+  rate), the bytes a host put on its link ÷ what its shaped rate (real, dilated) could carry from its arrival in
+  the collective to the last rank's departure; the best host per collective, median over bulk collectives; None
+  when a point moves no bulk data. Below 1: the links sat idle while the collective was still running (flows that
+  finish unevenly, step latency, TCP recovering from a loss).
 - ``oversubscribed``: the devices' real quotas exceed the machine.
 
 ``fidelity`` is ``ok`` or the violated invariants, ``;``-separated. A point that fails a check is still recorded.
@@ -51,11 +51,12 @@ def idle_cores(reports: list[dict]) -> float | None:
 
 
 def goodput_ratio(reports: list[dict], link_mbps: list[float] | None) -> float | None:
-    """How busy a bulk collective kept the links: median over bulk collectives of (the most any rank's interface
-    sent ÷ that rank's shaped rate) ÷ the collective's span. The span runs from the moment the last rank entered
-    the collective (before that, someone was still computing) to the moment the last rank left it, so a flow that
-    finishes late and leaves the other links idle counts against it; records without start times (older stores)
-    fall back to the fastest rank's own duration."""
+    """How busy a bulk collective kept the links: median over bulk collectives of the best rank's link time (its
+    interface's bytes ÷ its shaped rate) ÷ its window, which runs from the moment that rank entered the collective
+    to the moment the last rank left it. A rank cannot have sent before it entered nor after the end, so the ratio
+    cannot exceed 1 (beyond HTB's burst); a flow that finishes late and leaves links idle lowers it for every rank,
+    the last to arrive included. Records without start times (older stores) fall back to each rank's own
+    duration."""
     if not link_mbps:
         return None
     per_collective: dict[int, list[tuple]] = {}
@@ -68,15 +69,13 @@ def goodput_ratio(reports: list[dict], link_mbps: list[float] | None) -> float |
             per_collective.setdefault(i, []).append((rec[4] / rate, rec[3], start))
     ratios = []
     for ranks in per_collective.values():
-        busiest = max(busy for busy, _, _ in ranks)  # seconds of link time the most loaded link needed
-        if busiest < BULK_S:
+        if max(busy for busy, _, _ in ranks) < BULK_S:
             continue
         if all(start is not None for _, _, start in ranks):
-            span = max(start + took for _, took, start in ranks) - max(start for _, _, start in ranks)
+            end = max(start + took for _, took, start in ranks)
+            ratios.append(max(busy / (end - start) for busy, _, start in ranks))
         else:
-            span = min(took for _, took, _ in ranks)
-        if span > 0:
-            ratios.append(busiest / span)
+            ratios.append(max(busy / took for busy, took, _ in ranks))
     return statistics.median(ratios) if ratios else None
 
 

@@ -181,8 +181,10 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
         widths = {mc.hidden, mc.mlp_ratio * mc.hidden}
         bad = sorted(w for w in widths if group < w and w % group)
         if bad:
-            raise ConfigError(f"model.weight_group={group} does not divide the layers' input width {bad[0]}: "
-                              "use a divisor of model.hidden, or 0 for one scale per row")
+            what = f"model.weight_group={group}" + ("" if mc.weight_group is not None else
+                                                    f" (the {mc.weight_bits}-bit default)")
+            raise ConfigError(f"{what} does not divide the layers' input width {bad[0]}: set model.weight_group to "
+                              "a divisor of model.hidden, or 0 for one scale per row")
     if mc.hidden % mc.heads:
         raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
     if check_positions and mc.kind == "gpt2" and tokens > mc.max_positions:
@@ -343,10 +345,10 @@ def make_spec(model: ModelConfig, method: dict, **knobs) -> RunSpec:
 
 # ----------------------------------------------------------------------------------------------------- identities
 def identity(spec: RunSpec, timing: bool = False) -> dict:
-    from .ptq import model_identity
-
     """Every setting that changes what a point measures (not where results go, time limits, fault injection, names).
     ``timing``: only what changes its timings (``verify`` adds an error measurement after the timed repeats)."""
+    from .ptq import model_identity
+
     cls = spec.method_class
     backend = spec.backend_class
     ident = {

@@ -163,20 +163,26 @@ def test_goodput_counts_bulk_collectives_only():
     assert fidelity.goodput_ratio([report(0, [1], [1], records=[tiny])], [rate]) is None
 
 
-def test_goodput_spans_from_the_last_arrival_to_the_last_departure():
+def test_goodput_windows_run_from_each_arrival_to_the_last_departure():
     rate = 8.0  # 1e6 bytes/s: 1 MB is one second of link time
-    # rank 1 computes until t = 10.5; both then move 1 MB and leave at 11.5: the link was busy throughout
+    # rank 1 computes until t = 10.5; both then move 1 MB and leave at 11.5: rank 1's link was busy throughout
     early = ("all_gather", "b0", 900_000, 1.5, 1_000_000, 10.0)
     late = ("all_gather", "b0", 900_000, 1.0, 1_000_000, 10.5)
     reps = [report(0, [2], [2], records=[early]), report(1, [2], [2], records=[late])]
     assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(1.0)
-    # rank 0's last flow lands half a second after rank 1 is done: 1 s of link time in a 1.5 s span
+    # rank 0's last flow lands half a second after rank 1 is done: rank 1's 1 s of link time in a 1.5 s window
     reps[0]["records"][0][3] = 2.0
     assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(1 / 1.5)
     # a slower link (4 Mbit/s) on rank 1 needs 2 s for its megabyte: the busiest link decides
     reps[0]["records"][0][3] = 1.5
     reps[1]["records"][0][3] = 2.0
     assert fidelity.goodput_ratio(reps, [rate, rate / 2]) == pytest.approx(1.0)
+    # bytes an early rank pushed while its peer was still computing do not count against the shorter span
+    reps = [report(0, [2], [2], records=[("all_gather", "b0", 1, 1.2, 1_000_000, 0.0)]),
+            report(1, [2], [2], records=[("all_gather", "b0", 1, 0.2, 200_000, 1.0)])]
+    assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(1.0)
+    reps[1]["records"][0][4] = 100_000  # rank 1's link idle half of its window, rank 0's 1 MB in 1.2 s
+    assert fidelity.goodput_ratio(reps, [rate]) == pytest.approx(1 / 1.2)
 
 
 def test_verdict_names_every_violation():

@@ -218,6 +218,9 @@ BAD = [
     (["task=digits_smoke", "results_path={empty}/../broken.parquet"], "not a readable parquet store"),
     (["task=digits_smok"], "did you mean digits_smoke"),
     (["task=digits_smoke", "task.model_overrides.hiden=3"], "did you mean hidden"),
+    (["task=digits_smoke", "evaluate.weight_bits=[8,3]"], "3 is not supported"),
+    (["task=digits_smoke", "evaluate.weight_group=48"], "evaluate.weight_group=48 does not divide"),
+    (["task=digits_smoke", "+task.model_overrides.weight_bits=8"], "training runs in full precision"),
 ]
 
 

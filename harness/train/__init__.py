@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> None:
     from .calibrate import stage_calibrate
     from .checkpoint import load_base
     from .common import TrainError, log
-    from .evaluate import stage_evaluate
+    from .evaluate import check_quantization, stage_evaluate
     from .report import build_tables
     from .tasks import load_task
     from .training import stage_base, stage_finetune
@@ -61,6 +61,8 @@ def run(cfg: DictConfig) -> None:
     check_numbers(cfg)
     torch.set_num_threads(int(cfg.threads))
     task = load_task(cfg)
+    if "evaluate" in stages:
+        check_quantization(cfg, task.mc)
     if cfg.checkpoint:
         m = read_manifest(Path(cfg.checkpoint))
         check_checkpoint(m, task.mc, int(cfg.astra.groups), int(cfg.astra.codebook_size), task.tokens,

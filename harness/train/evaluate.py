@@ -18,9 +18,9 @@ from ..codebooks import attention_inputs_to
 from ..errors import RunFailed
 from ..manifest import VARIANT_KEYS, check_checkpoint, read_manifest
 from ..models import ModelConfig
-from ..ptq import quantize_model
+from ..ptq import group_for, quantize_model
 from .checkpoint import base_dir, base_manifest, load_base, load_checkpoint, run_dir
-from .common import ASTRA_ROWS, FULL_ROWS, TrainFailed, config_key, log, now, read_safetensors, write_safetensors
+from .common import ASTRA_ROWS, FULL_ROWS, TrainError, TrainFailed, config_key, log, now, read_safetensors, write_safetensors
 from .sim import AstraSim, assign_devices, fpar
 from .tasks import Task, eval_batches, evaluate_split, full_forward, sim_options
 
@@ -111,11 +111,30 @@ def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, v
 
 def weight_bits(cfg: DictConfig) -> list[int]:
     """The post-training weight quantizations to evaluate besides full precision (``evaluate.weight_bits``)."""
-    bits = [int(b) for b in (cfg.evaluate.get("weight_bits") or [])]
+    raw = cfg.evaluate.get("weight_bits")
+    raw = [] if raw is None else ([raw] if isinstance(raw, (int, str)) else list(raw))
+    try:
+        bits = [int(b) for b in raw]
+    except (TypeError, ValueError):
+        raise TrainError(f"evaluate.weight_bits={raw}: use a list of 8 and/or 4 (or [] to skip)") from None
     bad = [b for b in bits if b not in (8, 4)]
     if bad:
-        raise TrainFailed(f"evaluate.weight_bits={bits}: {bad[0]} is not supported; use a list of 8 and/or 4")
+        raise TrainError(f"evaluate.weight_bits={bits}: {bad[0]} is not supported; use a list of 8 and/or 4")
     return bits
+
+
+def check_quantization(cfg: DictConfig, mc: ModelConfig) -> None:
+    """``evaluate.weight_group`` fits every width it will be applied to, before anything is evaluated."""
+    group = cfg.evaluate.get("weight_group")
+    if group is not None and (not isinstance(group, int) or group < 0):
+        raise TrainError(f"evaluate.weight_group={group}: use null, 0 (one scale per row) or a positive divisor "
+                          "of the model's width")
+    for bits in weight_bits(cfg):
+        g = group_for(bits, group)
+        bad = sorted(w for w in {mc.hidden, mc.mlp_ratio * mc.hidden} if g and g < w and w % g)
+        if bad:
+            raise TrainError(f"evaluate.weight_group={g} does not divide the model's input width {bad[0]}: use a "
+                              "divisor, or 0 for one scale per row")
 
 
 def quantized(model, bits: int, group: int | None):
@@ -213,6 +232,7 @@ def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[di
             return None
         return k
 
+    check_quantization(cfg, task.mc)
     rows: list[dict] = []
     k = fresh(base_manifest(cfg)["key"], "full")
     if k:

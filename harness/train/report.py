@@ -12,6 +12,7 @@ import math
 import pandas as pd
 from omegaconf import DictConfig
 
+from ..ptq import group_for
 from .common import ASTRA_ROWS, FULL_ROWS
 
 # Paper values (paper.md): accuracy on CIFAR-100 (ViT-Base, 4 devices) and GPT2-S perplexity on Wikipedia.
@@ -161,9 +162,11 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
                          *[None if o is None else o - fp for o in ours],
                          " / ".join(f"{x:.2f}" for x in paper) if paper else None])
         parts.append(f"\n## {name} after post-training weight quantization (paper Table 5)\n")
-        parts.append("Block linears rounded to symmetric integers (8-bit: a scale per output channel; 4-bit: per "
-                     "64 input columns); ASTRA's codebooks unchanged. Compute stays fp32, so no latency column: "
-                     "see the README (\"Weight quantization\").\n")
+        group = cfg.evaluate.get("weight_group")
+        scales = "; ".join(f"{b}-bit: " + (f"per {g} input columns" if (g := group_for(b, group)) else
+                                           "a scale per output channel") for b in ptq)
+        parts.append(f"Block linears rounded to symmetric integers ({scales}); ASTRA's codebooks unchanged. "
+                     "Compute stays fp32, so no latency column: see the README (\"Weight quantization\").\n")
         parts.append(_table(["model", "fp32", *[f"{b}-bit" for b in ptq], *[f"Δ {b}-bit" for b in ptq],
                              "paper fp32 / 8 / 4 (ImageNet)" if vit else "paper"], rows))
 

@@ -34,7 +34,10 @@ class Task:
         t = OmegaConf.to_container(self.cfg, resolve=True)
         t.pop("finetune", None)
         t.pop("eval_limit", None)
-        self._key = {"task": t, "model": self.mc.to_dict()}  # fixed before the model is built
+        from ..ptq import model_identity
+
+        # fixed before the model is built; the quantization fields only when set (keys of fp32 runs unchanged)
+        self._key = {"task": t, "model": {**model_identity(self.mc), "extra": self.mc.extra}}
 
     def key(self) -> dict:
         """What the base model depends on."""
@@ -55,6 +58,10 @@ def _model_config(tcfg: DictConfig, tokens: int) -> ModelConfig:
     from ..spec import model_from_conf
 
     overrides = OmegaConf.to_container(tcfg.model_overrides, resolve=True) if tcfg.model_overrides else None
+    for key in ("weight_bits", "weight_group"):
+        if overrides and key in overrides:
+            raise TrainError(f"task.model_overrides.{key}: training runs in full precision; quantize the trained "
+                             f"model in the evaluation instead (evaluate.{key})")
     try:
         return model_from_conf(str(tcfg.model), tokens, overrides=overrides, check_positions=False)
     except ConfigError as exc:  # name the task's keys: the model is chosen by task.model, changed by its overrides
