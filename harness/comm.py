@@ -184,8 +184,8 @@ class DistComm(Comm):
 
     Measured on Mininet (star, 4 hosts, ``benchmarks/collectives.py``): all-gather of 768 kB shards at 4.37 and
     43.7 Mbit/s (10 and 100 Mbit/s dilated by 2.29) kept the links 0.84 and 0.93 busy with p2p, 0.94 and 0.98 with
-    the ring; a 3 MB all-reduce 0.87 and 0.89 with p2p, 0.94 and 0.98 with the ring. At 2 hosts both are the same exchange; gloo's own all-gather of a 1.5 MB shard took 1.95 s
-    against 1.31 s for the direct exchange at 10 Mbit/s (its pipeline leaves the link idle part of the time).
+    the ring; a 3 MB all-reduce 0.87 and 0.89 with p2p, 0.94 and 0.98 with the ring. At 2 hosts both are the same
+    exchange; gloo's own all-gather of a 1.5 MB shard took 1.95 s against 1.31 s for the direct exchange at 10 Mbit/s (its pipeline leaves the link idle part of the time).
     Every rank gets identical bits from every implementation (each reduced chunk is summed once, by its owner).
     """
 
@@ -213,15 +213,19 @@ class DistComm(Comm):
         """Whether a collective whose steps move ``step_bytes`` each goes round the ring."""
         return self.world > 2 and (self.impl == "ring" or (self.impl == "auto" and step_bytes >= RING_MIN_BYTES))
 
+    def _ring_step(self, send: torch.Tensor, recv: torch.Tensor) -> None:
+        """One ring step: ``send`` to the successor while ``recv`` fills from the predecessor; wait for both."""
+        w, r = self.world, self.rank
+        reqs = [self.dist.irecv(recv, (r - 1) % w), self.dist.isend(send, (r + 1) % w)]
+        for q in reqs:
+            q.wait()
+
     def _ring_all_gather(self, out: list[torch.Tensor]) -> None:
         """Fill ``out`` (``out[j]`` sized for rank j's block, ``out[rank]`` already ours) in N-1 ring steps: at step
         s every rank forwards the block it got at step s-1 (its own at s = 0) and receives the next one."""
         w, r = self.world, self.rank
-        nxt, prv = (r + 1) % w, (r - 1) % w
         for s in range(w - 1):
-            reqs = [self.dist.irecv(out[(r - s - 1) % w], prv), self.dist.isend(out[(r - s) % w], nxt)]
-            for q in reqs:
-                q.wait()
+            self._ring_step(out[(r - s) % w], out[(r - s - 1) % w])
 
     def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         out = [torch.empty_like(t) for _ in range(self.world)]
@@ -263,14 +267,11 @@ class DistComm(Comm):
         the partial of chunk r-s-2 it receives; after N-1 steps it holds the full sum of chunk r), then a ring
         all-gather of the reduced chunks."""
         w, r = self.world, self.rank
-        nxt, prv = (r + 1) % w, (r - 1) % w
         partial = [c.clone() for c in chunks]
         for s in range(w - 1):
             send_c, recv_c = (r - s - 1) % w, (r - s - 2) % w
             got = torch.empty_like(chunks[recv_c])
-            reqs = [self.dist.irecv(got, prv), self.dist.isend(partial[send_c], nxt)]
-            for q in reqs:
-                q.wait()
+            self._ring_step(partial[send_c], got)
             partial[recv_c] = got.add_(chunks[recv_c])
         self._ring_all_gather(partial)
         flat.copy_(torch.cat(partial))

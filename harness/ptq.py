@@ -44,6 +44,12 @@ def group_for(bits: int, group: int | None) -> int:
     return DEFAULT_GROUP if bits == 4 else 0
 
 
+def misfit_width(mc, group: int) -> int | None:
+    """The smallest input width of ``mc``'s block linears that ``group`` columns do not divide (None: all fit)."""
+    bad = sorted(w for w in {mc.hidden, mc.mlp_ratio * mc.hidden} if group and group < w and w % group)
+    return bad[0] if bad else None
+
+
 def model_identity(mc) -> dict:
     """``mc``'s fields as they identify a model: without ``extra``, and without the quantization fields when the
     weights are not quantized (so full-precision points and caches keep the keys they had before PTQ existed)."""

@@ -170,21 +170,19 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
             raise ConfigError(f"model.{key}={getattr(mc, key)} must be >= 1")
     if not mc.ln_eps > 0:
         raise ConfigError(f"model.ln_eps={mc.ln_eps} must be > 0")
-    from .ptq import BITS, group_for
+    from .ptq import BITS, group_for, misfit_width
 
     if mc.weight_bits not in BITS:
         raise ConfigError(f"model.weight_bits={mc.weight_bits} is not supported: use 32 (no quantization), 8 or 4")
     if mc.weight_group is not None and mc.weight_group < 0:
         raise ConfigError(f"model.weight_group={mc.weight_group} must be >= 0 (0: one scale per row)")
     group = group_for(mc.weight_bits, mc.weight_group)
-    if mc.weight_bits < 32 and group:
-        widths = {mc.hidden, mc.mlp_ratio * mc.hidden}
-        bad = sorted(w for w in widths if group < w and w % group)
-        if bad:
-            what = f"model.weight_group={group}" + ("" if mc.weight_group is not None else
-                                                    f" (the {mc.weight_bits}-bit default)")
-            raise ConfigError(f"{what} does not divide the layers' input width {bad[0]}: set model.weight_group to "
-                              "a divisor of model.hidden, or 0 for one scale per row")
+    bad = misfit_width(mc, group) if mc.weight_bits < 32 else None
+    if bad:
+        what = f"model.weight_group={group}" + ("" if mc.weight_group is not None else
+                                                f" (the {mc.weight_bits}-bit default)")
+        raise ConfigError(f"{what} does not divide the layers' input width {bad}: set model.weight_group to "
+                          "a divisor of model.hidden, or 0 for one scale per row")
     if mc.hidden % mc.heads:
         raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
     if check_positions and mc.kind == "gpt2" and tokens > mc.max_positions:

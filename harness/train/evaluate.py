@@ -18,7 +18,7 @@ from ..codebooks import attention_inputs_to
 from ..errors import RunFailed
 from ..manifest import VARIANT_KEYS, check_checkpoint, read_manifest
 from ..models import ModelConfig
-from ..ptq import group_for, quantize_model
+from ..ptq import group_for, misfit_width, quantize_model
 from .checkpoint import base_dir, base_manifest, load_base, load_checkpoint, run_dir
 from .common import ASTRA_ROWS, FULL_ROWS, TrainError, TrainFailed, config_key, log, now, read_safetensors, write_safetensors
 from .sim import AstraSim, assign_devices, fpar
@@ -131,9 +131,9 @@ def check_quantization(cfg: DictConfig, mc: ModelConfig) -> None:
                           "of the model's width")
     for bits in weight_bits(cfg):
         g = group_for(bits, group)
-        bad = sorted(w for w in {mc.hidden, mc.mlp_ratio * mc.hidden} if g and g < w and w % g)
+        bad = misfit_width(mc, g)
         if bad:
-            raise TrainError(f"evaluate.weight_group={g} does not divide the model's input width {bad[0]}: use a "
+            raise TrainError(f"evaluate.weight_group={g} does not divide the model's input width {bad}: use a "
                               "divisor, or 0 for one scale per row")
 
 
