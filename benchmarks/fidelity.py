@@ -5,7 +5,8 @@ Reads a results store written by Mininet sweeps (by default it runs the main job
 one table per store with, for every point: the dilation k, the latency and its real counterpart, the speedup over
 the single device, the compute-bound ideal speedup (single ÷ the slowest rank's compute alone), the compute
 inflation, link goodput ÷ shaped rate during bulk transfers, the machine's idle cores, the analytic formula fed with
-the point's own compute and its gap to the measured latency, and the verdict. Then each target with pass/fail.
+the point's own compute and its gap to the measured latency (``analytic_gap`` on payload bits as the paper charges
+them, ``wire_gap`` on the frames the links carry), and the verdict. Then each target with pass/fail.
 
     python benchmarks/fidelity.py                                    # runs the main job's sweeps (root, ~15 min)
     python benchmarks/fidelity.py --store results/main/results.parquet
@@ -51,6 +52,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     ok["ideal"] = ok["single_ms"] / ok["solo_compute_ms"]
     ok["of_ideal"] = ok["speedup"] / ok["ideal"]
     ok["analytic_gap"] = ok["latency_ms"] / ok["analytic_ms"] - 1
+    wire = ok["analytic_wire_ms"] if "analytic_wire_ms" in ok.columns else pd.Series(float("nan"), index=ok.index)
+    ok["wire_gap"] = ok["latency_ms"] / wire - 1
     g = ok.groupby("point_key")
     rows = g.agg(method=("method", "first"), devices=("devices", "first"), bw=("bw", "first"),
                  k=("dilation", "first"), runs=("latency_ms", "size"), latency_ms=("latency_ms", "median"),
@@ -58,7 +61,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
                  speedup=("speedup", "median"), ideal=("ideal", "median"), of_ideal=("of_ideal", "median"),
                  inflation=("compute_inflation", "median"), goodput=("goodput_ratio", "median"),
                  idle=("idle_cores", "median"), analytic_ms=("analytic_ms", "median"),
-                 analytic_gap=("analytic_gap", "median"), repeats=("repeats", "median"),
+                 analytic_gap=("analytic_gap", "median"), wire_gap=("wire_gap", "median"),
+                 repeats=("repeats", "median"),
                  fidelity=("fidelity", lambda s: "; ".join(sorted(set(map(str, s))))))
     return rows.sort_values(["devices", "method", "bw"], na_position="first").reset_index(drop=True)
 
@@ -80,9 +84,12 @@ def targets(t: pd.DataFrame) -> list[tuple[str, bool | None, str]]:
                     f"{r['speedup']:.2f}x of {r['ideal']:.2f}x = {r['of_ideal']:.2f}"))
         if n == 4:
             out.append(("astra N=4 >= 2.8x (paper 2.64x)", bool(r["speedup"] >= 2.8), f"{r['speedup']:.2f}x"))
-    gap = multi["analytic_gap"].abs().max() if multi["analytic_gap"].notna().any() else None
-    out.append(("analytic (same compute) vs Mininet within 10 %", None if gap is None else bool(gap <= 0.10),
-                "n/a" if gap is None else f"worst {gap:.1%}"))
+    # the formula charging the bytes the links carry (frames, not payload): what this network should take
+    gap = multi["wire_gap"].abs().max() if multi["wire_gap"].notna().any() else None
+    paper = multi["analytic_gap"].abs().max() if multi["analytic_gap"].notna().any() else None
+    out.append(("analytic (same compute, framed bytes) vs Mininet within 10 %",
+                None if gap is None else bool(gap <= 0.10),
+                "n/a" if gap is None else f"worst {gap:.1%} (on payload bits, the paper's formula: worst {paper:.1%})"))
     spread = t["spread"][t["runs"] >= 3]
     out.append(("latency spread over 3 runs <= 5 %", None if spread.empty else bool(spread.max() <= 0.05),
                 "needs --runs 3" if spread.empty else f"worst {spread.max():.1%}"))

@@ -52,7 +52,7 @@ def calibration_samples(tokens: int, codebook_size: int, factor: int = 4) -> int
 
 def kmeans_codebooks(
     model: Transformer, tokens: int, groups: int, codebook_size: int, seed: int = 0, max_iter: int = 20,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, init: str = "k-means++",
 ) -> torch.Tensor:
     """Per-block grouped codebooks fitted by k-means on the model's activations for random inputs (not the
     evaluation input: calibration inputs use other seeds). ``log`` hears of each block as it is done."""
@@ -60,7 +60,7 @@ def kmeans_codebooks(
     vecs = calibration_vectors(model, tokens, samples, seed)
     books = []
     for i, v in enumerate(vecs):
-        books.append(vq.fit_codebooks(v, groups, codebook_size, seed=seed, max_iter=max_iter))
+        books.append(vq.fit_codebooks(v, groups, codebook_size, seed=seed, max_iter=max_iter, init=init))
         if log:
             log(f"codebooks: k-means G={groups} K={codebook_size} on {len(v)} activations: block {i + 1}/{len(vecs)}")
     return torch.stack(books)
@@ -90,16 +90,16 @@ def load_codebooks(path: str | os.PathLike) -> torch.Tensor:
 
 def cached_kmeans_codebooks(
     model_cfg: ModelConfig, tokens: int, groups: int, codebook_size: int, seed: int, max_iter: int, cache_dir: str,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, init: str = "k-means++",
 ) -> Path:
     """Path of k-means codebooks for this exact model/seed/G/K, computing and caching them on first use."""
     from .ptq import model_identity, quantize_model
 
-    key = json.dumps(
-        {"model": {**model_identity(model_cfg), "extra": model_cfg.extra}, "tokens": tokens, "G": groups, "K": codebook_size, "seed": seed,
-         "iters": max_iter, "v": 1},
-        sort_keys=True,
-    )
+    ident = {"model": {**model_identity(model_cfg), "extra": model_cfg.extra}, "tokens": tokens, "G": groups,
+             "K": codebook_size, "seed": seed, "iters": max_iter, "v": 1}
+    if init != "k-means++":  # the default stays out of the key: files cached before the option keep their names
+        ident["init"] = init
+    key = json.dumps(ident, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"codebooks-{model_cfg.name}-G{groups}-K{codebook_size}-{digest}.safetensors"
     if not path.is_file():
@@ -108,6 +108,7 @@ def cached_kmeans_codebooks(
                 f"blocks; first use, cached in {cache_dir} afterwards)")
         model = build_model(model_cfg, seed=seed)
         quantize_model(model, model_cfg.weight_bits, model_cfg.weight_group)  # fitted on the model that runs
-        books = kmeans_codebooks(model, tokens, groups, codebook_size, seed=seed, max_iter=max_iter, log=log)
+        books = kmeans_codebooks(model, tokens, groups, codebook_size, seed=seed, max_iter=max_iter, log=log,
+                                 init=init)
         save_codebooks(path, books, {"model": model_cfg.name, "groups": groups, "codebook_size": codebook_size})
     return path

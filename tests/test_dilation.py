@@ -193,7 +193,8 @@ def test_verdict_names_every_violation():
     assert fidelity.verdict({"compute_inflation": 0.8}) == "compute inflated -20%"
     cols = fidelity.assess([report(0, [1.0], [0.0], solo=[0.5], idle=1.0)], False, None)
     assert cols == {"compute_inflation": 2.0, "idle_cores": 1.0, "goodput_ratio": None,
-                    "fidelity": "compute inflated +100%", "solo_compute_ms": 500.0, "analytic_ms": None}
+                    "fidelity": "compute inflated +100%", "solo_compute_ms": 500.0, "analytic_ms": None,
+                    "analytic_wire_ms": None}
 
 
 def test_analytic_formula_fed_with_the_points_own_compute():
@@ -202,7 +203,11 @@ def test_analytic_formula_fed_with_the_points_own_compute():
     reps = [dict(report(r, [3.0], [2.0], solo=[0.5, 0.5], records=recs), world=2) for r in (0, 1)]
     assert fidelity.analytic_ms(reps, 10.0, 2.0) == pytest.approx(1250.0)
     assert fidelity.analytic_ms(reps, None, 2.0) is None
-    assert fidelity.assess(reps, False, None, 2.0, 10.0)["solo_compute_ms"] == pytest.approx(250.0)
+    cols = fidelity.assess(reps, False, None, 2.0, 10.0)
+    assert cols["solo_compute_ms"] == pytest.approx(250.0)
+    # the frames on the wire: 1514 link bytes per 1448 of payload stretch the 1 s transfer, not the compute
+    assert cols["analytic_ms"] == pytest.approx(1250.0)
+    assert cols["analytic_wire_ms"] == pytest.approx(250.0 + 1000.0 * 1514 / 1448)
 
 
 def test_interleaved_baseline_pairs_each_repeat():

@@ -189,6 +189,7 @@ def test_signal_to_controller_tears_down(tmp_path, sig):
         (["devices=4", "device=cpu1", "device.dilation=1"], "cores"),
         (["devices=8", "tokens=64", "network.bandwidth_mbps=0.5"], "HTB"),
         (["devices=8", "tokens=64", "device.cfs_period_us=1000"], "minimum"),
+        (["network.loss_pct=100"], "loss_pct=100"),
     ],
 )
 def test_bad_network_input(tmp_path, args, needle):
@@ -210,6 +211,23 @@ def test_netem_options_refused_or_applied(tmp_path):
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and "netem" in lines[0], proc.stderr
         assert not (tmp_path / "r.parquet").exists()
+
+
+def test_packet_loss_drops_on_our_links_and_tcp_recovers(tmp_path):
+    """network.loss_pct: nftables drops packets at random in our hosts' namespaces (netem is absent here); TCP
+    retransmits, so results stay exact while the drops are counted and cost time."""
+    before = worker_pids()
+    root_tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    rows = {pct: row_of(bench(tmp_path, *MODEL, "network=mininet", "network.bandwidth_mbps=100", "devices=2",
+                              "method=sp", "verify=true", f"network.loss_pct={pct}"))
+            for pct in (0, 5)}
+    assert rows[0]["dropped_packets"] is None
+    assert rows[5]["dropped_packets"] > 0
+    assert rows[5]["max_abs_err"] <= 1e-4 and rows[5]["status"] == "ok"
+    assert json.loads(rows[5]["settings"])["network"]["loss_pct"] == 5
+    # the rules lived in the hosts' namespaces only: the machine's own ruleset is as it was
+    assert subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout == root_tables
+    assert_nothing_left(before)
 
 
 def test_oversubscription_allowed_is_marked(tmp_path):

@@ -77,6 +77,56 @@ def test_simulation_matches_distributed_runtime(kind, dct, n):
         assert torch.allclose(got, want, atol=1e-5)
 
 
+LOSS_CASES = [("vit", True, 3), ("vit", False, 4), ("gpt2", False, 3)]
+
+
+@pytest.mark.parametrize("fill", ["mask", "zero"])
+@pytest.mark.parametrize("kind,dct,n", LOSS_CASES)
+def test_index_loss_is_the_same_in_simulation_and_runtime(kind, dct, n, fill):
+    """Lost indices (method.index_loss): the runtime and the simulation lose the same tokens and treat them alike."""
+    model = build_model(small(kind), 0)
+    x = make_inputs(model.cfg, T, 3, seed=1)
+    books = kmeans_codebooks(model, T, 4, 16, seed=0)
+    opts = SimOptions(devices=n, dct=dct, index_loss=0.3, index_loss_fill=fill)
+    sim = AstraSim(model, VQState(books), opts)
+    sim.loss_seed = 7
+    with torch.no_grad():
+        want = sim.forward(x)[0]
+        clean = AstraSim(model, VQState(books), SimOptions(devices=n, dct=dct)).forward(x)[0]
+        assert (want - clean).abs().max() > 1e-4  # the loss really changes the output
+        dev = assign_devices(T, n, dct, kind == "vit", False, 3)
+        _, _, sent = sim.masks(dev)
+        lost = sim.lost_pairs(0, dev, sent)
+        remote = (dev[:, None, :, None] != dev[:, None, None, :]) & sent[:, None, None, :]
+        assert not (lost & ~remote).any()  # only keys that crossed the network are lost
+        frac = lost.sum() / remote.sum()
+        assert 0.15 < frac < 0.45, frac
+
+    def rank(comm):
+        plan = METHODS["astra"](copy.deepcopy(model), comm,
+                                {"groups": 4, "codebook_size": 16, "dct": dct, "codebooks": books, "seed": 7,
+                                 "index_loss": 0.3, "index_loss_fill": fill})
+        return plan.forward(x, all_positions=True)
+
+    outs = run_ranks(n, rank)
+    if kind == "vit":
+        got = [o.logits for o in outs if o.logits is not None]
+        for g in got:
+            assert torch.allclose(g, want, atol=1e-5)
+    else:
+        got = torch.cat([o.logits for o in outs], 1)
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_lost_tokens_are_a_seeded_draw():
+    a = vq.lost_tokens(0, 3, 1, 2, 4, 1000, 0.05)
+    assert a.shape == (4, 1000) and a.equal(vq.lost_tokens(0, 3, 1, 2, 4, 1000, 0.05))
+    assert 0.03 < a.float().mean() < 0.07
+    for other in [(1, 3, 1, 2), (0, 4, 1, 2), (0, 3, 2, 1), (0, 3, 1, 0)]:  # seed, block, sender, receiver
+        assert not a.equal(vq.lost_tokens(*other, 4, 1000, 0.05))
+    assert not vq.lost_tokens(0, 3, 1, 2, 4, 1000, 0.0).any()
+
+
 def test_dct_replicas_do_not_see_each_other():
     model = build_model(small("vit"), 0)
     sim = AstraSim(model, VQState(torch.randn(2, 1, 4, 32)), SimOptions(devices=3, dct=True))

@@ -35,6 +35,10 @@ from ..options import opt
 from .base import Backend, Result, ShapedOptions, device_bandwidths, register
 
 
+TCP_FRAMING = 1514 / 1448  # link bytes per payload byte in full-size TCP/IPv4 segments (timestamps on) in Ethernet
+# frames: what HTB counts against a link's rate
+
+
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
     if world <= 1 or nbytes == 0:
         return 0.0

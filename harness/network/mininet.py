@@ -26,6 +26,7 @@ import atexit
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,8 @@ class MininetOptions(ShapedOptions):
     htb_stock: bool = opt(False, "shape like stock Mininet's TCLink (fixed 15 kB burst), for comparison only")
     delay_ms: float | None = opt(None, "one-way delay per link (needs netem; refused on kernels without it)", lo=0,
                                  hi=10000)
-    loss_pct: float | None = opt(None, "packet loss per link in % (needs netem)", lo=0, hi=100)
+    loss_pct: float | None = opt(None, "packet loss per link in %, each direction (nftables random drop in the "
+                                 "hosts; TCP retransmits)", lo=0, hi=100)
     max_queue: int | None = opt(None, "queue limit in packets (needs netem)", lo=1, hi=1000000)
     port: int | None = opt(None, "rendezvous port (default: a fresh one per point)", lo=1, hi=65535)
     reuse: bool = opt(True, "keep hosts and workers up across the points of a sweep (same topology, N, device)")
@@ -99,6 +101,37 @@ def netem_available() -> bool:
 
 def bandwidths(net, n: int) -> list[float]:
     return device_bandwidths(net.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
+
+
+LOSS_TABLE = "astra_loss"  # nftables table in each host's own network namespace (gone with the namespace)
+
+
+def loss_ruleset(ifaces: list[str], loss_pct: float) -> str:
+    """nftables rules dropping ``loss_pct`` % of the packets a host sends and receives on ``ifaces`` (its links,
+    nothing else), at random, counted. Dropping both ways at each host is what loss on every link direction does to
+    a host-to-host path (two links, each lossy, as netem on both ends of each link would)."""
+    per_million = round(loss_pct * 1e4)
+    names = ", ".join(f'"{i}"' for i in ifaces)
+    return (f"table inet {LOSS_TABLE} {{\n"
+            f"  chain egress {{ type filter hook output priority 0; policy accept;\n"
+            f"    oifname {{ {names} }} numgen random mod 1000000 < {per_million} counter drop\n  }}\n"
+            f"  chain ingress {{ type filter hook input priority 0; policy accept;\n"
+            f"    iifname {{ {names} }} numgen random mod 1000000 < {per_million} counter drop\n  }}\n}}\n")
+
+
+def drop_packets(host, ifaces: list[str], loss_pct: float, workdir: Path) -> None:
+    """Install the loss rules in ``host``'s namespace (netem, the usual tool, is absent on this kernel)."""
+    path = workdir / f"loss-{host.name}.nft"
+    path.write_text(loss_ruleset(ifaces, loss_pct))
+    out = host.cmd(f"nft -f {path} && echo installed").strip()
+    if not out.endswith("installed"):
+        raise RunFailed(f"nftables loss rules on {host.name} failed: {out.splitlines()[0] if out else 'no output'}")
+
+
+def dropped_packets(host) -> int:
+    """Packets ``host``'s loss rules have dropped so far (the counters of both chains)."""
+    out = host.cmd(f"nft list table inet {LOSS_TABLE}")
+    return sum(int(m) for m in re.findall(r"counter packets (\d+)", out))
 
 
 # ----------------------------------------------------------------------------------------------------- the session
@@ -181,6 +214,8 @@ class Session:
         self.n, self.workdir, self.jobs = n, workdir, 0
         self.workers: list[Worker] = []
         self.bw: list[float] | None = None
+        self.loss_pct = 0.0
+        self.dropped_before = self.dropped_after = None
         self.burst_ms = float(net.htb_burst_ms)
         self.stock = bool(net.htb_stock)
         cleanup_leftovers()
@@ -209,6 +244,10 @@ class Session:
                 for node, intf, _ in self.shaped:
                     node.cmd(f"ethtool -K {intf} tso off gso off gro off")
             self.apply(net, bandwidths(net, n), first=True)
+            self.loss_pct = float(net.loss_pct or 0)
+            if self.loss_pct:
+                for r in range(n):
+                    drop_packets(self.hosts[r], self.host_ifaces(r), self.loss_pct, workdir)
             self.topology_s = time.perf_counter() - t0
             for r, h in enumerate(self.hosts if workers else []):
                 env = rank_env(r, n, self.hosts[0].IP(), 0, f"{h.name}-eth0", threads)
@@ -270,12 +309,14 @@ class Session:
         workers = self.workers[:ranks or self.n]
         world = len(workers)
         self.throttled_before = [host_throttled_s(h.name) for h in self.hosts]
+        self.dropped_before = self.dropped()
         for r, w in enumerate(workers):
             path = atomic_write(job_dir / f"spec{r}.json", spec.replace(wire_ifaces=self.host_ifaces(r)).to_json())
             w.send({"spec": str(path), "report": str(job_dir / f"rank{r}.json"),
                     "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r, "WORLD_SIZE": world}})
         supervise([JobHandle(w) for w in workers], spec.timeout_s)
         self.throttled_after = [host_throttled_s(h.name) for h in self.hosts]
+        self.dropped_after = self.dropped()
         return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(world)]
 
     def throttled_per_inference_ms(self, inferences: int) -> float | None:
@@ -286,6 +327,15 @@ class Session:
         if not pairs or any(a is None or b is None for a, b in pairs):
             return None
         return 1e3 * max(b - a for a, b in pairs) / max(1, inferences)
+
+    def dropped(self) -> int | None:
+        """Packets the loss rules of all hosts have dropped so far (None without ``network.loss_pct``)."""
+        return sum(dropped_packets(h) for h in self.hosts) if self.loss_pct else None
+
+    def dropped_per_inference(self, inferences: int) -> float | None:
+        if self.dropped_before is None or self.dropped_after is None:
+            return None
+        return (self.dropped_after - self.dropped_before) / max(1, inferences)
 
     def close(self) -> float:
         t0 = time.perf_counter()
@@ -342,7 +392,12 @@ class MininetBackend(Backend):
     def __init__(self, spec):
         net = spec.network
         self.bw = bandwidths(net, spec.devices)
-        impaired = {k: getattr(net, k) for k in ("delay_ms", "loss_pct", "max_queue") if getattr(net, k) not in (None, 0)}
+        if net.loss_pct is not None and net.loss_pct >= 100:
+            raise ConfigError(f"network.loss_pct={net.loss_pct:g} would drop every packet: use a loss in [0, 100)")
+        if net.loss_pct and not shutil.which("nft"):
+            raise ConfigError("network.loss_pct needs nftables (nft): apt-get install nftables (scripts/setup.sh "
+                              "does), or remove the option")
+        impaired = {k: getattr(net, k) for k in ("delay_ms", "max_queue") if getattr(net, k) not in (None, 0)}
         if impaired and not netem_available():
             names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
             raise ConfigError(f"{names} needs the netem qdisc, which this kernel does not have: remove the option(s) "
@@ -390,10 +445,12 @@ class MininetBackend(Backend):
             close_session()  # a failed or interrupted point leaves nothing behind
             raise
         r0 = reports[0]
-        throttled = _SESSION.throttled_per_inference_ms(r0.get("warmups", 0) + len(r0["latency_s"]) + spec.verify)
+        inferences = r0.get("warmups", 0) + len(r0["latency_s"]) + spec.verify
+        throttled = _SESSION.throttled_per_inference_ms(inferences)
+        dropped = _SESSION.dropped_per_inference(inferences)
         if not net.reuse:
             close_session()
-        measured.update({"setup_s": round(self.setup_s, 3), "throttled_ms": throttled,
+        measured.update({"setup_s": round(self.setup_s, 3), "throttled_ms": throttled, "dropped_packets": dropped,
                          "link_real_mbps": min(links) if spec.method_class.communicates else None})
         return Result(reports, measured, links if spec.method_class.communicates else None)
 

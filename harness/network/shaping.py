@@ -29,12 +29,11 @@ def htb_commands(intf: str, bw: float, burst_ms: float, verb: str = "add", stock
 
 
 def netem_command(intf: str, net) -> str | None:
-    """The netem qdisc for ``net``'s delay / loss / queue limit, or None when none is set."""
+    """The netem qdisc for ``net``'s delay / queue limit, or None when none is set (loss is nftables' job, in the
+    hosts: one mechanism on every kernel)."""
     args = []
     if net.delay_ms:
         args.append(f"delay {float(net.delay_ms)}ms")
-    if net.loss_pct:
-        args.append(f"loss {float(net.loss_pct)}%")
     if net.max_queue:
         args.append(f"limit {int(net.max_queue)}")
     return f"tc qdisc replace dev {intf} parent 5:1 handle 10: netem {' '.join(args)}" if args else None

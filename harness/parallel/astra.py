@@ -51,6 +51,13 @@ class AstraOptions(MethodOptions):
                   "(== sp); checkpoint: codebooks from method.checkpoint", choices=("kmeans", "lossless", "checkpoint"))
     checkpoint: str | None = opt(None, "an astra-train checkpoint dir or a codebooks .safetensors file")
     kmeans_iters: int = opt(20, "k-means iterations when fitting codebooks", lo=1)
+    kmeans_init: str = opt("k-means++", "k-means seeding: k-means++ (better codebooks) or random (about 10x faster "
+                           "fit; latency does not depend on the codebooks' values)", choices=("k-means++", "random"))
+    index_loss: float = opt(0.0, "fraction of remote tokens whose indices are lost in transit and never "
+                            "retransmitted (paper Table 11), drawn per block, sender and receiver from seed", lo=0,
+                            hi=1)
+    index_loss_fill: str = opt("mask", "a lost token: mask (its key is left out of attention) or zero (attended as "
+                               "a zero vector: K and V are the projections' biases)", choices=("mask", "zero"))
     kv_table: Any = opt("auto", "precomputed K|V projections of codewords: auto (if they fit kv_table_max_mb), "
                         "true, false", kind="auto_bool")
     kv_table_max_mb: float = opt(512.0, "the kv tables' memory limit for kv_table=auto", lo=0)
@@ -77,6 +84,10 @@ class Astra(SequenceParallel):
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         mode = vq_mode(o)
+        if o.index_loss >= 1:
+            raise ConfigError(f"method.index_loss={o.index_loss:g} would lose every index: use a fraction in [0, 1)")
+        if o.index_loss and mode == "lossless":
+            raise ConfigError("method.index_loss needs indices to lose: remove it, or use method.vq=kmeans/checkpoint")
         if mode == "checkpoint" and not o.checkpoint:
             raise ConfigError("method.vq=checkpoint needs method.checkpoint=<dir or codebooks .safetensors file>")
         if o.checkpoint and not Path(o.checkpoint).exists():
@@ -92,6 +103,10 @@ class Astra(SequenceParallel):
 
         ident = asdict(spec.method)
         ident["vq"] = vq_mode(spec.method)
+        if ident["kmeans_init"] == "k-means++" or ident["vq"] != "kmeans":
+            del ident["kmeans_init"]  # the default stays out: points stored before the option keep their keys
+        if not ident["index_loss"]:  # likewise for no loss
+            del ident["index_loss"], ident["index_loss_fill"]
         if ident["checkpoint"]:
             ident["checkpoint"] = str(Path(ident["checkpoint"]).resolve())
         return ident
@@ -128,7 +143,7 @@ class Astra(SequenceParallel):
 
         t0 = time.perf_counter()
         path = cached_kmeans_codebooks(mc, spec.tokens, o.groups, o.codebook_size, spec.seed, o.kmeans_iters,
-                                       os.path.abspath(spec.cache_dir), log)
+                                       os.path.abspath(spec.cache_dir), log, init=o.kmeans_init)
         if time.perf_counter() - t0 > 1:
             log(f"codebooks: k-means G={o.groups} K={o.codebook_size} took {time.perf_counter() - t0:.0f} s "
                 f"(cached in {spec.cache_dir})")
@@ -183,6 +198,7 @@ class Astra(SequenceParallel):
 
         opts = asdict(spec.method)
         opts["vq"] = vq_mode(spec.method)
+        opts["seed"] = spec.seed  # which indices are lost (method.index_loss)
         if spec.codebooks:
             from ..codebooks import load_codebooks
 
@@ -200,6 +216,9 @@ class Astra(SequenceParallel):
         self.groups = int(opts.get("groups", 1))
         self.codebook_size = int(opts.get("codebook_size", 1024))
         self.lossless = opts.get("vq", "kmeans") == "lossless"
+        self.index_loss = float(opts.get("index_loss", 0.0))
+        self.loss_fill = str(opts.get("index_loss_fill", "mask"))
+        self.loss_seed = int(opts.get("seed", 0))
         vq.check_groups(self.cfg.hidden, self.groups)
         vq.bits_per_index(self.codebook_size)
         self.tables = None
@@ -263,4 +282,11 @@ class Astra(SequenceParallel):
             kv = (kv + bias).view(b, -1, 2 * d)
         else:
             kv = F.linear(vq.decode(idx_r, self.codebooks[index]).view(b, -1, d), w, bias)
+        if self.index_loss:
+            lost = [vq.lost_tokens(self.loss_seed, index, j, self.comm.rank, b, x.shape[1], self.index_loss)
+                    for j, x in zip(need, got)]
+            if self.loss_fill == "zero":  # a zero vector's K|V projection is the bias
+                kv = torch.where(torch.cat(lost, 1)[..., None], bias.expand_as(kv), kv)
+            else:
+                self.lost_keys = lost
         return self.split_kv(kv, need)

@@ -88,6 +88,9 @@ class SequenceParallel(Method):
             blk.attn = SeqParallelAttention(blk.attn, self, i)
         self.slices: list[tuple[int, int]] = []
         self.mask = None
+        # set by ``remote_kv`` when some remote keys must be left out of attention (ASTRA's lost indices): one
+        # (batch, n_j) boolean tensor per rank of ``needed_ranks()``, True = lost
+        self.lost_keys: list[torch.Tensor] | None = None
         self.wire = str(self.opts.get("exchange_dtype", "fp32"))
 
     # -- sequence bookkeeping -----------------------------------------------------------------------------------
@@ -152,6 +155,7 @@ class SequenceParallel(Method):
     def attention(self, attn: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
         p = self.prefix
         q, k, v = attn.qkv(x).chunk(3, dim=-1)
+        self.lost_keys = None
         remote = iter(self.remote_kv(x[:, p:], index))
         ks, vs = [k[:, :p]], [v[:, :p]]
         last = self.comm.rank if self.causal else self.comm.world - 1
@@ -159,7 +163,15 @@ class SequenceParallel(Method):
             kj, vj = (k[:, p:], v[:, p:]) if j == self.comm.rank else next(remote)
             ks.append(kj)
             vs.append(vj)
-        return attn.proj(attn.attend(q, torch.cat(ks, 1), torch.cat(vs, 1), mask=self.mask))
+        mask = self.mask
+        if self.lost_keys:  # keys kept: (batch, 1 head, 1 query, keys), and the causal mask where there is one
+            lost = iter(self.lost_keys)
+            keep = [~next(lost) if j != self.comm.rank else torch.ones(kj.shape[:2], dtype=torch.bool)
+                    for j, kj in zip(range(last + 1), ks[1:])]
+            mask = torch.cat([torch.ones(x.shape[0], p, dtype=torch.bool), *keep], 1)[:, None, None, :]
+            if self.mask is not None:
+                mask = mask & self.mask
+        return attn.proj(attn.attend(q, torch.cat(ks, 1), torch.cat(vs, 1), mask=mask))
 
     # -- one inference ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> None:
     from .calibrate import stage_calibrate
     from .checkpoint import load_base
     from .common import TrainError, log
-    from .evaluate import check_quantization, stage_evaluate
+    from .evaluate import check_quantization, index_losses, stage_evaluate
     from .report import build_tables
     from .tasks import load_task
     from .training import stage_base, stage_finetune
@@ -63,6 +63,7 @@ def run(cfg: DictConfig) -> None:
     task = load_task(cfg)
     if "evaluate" in stages:
         check_quantization(cfg, task.mc)
+        index_losses(cfg)
     if cfg.checkpoint:
         m = read_manifest(Path(cfg.checkpoint))
         check_checkpoint(m, task.mc, int(cfg.astra.groups), int(cfg.astra.codebook_size), task.tokens,

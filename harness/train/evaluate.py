@@ -5,6 +5,8 @@ runtime on loopback), one row per metric in the accuracy store."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import tempfile
 import time
 import uuid
@@ -123,6 +125,28 @@ def weight_bits(cfg: DictConfig) -> list[int]:
     return bits
 
 
+def index_losses(cfg: DictConfig) -> tuple[list[float], str]:
+    """The index-loss fractions to evaluate ASTRA under (``evaluate.index_loss``, paper Table 11) and the fill."""
+    raw = cfg.evaluate.get("index_loss")
+    raw = [] if raw is None else ([raw] if isinstance(raw, (int, float, str)) else list(raw))
+    try:
+        ps = [float(p) for p in raw]
+    except (TypeError, ValueError):
+        raise TrainError(f"evaluate.index_loss={raw}: use a list of fractions in (0, 1), e.g. [0.01, 0.05]") from None
+    bad = [p for p in ps if not 0 < p < 1]
+    if bad:
+        raise TrainError(f"evaluate.index_loss={ps}: {bad[0]:g} is not a fraction in (0, 1); e.g. [0.01, 0.05]")
+    fill = str(cfg.evaluate.get("index_loss_fill", "mask"))
+    if fill not in vq.INDEX_LOSS_FILLS:
+        raise TrainError(f"evaluate.index_loss_fill={fill}: use one of {', '.join(vq.INDEX_LOSS_FILLS)}")
+    return ps, fill
+
+
+def loss_label(p: float) -> str:
+    """The metric suffix of an index loss: 0.05 -> ``loss5`` (percent)."""
+    return f"loss{100 * p:g}"
+
+
 def check_quantization(cfg: DictConfig, mc: ModelConfig) -> None:
     """``evaluate.weight_group`` fits every width it will be applied to, before anything is evaluated."""
     group = cfg.evaluate.get("weight_group")
@@ -182,6 +206,17 @@ def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
         sim_q = AstraSim(quantized(model, bits, cfg.evaluate.get("weight_group")), state, sim_options(v))
         for metric, value in evaluate_split(task, sim_q.model, lambda x: sim_q.forward(x)[0], "test").items():
             rows.append(_row(task, cfg, v, f"{metric}_w{bits}", "test", value))
+    losses, fill = index_losses(cfg)
+    for p in losses:  # paper Table 11: a fraction of the remote tokens' indices never arrives
+        sim_l = AstraSim(model, state, dataclasses.replace(sim_options(v), index_loss=p, index_loss_fill=fill))
+        batches = itertools.count()
+
+        def lossy(x, sim_l=sim_l, batches=batches):
+            sim_l.loss_seed = int(cfg.seed) * 100_003 + next(batches)  # other tokens lost in every batch
+            return sim_l.forward(x)[0]
+
+        for metric, value in evaluate_split(task, model, lossy, "test").items():
+            rows.append(_row(task, cfg, v, f"{metric}_{loss_label(p)}", "test", value))
     if v["split"] == "random":  # also on random uneven splits, with their full-precision attention rate
         g = torch.Generator().manual_seed(int(cfg.seed) + 5)
 
@@ -233,6 +268,7 @@ def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[di
         return k
 
     check_quantization(cfg, task.mc)
+    index_losses(cfg)
     rows: list[dict] = []
     k = fresh(base_manifest(cfg)["key"], "full")
     if k:

@@ -24,6 +24,8 @@ PAPER_DCT = {1: (81.82, 88.95), 16: (88.93, 90.77), 32: (90.79, 91.64)}  # beta=
 # Table 5 (ImageNet, ViT-Base, 4 devices): top-1 at FP32 / 8-bit / 4-bit weights
 PAPER_PTQ = {None: (80.32, 80.27, 80.19), 1: (77.39, 77.32, 76.82), 16: (78.80, 78.76, 78.43),
              32: (80.28, 80.26, 79.78)}
+# Table 11 (Llama-3-8B, Wikipedia): perplexity, and with 5 % packet loss without retransmission
+PAPER_LOSS = {None: (5.8118, None), 1: (7.7336, 7.7294), 16: (7.5879, 7.5900), 32: (7.4360, 7.4431)}
 PAPER_BETA = {0.0: {1: 88.85, 16: 90.46, 32: 91.42}, 0.25: {1: 88.75, 16: 89.7, 32: 89.97},
               "best": {1: 88.95, 16: 90.77, 32: 91.64}}
 
@@ -169,6 +171,30 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
                      "Compute stays fp32, so no latency column: see the README (\"Weight quantization\").\n")
         parts.append(_table(["model", "fp32", *[f"{b}-bit" for b in ptq], *[f"Δ {b}-bit" for b in ptq],
                              "paper fp32 / 8 / 4 (ImageNet)" if vit else "paper"], rows))
+
+    loss = sorted({float(m.split("_loss")[-1]) for m in df["metric"].unique() if m.startswith(f"{metric}_loss")})
+    if loss:
+        rows = []
+        for g in groups:
+            clean = look.value(metric, groups=g)
+            if clean is None:
+                continue
+            ours = [look.value(f"{metric}_loss{p:g}", groups=g) for p in loss]
+            other = "next_token_acc" if not vit else None
+            paper = PAPER_LOSS.get(g) if not vit else None
+            rows.append([f"ASTRA G={g}", clean, *ours, *[None if o is None else o - clean for o in ours],
+                         *([look.value(f"{other}_loss{p:g}", groups=g) for p in loss] if other else []),
+                         " / ".join("–" if x is None else f"{x:.4f}" for x in paper) if paper else None])
+        fill = str(cfg.evaluate.get("index_loss_fill", "mask"))
+        parts.append(f"\n## {name} with lost indices (paper Table 11)\n")
+        parts.append("A fraction p of the remote tokens' indices never arrives and is not retransmitted (drawn per "
+                     "block, sender and receiver); "
+                     + ("a lost token's key is left out of attention (`index_loss_fill=mask`)." if fill == "mask"
+                        else "a lost token is attended as a zero vector (`index_loss_fill=zero`).")
+                     + " The paper's column is Llama-3-8B at 5 % packet loss.\n")
+        parts.append(_table(["model", "p = 0", *[f"p = {p:g} %" for p in loss], *[f"Δ {p:g} %" for p in loss],
+                             *([f"next-byte top-1 % at {p:g} %" for p in loss] if not vit else []),
+                             "paper ppl / with 5 % loss (Llama-3-8B)" if not vit else "paper"], rows))
 
     if len(s.devices):
         gd = int(s.get("devices_groups", main["groups"]))

@@ -49,6 +49,8 @@ class SimOptions:
     commitment_beta: float = 5e-4
     ema_decay: float = 0.99
     split: str = "contiguous"  # contiguous | random (training only)
+    index_loss: float = 0.0  # evaluation: fraction of remote tokens' indices lost in transit (vq.lost_tokens)
+    index_loss_fill: str = "mask"  # mask | zero: what a receiver makes of a lost token (as the runtime)
 
 
 class VQState(nn.Module):
@@ -180,6 +182,7 @@ class AstraSim:
         self.vit = self.cfg.kind == "vit"
         self.lossless = False
         self.generator: torch.Generator | None = None
+        self.loss_seed = 0  # the runtime's ``seed``: which indices ``index_loss`` loses
 
     # -- masks ----------------------------------------------------------------------------------------------------
     def masks(self, dev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,6 +199,29 @@ class AstraSim:
         if self.cfg.causal:
             allowed &= torch.ones(s, s, dtype=torch.bool).tril()
         return same[:, None], allowed[:, None], sent
+
+    def lost_pairs(self, layer: int, dev: torch.Tensor, sent: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, S, S): query/key pairs whose key's indices never reached the query's device in block ``layer``,
+        drawn exactly as the runtime draws them (``vq.lost_tokens`` per sender and receiver, a sender's sent tokens
+        numbered in sequence order); None without loss."""
+        p = self.opts.index_loss
+        if not p or self.lossless:
+            return None
+        b, s = dev.shape
+        out = torch.zeros(b, s, s, dtype=torch.bool)
+        for j in range(self.opts.devices):
+            from_j = (dev == j) & sent
+            if not from_j.any():
+                continue
+            order = (from_j.long().cumsum(1) - 1).clamp_min(0)  # each sent token's place in j's share
+            width = int(from_j.sum(1).max())
+            for r in range(self.opts.devices):
+                if r == j:
+                    continue
+                draw = vq.lost_tokens(self.loss_seed, layer, j, r, b, width, p)
+                lost_k = draw.gather(1, order.clamp_max(width - 1)) & from_j
+                out |= (dev == r)[:, :, None] & lost_k[:, None, :]
+        return out[:, None]
 
     # -- embedding / head -------------------------------------------------------------------------------------------
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -230,7 +256,7 @@ class AstraSim:
             x = blk.ln1(h)
             xq, c = self.quantize(i, x, sent, train)
             commit = commit + c
-            h = h + self.attention(blk.attn, x, xq, same, allowed)
+            h = h + self.attention(blk.attn, x, xq, same, allowed, self.lost_pairs(i, dev, sent))
             h = h + blk.mlp(blk.ln2(h))
         return self.head(self.model.ln_f(h)), commit
 
@@ -258,7 +284,9 @@ class AstraSim:
         xq = flat + (target - flat).detach()  # straight-through
         return xq.view(b, s, d), commit
 
-    def attention(self, attn, x, xq, same, allowed) -> torch.Tensor:
+    def attention(self, attn, x, xq, same, allowed, lost=None) -> torch.Tensor:
+        """Eq. 1's masked attention. ``lost`` (B, 1, S, S): pairs whose key never arrived — left out (fill
+        ``mask``) or attended as a zero vector (``zero``: key and value are the projections' biases)."""
         d = self.cfg.hidden
         q, k, v = attn.qkv(x).chunk(3, dim=-1)
         w, bias = attn.qkv.weight[d:], attn.qkv.bias[d:]
@@ -267,9 +295,18 @@ class AstraSim:
         scale = 1.0 / math.sqrt(attn.head_dim)
         s_full = (q @ k.transpose(-2, -1)) * scale
         s_q = (q @ kq.transpose(-2, -1)) * scale
+        zero_fill = lost is not None and self.opts.index_loss_fill == "zero"
+        if zero_fill:  # a zero vector's key is the key bias: one score per query and head
+            k_bias, v_bias = (attn.split_heads(t.view(1, 1, -1)) for t in bias.chunk(2))
+            s_q = torch.where(lost, (q * k_bias).sum(-1, keepdim=True) * scale, s_q)
+        elif lost is not None:
+            allowed = allowed & ~lost
         scores = torch.where(same, s_full, s_q).masked_fill(~allowed, float("-inf"))
         p = torch.softmax(scores, dim=-1)
         zero = p.new_zeros(())
-        o = torch.where(same, p, zero) @ v + torch.where(same, zero, p) @ vq_
+        remote = ~same if not zero_fill else ~same & ~lost
+        o = torch.where(same, p, zero) @ v + torch.where(remote, p, zero) @ vq_
+        if zero_fill:
+            o = o + torch.where(lost, p, zero).sum(-1, keepdim=True) * v_bias
         bsz, h, n, hd = o.shape
         return attn.proj(o.transpose(1, 2).reshape(bsz, n, h * hd))
