@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from .errors import ConfigError, RunFailed
 from .errors import log as _log
-from .results import append_row, find_ok
+from . import stream
+from .results import append_row, append_rows, find_ok
 from .spec import RunSpec, build_spec, point_key, row
 
 PROG = "astra-bench"
@@ -94,6 +95,9 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
         result = backend.run(spec, Path(wd))
     out = row(spec, info, result.reports, result.measured, links_mbps=result.links_mbps)
     out["wall_s"] = round(time.perf_counter() - t0, 3)
+    side = stream.side_rows(out, result.reports, spec, result.trace)
+    if side:  # before the row: a row in the store always has its requests beside it
+        append_rows(stream.side_path(spec.results.path), side, stream.SIDE_COLUMNS)
     append_row(spec.results.path, out)
     if sweep:
         _DONE_IN_SWEEP[out["point_key"]] = out

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import load
+from .results import _read, load
+from .stream import SIDE_SUFFIX, side_path
 
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
                  "comm_ms", "cpu_ms", "runqueue_wait_ms", "payload_bytes", "wire_bytes", "max_abs_err", "speedup",
-                 "repeats", "dilation", "compute_inflation", "fidelity", "status"]
+                 "repeats", "requests", "dilation", "compute_inflation", "fidelity", "status"]
 # Settings that never tell two points apart in a label: where results go, run-keeping, and the plots' own axes.
 NOT_LABELS = ("results.", "cache_dir", "timeout_s", "fault.", "network.port", "network.reuse", "method.name",
               "network.name", "model.name", "tokens", "devices", "network.bandwidth_mbps",
@@ -147,11 +148,53 @@ def plot_all(df: pd.DataFrame, out: Path, note=None) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    df = df[~is_stream(df)]
     scenes = list(df.groupby(["model", "tokens", "network"], dropna=False))
     for (model, tokens, network), part in scenes:
         suffix = "" if len(scenes) == 1 else f"_{model}_{tokens}_{network}"
         written += plot_scene(part, out, suffix, scene_title(part, f"{model}, {tokens} tokens, {network}"), plt,
                               note)
+    return written
+
+
+def is_stream(df: pd.DataFrame) -> pd.Series:
+    """Rows of request-stream points (``stream_s``): plotted over time, not against a fixed bandwidth."""
+    return df["stream_s"].notna() if "stream_s" in df.columns else pd.Series(False, index=df.index)
+
+
+def plot_streams(rows: pd.DataFrame, side: pd.DataFrame, out: Path) -> list[Path]:
+    """For every trace of the request-stream points: the link rate over time (top) and each method's request
+    latencies at their start times (bottom), the legend giving the requests served (paper Fig. 11)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = rows[is_stream(rows) & (rows["status"] == "ok")]
+    side = side[side["run_id"].isin(rows["run_id"])]
+    written: list[Path] = []
+    groups = list(rows.groupby(rows.get("trace", pd.Series("fixed", index=rows.index)).fillna("fixed")))
+    for n, (trace, part) in enumerate(groups):
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[1, 2.2])
+        steps = side[(side["kind"] == "trace") & side["run_id"].isin(part["run_id"])]
+        if not steps.empty:
+            first = steps[steps["run_id"] == steps["run_id"].iloc[0]].sort_values("time_s")
+            end = float(part["stream_s"].max())
+            top.step([*first["time_s"], end], [*first["mbps"], first["mbps"].iloc[-1]], where="post", color="k")
+        top.set_ylabel("link Mbit/s")
+        top.set_title(f"request stream, {scene_title(part, str(trace if trace != 'fixed' else 'fixed links'))}",
+                      fontsize=9)
+        for _, r in part.sort_values("label").iterrows():
+            req = side[(side["kind"] == "request") & (side["run_id"] == r["run_id"])].sort_values("time_s")
+            bottom.plot(req["time_s"], req["latency_ms"] / 1e3, marker="o", ms=3,
+                        label=f"{r['label']}: {int(r['requests'])} served in {r['stream_s']:g} s")
+        bottom.set_yscale("log")
+        bottom.set_xlabel("request start, emulated s")
+        bottom.set_ylabel("request latency, s")
+        bottom.legend(fontsize=8)
+        written += _save(fig, out, "stream" if len(groups) == 1 else f"stream_{n + 1}")
+        plt.close(fig)
     return written
 
 
@@ -271,7 +314,12 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(pts))
     src = Path(args.results)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
-    for p in plot_all(pts, out, note=lambda msg: print(f"astra-plot: {msg}", file=sys.stderr)):
+    written = plot_all(pts, out, note=lambda msg: print(f"astra-plot: {msg}", file=sys.stderr))
+    sides = [side_path(src)] if not src.is_dir() else sorted(src.rglob(f"*{SIDE_SUFFIX}.*"))
+    sides = [p for p in sides if p.is_file()]
+    if sides and is_stream(pts).any():
+        written += plot_streams(pts, pd.concat([_read(p) for p in sides], ignore_index=True), out)
+    for p in written:
         print(f"wrote {p}", file=sys.stderr)
 
 

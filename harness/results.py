@@ -157,7 +157,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
     path = Path(path)
     files = sorted([*path.rglob("*.parquet"), *path.rglob("*.csv")]) if path.is_dir() else [path]
-    files = [f for f in files if not f.name.startswith(".")]
+    files = [f for f in files if not f.name.startswith(".") and not f.stem.endswith(".requests")]
     if not files or not all(f.exists() for f in files):
         raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
     df = pd.concat([_read(f) for f in files], ignore_index=True)

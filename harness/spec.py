@@ -49,6 +49,10 @@ class Knobs:
     interleave: bool = opt(False, "multi-device points: after every timed repeat rank 0 also runs the whole model "
                            "alone on the same device (the others idle), so the row's speedup_interleaved pairs each "
                            "repeat with a baseline measured seconds apart, free of the machine's drift")
+    stream_s: float | None = opt(None, "run requests back to back for this many (emulated) seconds instead of "
+                                 "repeats: the row counts the requests served and keeps each one in a side table "
+                                 "(<results>.requests.parquet); with network.trace the links follow the trace",
+                                 above=0, hi=86400)
     solo_repeats: int = opt(1, "after a multi-device point, each rank runs this many inferences alone (collectives "
                             "answered locally, peers idle) for the compute-inflation check; 0 skips it", lo=0, hi=100)
 
@@ -67,7 +71,7 @@ class DeviceOptions:
                                      "token count is this many ms: k = measured single latency / reference_ms",
                                      above=0)
     allow_oversubscribe: bool = opt(False, "Mininet: run even when devices x cores/k exceed the machine's cores")
-    cfs_period_us: int = opt(10000, "Mininet: the CFS period of the hosts' CPU quota (a short one bounds how long "
+    cfs_period_us: int = opt(5000, "Mininet: the CFS period of the hosts' CPU quota (a short one bounds how long "
                              "a fractional device may run at full speed)", lo=1000, hi=1000000)
 
 
@@ -116,6 +120,9 @@ class RunSpec:
     budget_s: float | None = None
     solo_repeats: int = 0
     interleave: bool = False
+    stream_s: float | None = None
+    stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
+    stream_start_file: str | None = None  # set by the backend: rank 0 writes the stream's start time here
     dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
     quota_cores: float = 1.0  # real cores per device (device.cores / k, or the reference mode's fit)
     fault: FaultOptions = field(default_factory=FaultOptions)
@@ -290,7 +297,7 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
                    quota_cores=quota,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
-                                                    "solo_repeats", "interleave")},
+                                                    "solo_repeats", "interleave", "stream_s")},
                    **sub)
     if check_method:
         cls.check(spec)
@@ -356,6 +363,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "tokens": spec.tokens, "batch": spec.batch, "seed": spec.seed, "repeats": spec.repeats,
         "warmup": spec.warmup, "verify": None if timing else spec.verify, "collectives": spec.collectives,
         "budget_s": spec.budget_s,
+        **({"stream_s": spec.stream_s} if spec.stream_s else {}),  # absent when unset: older keys stay valid
         "interleave": spec.interleave if cls.communicates and not timing else None,
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
@@ -420,6 +428,9 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         out.update(summarize(reports))
         out["repeats"] = len(reports[0]["latency_s"])
         out["warmups"] = reports[0].get("warmups")
+        from .stream import columns as stream_columns
+
+        out.update(stream_columns(reports, spec))
     out.update(measured or {})
     if reports:
         k = out["dilation"] or 1.0

@@ -71,6 +71,8 @@ class Timing:
         self.records: list = []
         self.warmups = 0
         self.out = None
+        self.starts: list[float] = []  # stream mode: each request's start, real seconds after the stream began
+        self.stream_t0: float | None = None
 
     def timed(self) -> float:
         comm, c = self.comm, self.cols
@@ -137,6 +139,23 @@ class Timing:
             if n >= spec.repeats or agree(time.perf_counter() - start) + last > budget:
                 return
 
+    def run_stream(self) -> None:
+        """``stream_s``: after the warm-ups, requests back to back until ``stream_real_s`` have passed. Ranks agree
+        before each request whether to start it (``agree_max``: any rank past the deadline stops them all), so the
+        last request may end after the deadline; the controller counts the ones served within it. Rank 0 writes
+        the stream's start (CLOCK_MONOTONIC, shared by the machine's namespaces) for the controller, which changes
+        the links on the trace's schedule from then on."""
+        spec, comm = self.spec, self.comm
+        for _ in range(spec.warmup):
+            self.untimed()
+        comm.barrier()
+        t0 = self.stream_t0 = time.monotonic()
+        if comm.rank == 0 and spec.stream_start_file:
+            atomic_write(spec.stream_start_file, repr(t0))
+        while not comm.agree_max(float(time.monotonic() - t0 >= spec.stream_real_s)):
+            self.starts.append(time.monotonic() - t0)
+            self.timed()
+
     def report(self) -> dict:
         c = self.cols
         def kept(key):
@@ -152,7 +171,9 @@ class Timing:
                 "runqueue_wait_s": kept("runqueue_wait_s"), "throttled_s": kept("throttled_s"),
                 "idle_cores": idle,  # the machine's idle cores during the timed repeats (None: too short to tell)
                 "single_s": kept("single_s"),  # interleave: rank 0's single-device baseline after each repeat
-                "warmups": self.warmups}
+                "warmups": self.warmups,
+                **({"request_start_s": self.starts, "stream_real_s": self.spec.stream_real_s}
+                   if self.stream_t0 is not None else {})}
 
 
 _MODEL: dict[str, torch.nn.Module] = {}  # a persistent worker's last built model, kept pristine
@@ -240,7 +261,7 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
         single = next(cls for cls in METHODS.values() if cls.is_baseline)
         baseline = single(fresh_model(spec), LocalComm(), {})
     timing = Timing(spec, comm, plan, inputs, baseline)
-    timing.run()
+    timing.run_stream() if spec.stream_s else timing.run()
     out = timing.out
     solo = solo_compute(spec, comm, plan, inputs) if spec.solo_repeats and comm.world > 1 and not comm.local else None
     per_tag: dict[str, int] = {}

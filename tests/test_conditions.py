@@ -25,3 +25,102 @@ def test_loss_rules_name_only_our_interfaces_both_ways():
 @pytest.mark.parametrize("pct,per_million", [(0.01, 100), (1, 10000), (50, 500000), (99.9999, 999999)])
 def test_loss_probability_rounds_to_the_rule_resolution(pct, per_million):
     assert f"< {per_million} counter drop" in loss_ruleset(["x-eth0"], pct)
+
+
+# ------------------------------------------------------------------------------------------------ bandwidth traces
+from harness.errors import ConfigError  # noqa: E402
+from harness.network import trace as tr  # noqa: E402
+from harness import stream  # noqa: E402
+
+
+def write(tmp_path, text: str):
+    p = tmp_path / "trace.csv"
+    p.write_text(text)
+    return str(p)
+
+
+def test_csv_trace_for_all_hosts_and_per_host(tmp_path):
+    t = tr.load_csv(write(tmp_path, "time_s,mbps\n0,50\n10,20\n25,100\n"), 3, 1000)
+    assert t.times == [0, 10, 25] and t.rates[1] == [20, 20, 20]
+    assert t.at(0) == [50] * 3 and t.at(9.99) == [50] * 3 and t.at(10) == [20] * 3 and t.at(1e6) == [100] * 3
+    assert t.changes(25) == [(10, [20.0] * 3)]  # the step at 25 s starts after a 25 s stream
+    assert tr.mean_rates(t, 20) == pytest.approx([35.0] * 3)
+    per = tr.load_csv(write(tmp_path, "time_s,h1,h2\n0,10,20\n5,30,20\n"), 2, 1000)
+    assert per.rates == [[10, 20], [30, 20]]
+    same = tr.load_csv(write(tmp_path, "time_s,mbps\n0,10\n5,10\n9,40\n"), 2, 1000)
+    assert same.changes(100) == [(9, [40.0, 40.0])]  # a step that repeats the rate is not a change
+
+
+@pytest.mark.parametrize("text,needle", [
+    (None, "no such file"),
+    ("time_s,mbps\n", "at least one row"),
+    ("time_s,mbps\n0,10\n5,20\n3,30\n", "not strictly increasing"),
+    ("time_s,mbps\n0,10\n5,0\n", "outside (0, 1000]"),
+    ("time_s,mbps\n0,1001\n", "outside (0, 1000]"),
+    ("time_s,mbps\n1,10\n", "start the trace at time_s=0"),
+    ("time_s,a,b,c\n0,1,2,3\n", "rate column(s)"),
+    ("time_s,mbps\n0,ten\n", "non-number"),
+    ("time_s,mbps\n0,10,3\n", "fields"),
+])
+def test_bad_csv_traces_are_refused_in_one_line(tmp_path, text, needle):
+    path = str(tmp_path / "missing.csv") if text is None else write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        tr.load_csv(path, 2, 1000)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_markov_trace_is_seeded_and_biased_to_neighbours():
+    states = [20, 40, 60, 80, 100]
+    a = tr.markov(states, 1.0, 2000, seed=3, hosts=4)
+    assert a.rates == tr.markov(states, 1.0, 2000, seed=3, hosts=4).rates
+    assert a.rates != tr.markov(states, 1.0, 2000, seed=4, hosts=4).rates
+    assert len(a.times) == 2000 and a.times[1] == 1.0
+    seq = [states.index(r[0]) for r in a.rates]
+    assert all(r == [r[0]] * 4 for r in a.rates) and set(seq) == set(range(5))
+    jumps = [abs(x - y) for x, y in zip(seq, seq[1:])]
+    stay, near, far = jumps.count(0), jumps.count(1), sum(j >= 2 for j in jumps)
+    assert 0.4 < stay / len(jumps) < 0.6  # stays half the time
+    assert near > 1.5 * far  # a neighbour is the likelier move
+
+
+def test_stream_counts_requests_served_within_the_duration():
+    # two ranks, three requests; the third ends after 10 s on rank 1 (the slowest rank decides)
+    reps = [{"request_start_s": [0.0, 4.0, 8.0], "latency_s": [3.5, 3.5, 1.5], "stream_real_s": 10.0},
+            {"request_start_s": [0.0, 4.0, 8.0], "latency_s": [3.9, 3.9, 2.5], "stream_real_s": 10.0}]
+    assert [x for req in stream.requests(reps) for x in req] == pytest.approx([0.0, 3.9, 4.0, 3.9, 8.0, 2.5])
+    assert stream.served(reps, 10.0) == 2
+    assert stream.side_path("results/x.parquet").name == "x.requests.parquet"
+    t = tr.Trace("markov", [0, 5], [[10.0, 10.0], [20.0, 20.0]])
+
+    class Spec:
+        stream_s = 5.0
+
+    rows = stream.side_rows({"dilation": 2.0, "run_id": "r", "bandwidth_mbps": 15.0}, reps, Spec, t)
+    req = [r for r in rows if r["kind"] == "request"]
+    assert [r["time_s"] for r in req] == [0.0, 2.0, 4.0]  # emulated time: real / k
+    assert [r["mbps"] for r in req] == [10.0, 10.0, 10.0] and [r["served"] for r in req] == [True, True, False]
+    assert req[0]["latency_ms"] == pytest.approx(1950.0)
+    assert [r["time_s"] for r in rows if r["kind"] == "trace"] == [0]  # the 5 s step is past the 5 s stream
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["network=mininet", "network.trace=markov"], "stream_s"),
+    (["network=mininet", "network.trace=/nonexistent/trace.csv", "stream_s=5"], "no such file"),
+    (["network=mininet", "network.trace=markov", "network.trace_states=[20,2000]", "stream_s=5"], "trace_states"),
+    (["network=analytic", "stream_s=5"], "needs ranks that really run"),
+    (["network=loopback", "stream_s=0"], "stream_s"),
+    (["network=mininet", "network.loss_pct=100"], "loss_pct=100"),
+    (["network=loopback", "method=astra", "method.index_loss=1"], "index_loss"),
+])
+def test_bad_condition_input_is_one_line_and_exit_2(tmp_path, args, needle):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    method = [] if any(a.startswith("method=") for a in args) else ["method=sp"]
+    proc = subprocess.run([sys.executable, "-m", "harness.bench", *method, "devices=2", "model=vit_tiny",
+                           f"results.path={tmp_path / 'r.parquet'}", *args],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "r.parquet").exists()

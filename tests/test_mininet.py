@@ -230,6 +230,32 @@ def test_packet_loss_drops_on_our_links_and_tcp_recovers(tmp_path):
     assert_nothing_left(before)
 
 
+def test_trace_changes_links_live_during_a_request_stream(tmp_path):
+    """stream_s + network.trace: requests run back to back while the links drop from 100 to 4 Mbit/s at 3 s (in
+    emulated time); the change is applied live (tc class change) and the requests after it are slower."""
+    import pandas as pd
+
+    before = worker_pids()
+    trace = tmp_path / "drop.csv"
+    trace.write_text("time_s,mbps\n0,100\n3,4\n")
+    row = row_of(bench(tmp_path, *MODEL, "network=mininet", "devices=2", "method=sp", "stream_s=6",
+                       f"network.trace={trace}", "warmup=1", timeout=240))
+    assert row["status"] == "ok" and row["stream_s"] == 6 and row["requests"] >= 4
+    assert row["trace_changes"] == 1 and row["trace_lag_ms"] < 100
+    side = pd.read_parquet(tmp_path / "r.requests.parquet")
+    req = side[side["kind"] == "request"].sort_values("time_s")
+    assert len(req) >= row["requests"] and req["served"].sum() == row["requests"]
+    assert (side[side["kind"] == "trace"]["mbps"].tolist()) == [100.0, 4.0]
+    fast = req[req["time_s"] + req["latency_ms"] / 1e3 < 3]["latency_ms"]
+    slow = req[req["time_s"] > 3.2]["latency_ms"]
+    assert len(fast) and len(slow) and slow.median() > 5 * fast.median(), (fast.tolist(), slow.tolist())
+    # the next point of the session runs at its own configured rate again
+    fixed = row_of(bench(tmp_path, *MODEL, "network=mininet", "devices=2", "method=sp", "network.bandwidth_mbps=100",
+                         "repeats=2"))
+    assert fixed["latency_ms"] < 2 * fast.median()
+    assert_nothing_left(before)
+
+
 def test_oversubscription_allowed_is_marked(tmp_path):
     row = row_of(bench(tmp_path, "network=mininet", "method=sp", "devices=3", "tokens=48", "device.dilation=1",
                        "device.allow_oversubscribe=true", "network.bandwidth_mbps=100"))

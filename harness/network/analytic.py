@@ -85,6 +85,9 @@ class AnalyticBackend(Backend):
 
     def __init__(self, spec):
         super().__init__(spec)
+        if spec.stream_s:
+            raise ConfigError(f"stream_s={spec.stream_s:g} runs requests back to back, which needs ranks that really "
+                              "run: use network=mininet or network=loopback")
         self.bw = device_bandwidths(spec.network.bandwidth_mbps, spec.devices)
         self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
         self.runs_ranks = spec.network.compute == "measured"

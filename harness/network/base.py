@@ -37,6 +37,7 @@ class Result:
     reports: list[dict]
     measured: dict = field(default_factory=dict)
     links_mbps: list[float] | None = None  # the real (shaped, dilated) rate of each device's link, if shaped
+    trace: object | None = None  # the bandwidth trace the links followed (harness.network.trace.Trace), if any
 
 
 def cpu_budget(spec, enforced_cores: bool) -> dict:

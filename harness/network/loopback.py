@@ -31,4 +31,6 @@ class LoopbackBackend(Backend):
             check_port_free(spec.network.port)
 
     def run(self, spec, workdir: Path) -> Result:
+        if spec.stream_s:
+            spec = spec.replace(stream_real_s=float(spec.stream_s))
         return Result(launch_local(spec, workdir, spec.network.port))

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from ..dilation import check_links
@@ -42,6 +43,7 @@ from ..options import opt
 from .base import Backend, Result, ShapedOptions, device_bandwidths, register
 from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
 from .shaping import htb_commands, netem_command
+from .trace import build as build_trace, mean_rates
 
 MAX_BW = 1000.0
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1 cpu controller, where CPULimitedHost puts each host
@@ -64,6 +66,10 @@ class MininetOptions(ShapedOptions):
     loss_pct: float | None = opt(None, "packet loss per link in %, each direction (nftables random drop in the "
                                  "hosts; TCP retransmits)", lo=0, hi=100)
     max_queue: int | None = opt(None, "queue limit in packets (needs netem)", lo=1, hi=1000000)
+    trace: str | None = opt(None, "link rates that change during a request stream (stream_s): markov, or a CSV "
+                            "file of time_s,mbps (or one rate column per host)")
+    trace_states: Any = opt([20, 40, 60, 80, 100], "trace=markov: the chain's states, Mbit/s", kind="bandwidth")
+    trace_step_s: float = opt(5.0, "trace=markov: emulated seconds between transitions", above=0, hi=86400)
     port: int | None = opt(None, "rendezvous port (default: a fresh one per point)", lo=1, hi=65535)
     reuse: bool = opt(True, "keep hosts and workers up across the points of a sweep (same topology, N, device)")
     offloads: bool = opt(False, "keep TSO/GSO/GRO on (then wire_bytes counts 64 kB super-packets, not frames)")
@@ -198,7 +204,7 @@ class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
     def __init__(self, topology: str, n: int, cores: float, threads: int, net: MininetOptions, workdir: Path,
-                 workers: bool = True, period_us: int = 10000, key: tuple = ()):
+                 workers: bool = True, period_us: int = 5000, key: tuple = ()):
         """``cores``: each host's real CPU quota in cores (``device.cores`` / k)."""
         from mininet.link import Link
         from mininet.log import setLogLevel
@@ -300,8 +306,11 @@ class Session:
     def host_ifaces(self, rank: int) -> list[str]:
         return [i.name for i in self.hosts[rank].intfList() if i.name != "lo"]
 
-    def run(self, spec, port: int | None, ranks: int | None = None) -> list[dict]:
-        """Send the point to every worker (or to the first ``ranks``), supervise the answers, return the reports."""
+    def run(self, spec, port: int | None, ranks: int | None = None, follower: "TraceFollower | None" = None
+            ) -> list[dict]:
+        """Send the point to every worker (or to the first ``ranks``), supervise the answers, return the reports.
+        ``follower`` changes the links on a trace's schedule while the jobs run (stopped before anything else
+        touches the hosts' shells)."""
         self.jobs += 1
         port = port or 29500 + (self.jobs % 2000)
         job_dir = self.workdir / f"job{self.jobs}"
@@ -314,7 +323,13 @@ class Session:
             path = atomic_write(job_dir / f"spec{r}.json", spec.replace(wire_ifaces=self.host_ifaces(r)).to_json())
             w.send({"spec": str(path), "report": str(job_dir / f"rank{r}.json"),
                     "env": {"MASTER_ADDR": self.hosts[0].IP(), "MASTER_PORT": port, "RANK": r, "WORLD_SIZE": world}})
-        supervise([JobHandle(w) for w in workers], spec.timeout_s)
+        if follower is not None:
+            follower.start()
+        try:
+            supervise([JobHandle(w) for w in workers], spec.timeout_s)
+        finally:
+            if follower is not None:
+                follower.stop()
         self.throttled_after = [host_throttled_s(h.name) for h in self.hosts]
         self.dropped_after = self.dropped()
         return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(world)]
@@ -359,6 +374,42 @@ class Session:
         return time.perf_counter() - t0
 
 
+class TraceFollower(threading.Thread):
+    """Changes every link's HTB rate on a trace's schedule: waits for rank 0 to write the stream's start
+    (CLOCK_MONOTONIC), then applies step i at start + k·t_i with ``tc class change`` (rates ÷ k). ``applied`` holds
+    (t_i, lag after its due time, seconds the change took) per step; an error ends the point after the jobs."""
+
+    def __init__(self, session: Session, net, trace, k: float, start_file: Path, duration_s: float):
+        super().__init__(daemon=True)
+        self.session, self.net, self.trace, self.k = session, net, trace, k
+        self.start_file, self.duration_s = Path(start_file), duration_s
+        self.done = threading.Event()
+        self.applied: list[tuple[float, float, float]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.start_file.is_file():
+                if self.done.wait(0.002):
+                    return
+            t0 = float(self.start_file.read_text())
+            for t, rates in self.trace.changes(self.duration_s):
+                due = t0 + self.k * t
+                if self.done.wait(max(0.0, due - time.monotonic())):
+                    return
+                began = time.monotonic()
+                self.session.apply(self.net, [r / self.k for r in rates])
+                self.applied.append((t, time.monotonic() - due, time.monotonic() - began))
+        except BaseException as exc:  # noqa: BLE001 - handed to the controller's thread in stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+        if self.error is not None:
+            raise RunFailed(f"changing the links on the trace failed: {self.error}")
+
+
 _SESSION: Session | None = None
 
 
@@ -385,6 +436,19 @@ class MininetBackend(Backend):
     @classmethod
     def identity(cls, spec) -> dict:
         ident = super().identity(spec)
+        trace = ident.get("trace")
+        if not trace:  # no trace: its knobs do not matter (and points stored before them keep their keys)
+            for k in ("trace", "trace_states", "trace_step_s"):
+                ident.pop(k, None)
+        elif trace != "markov":  # a CSV trace is its content, wherever the file lies
+            import hashlib
+
+            try:
+                ident["trace"] = {"csv": hashlib.sha256(Path(trace).read_bytes()).hexdigest()[:16]}
+            except OSError:
+                ident["trace"] = {"csv": str(trace)}
+            ident.pop("trace_states")
+            ident.pop("trace_step_s")
         for k in ("port", "reuse"):  # how the session is run, not what is measured
             ident.pop(k)
         return ident
@@ -402,8 +466,14 @@ class MininetBackend(Backend):
             names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
             raise ConfigError(f"{names} needs the netem qdisc, which this kernel does not have: remove the option(s) "
                               "(a link must never come up different from its config) or use network=analytic")
+        if net.trace and not spec.stream_s:
+            raise ConfigError(f"network.trace={net.trace} changes the links during a request stream: set "
+                              "stream_s=<seconds> (e.g. stream_s=60)")
+        self.trace = build_trace(net, spec.devices, spec.stream_s or 0.0, spec.seed, MAX_BW) if net.trace else None
+        if self.trace is not None:
+            self.bw = mean_rates(self.trace, spec.stream_s)  # the row's bandwidth: each host's mean over the stream
         if spec.dilation is not None and spec.method_class.communicates:
-            check_links(spec.dilation, self.bw)
+            check_links(spec.dilation, self.trace.all_rates() if self.trace is not None else self.bw)
         check_environment()
         super().__init__(spec)
         self.setup_s = 0.0
@@ -437,10 +507,17 @@ class MininetBackend(Backend):
                 k = single_ms / spec.device.reference_ms
                 measured = {"dilation": k, "reference_single_real_ms": single_ms}
                 if spec.method_class.communicates:
-                    check_links(k, self.bw)
-            links = [b / k for b in self.bw]
+                    check_links(k, self.trace.all_rates() if self.trace is not None else self.bw)
+            follow = self.trace is not None and spec.method_class.communicates
+            links = [b / k for b in (self.trace.rates[0] if follow else self.bw)]
             _SESSION.apply(net, links)
-            reports = _SESSION.run(spec, net.port)
+            follower = None
+            if spec.stream_s:
+                start = _SESSION.workdir / f"stream{_SESSION.jobs + 1}.start"
+                spec = spec.replace(stream_real_s=spec.stream_s * k, stream_start_file=str(start))
+                if follow:
+                    follower = TraceFollower(_SESSION, net, self.trace, k, start, spec.stream_s)
+            reports = _SESSION.run(spec, net.port, follower=follower)
         except BaseException:
             close_session()  # a failed or interrupted point leaves nothing behind
             raise
@@ -452,6 +529,11 @@ class MininetBackend(Backend):
             close_session()
         measured.update({"setup_s": round(self.setup_s, 3), "throttled_ms": throttled, "dropped_packets": dropped,
                          "link_real_mbps": min(links) if spec.method_class.communicates else None})
+        if follower is not None:
+            measured.update({"trace": self.trace.name, "trace_changes": len(follower.applied),
+                             "trace_lag_ms": max((1e3 * lag for _, lag, _ in follower.applied), default=None)})
+            # the links changed under the collectives: no single shaped rate to hold goodput against
+            return Result(reports, measured, None, self.trace)
         return Result(reports, measured, links if spec.method_class.communicates else None)
 
 
@@ -466,7 +548,8 @@ def reference_single_ms(session: Session, spec) -> float:
 
     single = next(n for n, cls in METHODS.items() if cls.is_baseline)
     calib = spec.replace(method=METHODS[single].Options(name=single), devices=1, warmup=1, repeats=3, verify=False,
-                         budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0)
+                         budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0,
+                         stream_s=None)
     key = json.dumps([spec.model.to_dict(), spec.tokens, spec.batch, spec.seed, spec.device.threads,
                       round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.model_state, spec.inputs_path],
                      sort_keys=True, default=str)
