@@ -145,13 +145,17 @@ def row_from_config(c: dict, error: str) -> dict:
 
 def summary(r: dict) -> str:
     bw = f" {r['bandwidth_mbps']:g} Mbps" if r["bandwidth_mbps"] is not None else ""
+    if r.get("trace") and r["bandwidth_mbps"] is not None:
+        bw = f" trace {Path(str(r['trace'])).name} (mean {r['bandwidth_mbps']:.3g} Mbps)"
     err = f", max_abs_err {r['max_abs_err']:.2e}" if r["max_abs_err"] is not None else ""
     k = r.get("dilation") or 1.0
     dil = f", dilated k={k:.3g} (real {r['latency_real_ms']:.0f} ms)" if k != 1.0 else ""
     fid = f"; fidelity: {r['fidelity']}" if r.get("fidelity") else ""
+    runs = (f"{r['repeats']} requests, {r['requests']} served in {r['stream_s']:g} s" if r.get("stream_s")
+            else f"{r['repeats']} repeats")
     return (f"{r['model']} {r['method']} N={r['devices']} T={r['tokens']} {r['network']}{bw}: latency "
-            f"{r['latency_ms']:.1f} ms (compute {r['compute_ms']:.1f}, comm {r['comm_ms']:.1f}; {r['repeats']} "
-            f"repeats{dil}), payload {r['payload_bytes']} B{err}{fid}")
+            f"{r['latency_ms']:.1f} ms (compute {r['compute_ms']:.1f}, comm {r['comm_ms']:.1f}; {runs}{dil}), "
+            f"payload {r['payload_bytes']} B{err}{fid}")
 
 
 def job(cfg: DictConfig) -> None:

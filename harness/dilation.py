@@ -25,6 +25,7 @@ point moves bulk data at the shaped rate; they can for many tiny messages at a l
 
 from __future__ import annotations
 
+import json
 import os
 
 from .errors import ConfigError
@@ -40,11 +41,41 @@ def machine_cores() -> int:
     return os.cpu_count() or 1
 
 
+def cores_of(dev, devices: int, strict: bool = True) -> list[float]:
+    """``device.cores`` as one value per device: a number (every device) or a list of ``devices`` (heterogeneous
+    devices, in rank order; the single-device baseline runs on the first). ``strict=False``: a point that runs on
+    fewer devices than configured (the single baseline) takes the first ones."""
+    raw = dev.cores
+    vals = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not strict and len(vals) > devices:
+        vals = vals[:devices]
+    if len(vals) not in (1, devices):
+        raise ConfigError(f"device.cores lists {len(vals)} values for {devices} devices: give one or {devices}")
+    out = []
+    for v in vals:
+        try:
+            c = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"device.cores={v} is not a number: use virtual cores > 0") from None
+        if not c > 0 or c != c or c == float("inf"):
+            raise ConfigError(f"device.cores={v} must be a number of virtual cores > 0")
+        out.append(c)
+    return out * devices if len(out) == 1 else out
+
+
+def heterogeneous(dev, devices: int) -> bool:
+    return len(set(cores_of(dev, devices))) > 1
+
+
 def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float | None:
     """k for a point configured with ``devices`` devices of ``dev`` (None: measured at run time, reference mode).
     ``enforced``: whether the backend holds devices to CPU quotas (only then can it dilate)."""
     cores = machine_cores() if cores is None else cores
+    per = cores_of(dev, devices)
     if not enforced:
+        if len(set(per)) > 1:
+            raise ConfigError(f"device.cores={list(per)} gives devices different speeds, which needs a backend that "
+                              "holds devices to CPU quotas: use network=mininet, or one value for device.cores")
         if dev.dilation != "auto" and float(dev.dilation) != 1.0:
             raise ConfigError(f"device.dilation={dev.dilation:g} needs a backend that holds devices to CPU quotas "
                               "(network=mininet): remove it, or use network=mininet")
@@ -56,10 +87,13 @@ def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float
         if dev.dilation != "auto":
             raise ConfigError(f"device.reference_ms sets k from a measurement, device.dilation={dev.dilation:g} "
                               "sets it by hand: remove one of them")
+        if len(set(per)) > 1:
+            raise ConfigError("device.reference_ms emulates one reference device, device.cores lists different "
+                              "speeds: remove one of them")
         room(dev, cores)
         return None
     if dev.dilation == "auto":
-        return max(1.0, devices * dev.cores / room(dev, cores))
+        return max(1.0, sum(per) / room(dev, cores))
     return float(dev.dilation)
 
 
@@ -75,28 +109,37 @@ def room(dev, cores: int) -> float:
 def reference_quota(dev, devices: int, cores: int | None = None) -> float:
     """Real cores per device in reference mode: the auto fit, but never more than one device's virtual cores."""
     cores = machine_cores() if cores is None else cores
-    return min(dev.cores, room(dev, cores) / devices)
+    return min(cores_of(dev, devices)[0], room(dev, cores) / devices)
 
 
 def check_fit(dev, devices: int, k: float, cores: int | None = None) -> dict:
     """Refuse devices that cannot be emulated at k; return the row's CPU columns."""
     cores = machine_cores() if cores is None else cores
-    per = dev.cores / k
+    virt = cores_of(dev, devices, strict=False)
+    reals = [c / k for c in virt]
+    per, total = min(reals), sum(reals)
     quota_us = per * dev.cfs_period_us
     if quota_us < MIN_QUOTA_US:
         need = MIN_QUOTA_US / per
         raise ConfigError(
-            f"{devices} devices of {dev.cores:g} cores cannot be emulated even dilated: at k={k:.3g} each gets "
+            f"{devices} devices of {min(virt):g} cores cannot be emulated even dilated: at k={k:.3g} each gets "
             f"{per:.3g} real cores, a CFS quota of {quota_us:.0f} us per {dev.cfs_period_us} us period, below the "
             f"kernel's {MIN_QUOTA_US} us minimum: raise device.cfs_period_us to at least {int(need) + 1} or use "
             "fewer devices")
-    over = devices * per > cores + 1e-9
+    over = total > cores + 1e-9
     if over and not dev.allow_oversubscribe:
         raise ConfigError(
-            f"devices={devices} x device.cores={dev.cores:g} / k={k:.3g} need {devices * per:.3g} cores but this "
-            f"machine has {cores}: use device.dilation=auto (or a k of at least {devices * dev.cores / cores:.3g}), "
+            f"devices={devices} x device.cores={_cores_text(virt)} / k={k:.3g} need {total:.3g} cores but this "
+            f"machine has {cores}: use device.dilation=auto (or a k of at least {sum(virt) / cores:.3g}), "
             "fewer devices, or device.allow_oversubscribe=true (the row is then marked oversubscribed=true)")
-    return {"cpu_per_device": float(dev.cores), "cpu_real_per_device": per, "oversubscribed": over}
+    out = {"cpu_per_device": virt[0], "cpu_real_per_device": reals[0], "oversubscribed": over}
+    if len(set(virt)) > 1:
+        out["cores_per_device"] = json.dumps(virt)
+    return out
+
+
+def _cores_text(virt: list[float]) -> str:
+    return f"{virt[0]:g}" if len(set(virt)) == 1 else "[" + ",".join(f"{c:g}" for c in virt) + "]"
 
 
 def check_links(k: float, bandwidths: list[float]) -> list[float]:

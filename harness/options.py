@@ -20,7 +20,7 @@ _MISSING = dataclasses.MISSING
 def opt(default: Any = _MISSING, help: str = "", *, lo: float | None = None, hi: float | None = None,
         above: float | None = None, choices: Iterable | None = None, kind: str | None = None) -> Any:
     """A dataclass field with its rules: ``lo``/``hi`` inclusive bounds, ``above`` an exclusive lower bound,
-    ``choices`` the allowed values, ``kind`` a special parser ("bandwidth": a number or a list of numbers;
+    ``choices`` the allowed values, ``kind`` a special parser ("bandwidth": a number or a list of numbers; "list": a value or a list, checked by the knob's own parser;
     "auto_bool": auto, true or false; "auto_number": auto or a number in the range)."""
     meta = {"help": help, "lo": lo, "hi": hi, "above": above, "choices": tuple(choices) if choices else None,
             "kind": kind}
@@ -81,8 +81,8 @@ def convert(value: Any, tp, key: str, meta: dict) -> Any:
         if s not in ("auto", "true", "false"):
             raise ConfigError(f"{key}={value} is not valid: use auto, true or false")
         return s if s == "auto" else s == "true"
-    if meta.get("kind") == "bandwidth":
-        return value  # parsed per device count by parse_bandwidths
+    if meta.get("kind") in ("bandwidth", "list"):
+        return value  # parsed per device count (parse_bandwidths, or the knob's own parser)
     if meta.get("kind") == "auto_number":
         if str(value).lower() == "auto":
             return "auto"

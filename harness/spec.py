@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .models import ModelConfig
 from .network import BACKENDS, NetworkOptions
 from .options import as_dict, did_you_mean, fields_of, opt, parse_options
-from .parallel import METHODS, MethodOptions
+from .parallel import METHODS, MethodOptions, partition
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("tokens", "extra")]
@@ -53,6 +53,8 @@ class Knobs:
                                  "repeats: the row counts the requests served and keeps each one in a side table "
                                  "(<results>.requests.parquet); with network.trace the links follow the trace",
                                  above=0, hi=86400)
+    split: Any = opt("even", "how sp and astra share the tokens over devices: even, proportional (to each device's "
+                     "device.cores), or a list of token counts (one per device, summing to tokens)", kind="list")
     solo_repeats: int = opt(1, "after a multi-device point, each rank runs this many inferences alone (collectives "
                             "answered locally, peers idle) for the compute-inflation check; 0 skips it", lo=0, hi=100)
 
@@ -60,7 +62,9 @@ class Knobs:
 @dataclass
 class DeviceOptions:
     name: str = opt("cpu1", "the device's name (the row's `device` column)")
-    cores: float = opt(1.0, "virtual cores per device: its speed is that many of this machine's cores", above=0)
+    cores: Any = opt(1.0, "virtual cores per device: its speed is that many of this machine's cores; a list gives "
+                     "one per device (heterogeneous devices, Mininet; the single baseline runs on the first)",
+                     kind="list")
     threads: int = opt(1, "torch threads per device", lo=1)
     dilation: Any = opt("auto", "time dilation k (Mininet): each device gets cores/k real cores, every link is shaped "
                         "at bandwidth/k and times are reported divided by k. auto: the smallest k >= 1 at which the "
@@ -124,7 +128,9 @@ class RunSpec:
     stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
     stream_start_file: str | None = None  # set by the backend: rank 0 writes the stream's start time here
     dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
-    quota_cores: float = 1.0  # real cores per device (device.cores / k, or the reference mode's fit)
+    quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
+    quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
+    shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
     fault: FaultOptions = field(default_factory=FaultOptions)
     results: ResultsOptions = field(default_factory=ResultsOptions)
     # What the method prepares before ranks start, and what a caller feeds the ranks directly.
@@ -254,6 +260,43 @@ def group_options(group: str, values: dict, in_sweep: bool):
     return parse_options(reg[name].Options, kept, f"{group}.", f"{group}={name}")
 
 
+def token_shares(split, cores: list[float], tokens: int, devices: int, cls) -> list[int] | None:
+    """Content tokens per rank for ``split`` (None: the even partition). ``proportional``: shares in proportion to
+    the devices' virtual cores (largest remainders, at least one token each); a list: as given."""
+    if split is None or split == "even" or devices == 1:
+        return None
+    if not getattr(cls, "splits_tokens", False):
+        raise ConfigError(f"split={split} gives devices uneven token shares, which only sp and astra do: remove "
+                          f"split (or split=even) for method={cls.name}")
+    if split == "proportional":
+        weights = cores[:devices]
+        raw = [tokens * w / sum(weights) for w in weights]  # largest remainders, then at least one token each
+        shares = [int(r) for r in raw]
+        for i in sorted(range(devices), key=lambda i: (-(raw[i] - int(raw[i])), i))[:tokens - sum(shares)]:
+            shares[i] += 1
+        for i in range(devices):
+            if shares[i] == 0:
+                shares[i] = 1
+                shares[max(range(devices), key=lambda j: shares[j])] -= 1
+    elif isinstance(split, (list, tuple)):
+        try:
+            shares = [int(x) for x in split]
+        except (TypeError, ValueError):
+            raise ConfigError(f"split={list(split)} must list whole token counts, one per device") from None
+        if any(int(x) != float(x) for x in split):
+            raise ConfigError(f"split={list(split)} must list whole token counts, one per device")
+        if len(shares) != devices:
+            raise ConfigError(f"split lists {len(shares)} shares for {devices} devices: give one per device")
+        if min(shares) < 1:
+            raise ConfigError(f"split={shares} gives a device no tokens: every share must be at least 1")
+        if sum(shares) != tokens:
+            raise ConfigError(f"split={shares} sums to {sum(shares)}, not tokens={tokens}: make the shares add up")
+    else:
+        raise ConfigError(f"split={split} is not a split: use even, proportional or a list of token counts")
+    even = [e - s for s, e in partition(tokens, devices)]
+    return None if shares == even else shares
+
+
 def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpec:
     """The RunSpec of a composed config (a DictConfig or a plain dict). Raises ConfigError with one line.
     ``check_method=False`` skips the method's own check (to describe a point the method refused)."""
@@ -292,9 +335,12 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     dev = sub["device"]
     # k from the configured device count: the single-device baseline of an N-device point gets the same device
     k = dilation.factor(dev, top.devices, BACKENDS[network.name].enforces_cores)
-    quota = dev.cores / k if k is not None else dilation.reference_quota(dev, top.devices)
+    virt = dilation.cores_of(dev, top.devices)
+    quota = virt[0] / k if k is not None else dilation.reference_quota(dev, top.devices)
+    quotas = [v / k for v in virt[:devices]] if k is not None and len(set(virt)) > 1 else []
+    shares = token_shares(top.split, virt, top.tokens, devices, cls)
     spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=k,
-                   quota_cores=quota,
+                   quota_cores=quota, quotas=quotas, shares=shares,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
                                                     "solo_repeats", "interleave", "stream_s")},
@@ -365,6 +411,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "budget_s": spec.budget_s,
         **({"stream_s": spec.stream_s} if spec.stream_s else {}),  # absent when unset: older keys stay valid
         "interleave": spec.interleave if cls.communicates and not timing else None,
+        **({"shares": spec.shares} if spec.shares else {}),
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
@@ -424,6 +471,10 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     out.update(spec.method_class.columns(spec))
     out["dilation"] = spec.dilation
     out["cpu_real_per_device"] = network.get("cpu_real_per_device")
+    if network.get("cores_per_device"):  # heterogeneous devices: the virtual cores of every rank
+        out["cores_per_device"] = network["cores_per_device"]
+    if spec.shares:
+        out["split"] = json.dumps(spec.shares)
     if reports:
         out.update(summarize(reports))
         out["repeats"] = len(reports[0]["latency_s"])

@@ -124,3 +124,85 @@ def test_bad_condition_input_is_one_line_and_exit_2(tmp_path, args, needle):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
     assert not (tmp_path / "r.parquet").exists()
+
+
+# ------------------------------------------------------------------------------------------- heterogeneous devices
+import copy  # noqa: E402
+
+import torch  # noqa: E402
+from threadcomm import run_ranks  # noqa: E402
+
+from harness.models import build_model, make_inputs  # noqa: E402
+from harness.parallel import METHODS  # noqa: E402
+from harness.parallel.sp import token_slices  # noqa: E402
+from harness.spec import token_shares  # noqa: E402
+
+
+@pytest.mark.parametrize("kind,dct", [("vit", True), ("vit", False), ("gpt2", False)])
+@pytest.mark.parametrize("shares", [[9, 3, 1], [1, 2, 10]])
+def test_uneven_shares_are_exact_against_single(tiny_cfg, kind, dct, shares):
+    """sp (and astra with lossless VQ, the same exchange) on uneven token shares give the single-device output; each
+    rank holds its share (plus the partitioned class token on rank 0)."""
+    tokens = sum(shares)
+    cfg = tiny_cfg(kind, tokens, heads=4, hidden=48)
+    model = build_model(cfg, seed=3)
+    x = make_inputs(cfg, tokens, batch=2, seed=3)
+    ref = model(x, all_positions=True) if kind == "gpt2" else model(x)
+    for method, opts in (("sp", {}), ("astra", {"vq": "lossless", "dct": dct})):
+        if method == "sp" and not dct and kind == "vit":
+            continue
+
+        def fn(comm, method=method, opts=opts):
+            plan = METHODS[method](copy.deepcopy(model), comm, {**opts, "shares": shares})
+            return plan.forward(x, all_positions=True), plan
+
+        outs = run_ranks(3, fn)
+        extra = 1 if (kind == "vit" and method == "astra" and not dct) else 0
+        assert [e - s for s, e in outs[0][1].slices] == [shares[0] + extra, *shares[1:]]
+        errs = [(o.logits - p.reference_slice(ref, o)).abs().max().item() for o, p in outs if o.logits is not None]
+        assert errs and max(errs) <= 1e-4, (method, errs)
+
+
+def test_token_shares_proportional_and_listed():
+    sp = METHODS["sp"]
+    assert token_shares("proportional", [1.0, 0.5], 1024, 2, sp) == [683, 341]
+    assert token_shares("proportional", [1.0, 1.0, 1.0], 10, 3, sp) is None  # the even partition
+    assert token_shares([7, 3], [1.0, 1.0], 10, 2, sp) == [7, 3]
+    assert token_shares("even", [1.0, 0.5], 10, 2, sp) is None
+    assert token_shares("proportional", [8.0, 0.01], 4, 2, sp) == [3, 1]  # at least one token each
+    assert token_slices(10, 1, 2, [7, 3]) == [(0, 8), (8, 11)]
+
+
+@pytest.mark.parametrize("split,needle", [
+    ([6, 3], "sums to 9"),
+    ([10, 0], "no tokens"),
+    ([4, 3, 3], "3 shares for 2 devices"),
+    ("halves", "not a split"),
+])
+def test_bad_splits_are_refused(split, needle):
+    with pytest.raises(ConfigError) as exc:
+        token_shares(split, [1.0, 1.0], 10, 2, METHODS["sp"])
+    assert needle in str(exc.value)
+    with pytest.raises(ConfigError, match="only sp and astra"):
+        token_shares([5, 5], [1.0, 1.0], 10, 2, METHODS["tp"])
+
+
+def test_heterogeneous_devices_dilate_by_their_total():
+    from types import SimpleNamespace
+
+    from harness import dilation
+
+    dev = SimpleNamespace(cores=[1.0, 0.5], dilation="auto", reserve_cores=0.25, reference_ms=None,
+                          cfs_period_us=5000, allow_oversubscribe=False)
+    k = dilation.factor(dev, 2, True, cores=2)
+    assert k == 1.0  # 1.5 virtual cores fit the 1.75 left beside the reserve
+    dev.cores = [2.0, 1.0, 1.0]
+    k = dilation.factor(dev, 3, True, cores=2)
+    assert k == pytest.approx(4.0 / 1.75)
+    cols = dilation.check_fit(dev, 3, k, cores=2)
+    assert cols["cpu_per_device"] == 2.0 and cols["cpu_real_per_device"] == pytest.approx(2.0 / k)
+    assert cols["cores_per_device"] == "[2.0, 1.0, 1.0]"
+    with pytest.raises(ConfigError, match="lists 2 values for 3 devices"):
+        dilation.cores_of(SimpleNamespace(cores=[1.0, 2.0]), 3)
+    with pytest.raises(ConfigError, match="network=mininet"):
+        dilation.factor(SimpleNamespace(cores=[1.0, 0.5], dilation="auto", reference_ms=None), 2, False)

@@ -256,6 +256,21 @@ def test_trace_changes_links_live_during_a_request_stream(tmp_path):
     assert_nothing_left(before)
 
 
+def test_heterogeneous_devices_with_proportional_split(tmp_path):
+    """device.cores=[1,0.5]: each host gets its own quota; split=proportional gives the faster device twice the
+    tokens, and the output stays exact."""
+    before = worker_pids()
+    rows = [row_of(bench(tmp_path, *MODEL, "network=mininet", "devices=2", f"method={m}", "device.cores=[1,0.5]",
+                         "split=proportional", "verify=true", "network.bandwidth_mbps=100", *extra))
+            for m, extra in (("sp", []), ("astra", ["method.vq=lossless"]))]
+    for row in rows:
+        assert row["status"] == "ok" and row["max_abs_err"] <= 1e-4
+        assert row["cores_per_device"] == "[1.0, 0.5]" and json.loads(row["split"]) == [171, 85]
+        assert row["fpar"] == pytest.approx((171 ** 2 + 85 ** 2) / 256 ** 2)
+        assert row["cpu_per_device"] == 1.0 and row["dilation"] == 1.0
+    assert_nothing_left(before)
+
+
 def test_oversubscription_allowed_is_marked(tmp_path):
     row = row_of(bench(tmp_path, "network=mininet", "method=sp", "devices=3", "tokens=48", "device.dilation=1",
                        "device.allow_oversubscribe=true", "network.bandwidth_mbps=100"))

@@ -49,7 +49,9 @@ def cpu_budget(spec, enforced_cores: bool) -> dict:
     if enforced_cores:
         from ..dilation import check_fit
 
-        return check_fit(dev, n, dev.cores / spec.quota_cores)
+        from ..dilation import cores_of
+
+        return check_fit(dev, n, cores_of(dev, n, strict=False)[0] / spec.quota_cores)
     per = float(dev.threads)
     return {"cpu_per_device": per, "cpu_real_per_device": per, "oversubscribed": n * per > (os.cpu_count() or 1)}
 

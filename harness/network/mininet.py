@@ -68,7 +68,7 @@ class MininetOptions(ShapedOptions):
     max_queue: int | None = opt(None, "queue limit in packets (needs netem)", lo=1, hi=1000000)
     trace: str | None = opt(None, "link rates that change during a request stream (stream_s): markov, or a CSV "
                             "file of time_s,mbps (or one rate column per host)")
-    trace_states: Any = opt([20, 40, 60, 80, 100], "trace=markov: the chain's states, Mbit/s", kind="bandwidth")
+    trace_states: Any = opt([20, 40, 60, 80, 100], "trace=markov: the chain's states, Mbit/s", kind="list")
     trace_step_s: float = opt(5.0, "trace=markov: emulated seconds between transitions", above=0, hi=86400)
     port: int | None = opt(None, "rendezvous port (default: a fresh one per point)", lo=1, hi=65535)
     reuse: bool = opt(True, "keep hosts and workers up across the points of a sweep (same topology, N, device)")
@@ -203,9 +203,9 @@ class JobHandle:
 class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
-    def __init__(self, topology: str, n: int, cores: float, threads: int, net: MininetOptions, workdir: Path,
-                 workers: bool = True, period_us: int = 5000, key: tuple = ()):
-        """``cores``: each host's real CPU quota in cores (``device.cores`` / k)."""
+    def __init__(self, topology: str, n: int, cores: float | list[float], threads: int, net: MininetOptions,
+                 workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = ()):
+        """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -234,10 +234,10 @@ class Session:
             self.net.build()
             self.hosts = [self.net.get(f"{PREFIX}h{i}") for i in range(1, n + 1)]
             self._save_state()
-            frac = cores / (os.cpu_count() or 1)
-            for h in self.hosts:
+            per_host = list(cores) if isinstance(cores, (list, tuple)) else [cores] * n
+            for h, c in zip(self.hosts, per_host):
                 h.period_us = int(period_us)  # CPULimitedHost's CFS period (its quota = period x fraction x cores)
-                h.setCPUFrac(frac)
+                h.setCPUFrac(c / (os.cpu_count() or 1))
             self.net.start()
             if topology == "mesh":
                 configure_mesh(self.net, self.hosts)
@@ -290,6 +290,10 @@ class Session:
         """Shape (first time) or re-shape (live) every link direction; netem impairments only where supported."""
         if not first and bw == self.bw:
             return
+        if not first:
+            self._change_all(bw)
+            self.bw = bw
+            return
         for node, intf, host_idx in self.shaped:
             b = bw[host_idx]
             for cmd in htb_commands(intf, b, self.burst_ms, "add" if first else "change", self.stock):
@@ -302,6 +306,36 @@ class Session:
                 if out.strip():
                     raise RunFailed(f"netem on {intf} failed: {out.strip().splitlines()[0]}")
         self.bw = bw
+
+    def _change_all(self, bw: list[float]) -> None:
+        """A live change of every link's rate, all namespaces at once: one ``tc -batch`` process per namespace
+        (``nsenter`` into each host's), started together, so the links change within one process start-up of
+        each other rather than one shell round trip per interface in turn (measured: benchmarks/trace_change.py)."""
+        by_node: dict = {}
+        for node, intf, host_idx in self.shaped:
+            cmds = htb_commands(intf, bw[host_idx], self.burst_ms, "change", self.stock)
+            by_node.setdefault(node, []).extend(c.removeprefix("tc ") for c in cmds)
+        procs = []
+        for node, cmds in by_node.items():
+            enter = ["nsenter", f"--net=/proc/{node.pid}/ns/net"] if node.inNamespace else []
+            p = subprocess.Popen([*enter, "tc", "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+            p.stdin.write("\n".join(cmds) + "\n")
+            p.stdin.close()
+            procs.append((node, p))
+        failed = []
+        for node, p in procs:  # ours, by handle
+            try:
+                err = p.stderr.read()
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                err = "timed out"
+            if p.returncode:
+                failed.append(f"{node.name}: {err.strip().splitlines()[0] if err.strip() else p.returncode}")
+        if failed:
+            raise RunFailed(f"changing the link rates failed on {failed[0]}")
 
     def host_ifaces(self, rank: int) -> list[str]:
         return [i.name for i in self.hosts[rank].intfList() if i.name != "lo"]
@@ -377,7 +411,8 @@ class Session:
 class TraceFollower(threading.Thread):
     """Changes every link's HTB rate on a trace's schedule: waits for rank 0 to write the stream's start
     (CLOCK_MONOTONIC), then applies step i at start + k·t_i with ``tc class change`` (rates ÷ k). ``applied`` holds
-    (t_i, lag after its due time, seconds the change took) per step; an error ends the point after the jobs."""
+    (t_i, seconds from its due time until every link had changed, seconds the change took) per step; an error
+    ends the point after the jobs."""
 
     def __init__(self, session: Session, net, trace, k: float, start_file: Path, duration_s: float):
         super().__init__(daemon=True)
@@ -399,7 +434,8 @@ class TraceFollower(threading.Thread):
                     return
                 began = time.monotonic()
                 self.session.apply(self.net, [r / self.k for r in rates])
-                self.applied.append((t, time.monotonic() - due, time.monotonic() - began))
+                done = time.monotonic()
+                self.applied.append((t, done - due, done - began))  # due -> every link changed
         except BaseException as exc:  # noqa: BLE001 - handed to the controller's thread in stop()
             self.error = exc
 
@@ -486,7 +522,8 @@ class MininetBackend(Backend):
         acquire_lock()
         net, dev = spec.network, spec.device
         # everything the session fixes when it is built: a change of any of it builds a new one
-        key = (spec.topology.name, spec.devices, round(spec.quota_cores, 6), int(dev.threads), dev.cfs_period_us,
+        quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
+        key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
                net.htb_burst_ms, net.htb_stock,
                net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
@@ -496,7 +533,7 @@ class MininetBackend(Backend):
         if _SESSION is None:
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
-            _SESSION = Session(key[0], spec.devices, spec.quota_cores, key[3], net, sess_dir,
+            _SESSION = Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net, sess_dir,
                                period_us=dev.cfs_period_us, key=key)
             self.setup_s = _SESSION.setup_s
         measured: dict = {}

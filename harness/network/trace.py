@@ -134,11 +134,15 @@ def build(net, hosts: int, duration_s: float, seed: int, max_mbps: float) -> Tra
     if not getattr(net, "trace", None):
         return None
     if net.trace == MARKOV:
-        bad = [s for s in net.trace_states if not 0 < float(s) <= max_mbps]
-        if not net.trace_states or bad:
-            raise ConfigError(f"network.trace_states={list(net.trace_states)}: give one or more rates in "
-                              f"(0, {max_mbps:g}] Mbit/s")
-        return markov([float(s) for s in net.trace_states], float(net.trace_step_s), duration_s, seed, hosts)
+        raw = net.trace_states
+        states = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        try:
+            rates = [float(x) for x in states]
+        except (TypeError, ValueError):
+            rates = []
+        if not rates or any(not 0 < r <= max_mbps for r in rates):
+            raise ConfigError(f"network.trace_states={raw}: give one or more rates in (0, {max_mbps:g}] Mbit/s")
+        return markov(rates, float(net.trace_step_s), duration_s, seed, hosts)
     return load_csv(net.trace, hosts, max_mbps)
 
 

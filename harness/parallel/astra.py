@@ -114,7 +114,7 @@ class Astra(SequenceParallel):
     @classmethod
     def columns(cls, spec) -> dict:
         mode = vq_mode(spec.method)
-        return {"groups": spec.method.groups, "codebook_size": None if mode == "lossless" else spec.method.codebook_size,
+        return {**super().columns(spec), "groups": spec.method.groups, "codebook_size": None if mode == "lossless" else spec.method.codebook_size,
                 "vq": mode}
 
     @classmethod
@@ -199,6 +199,8 @@ class Astra(SequenceParallel):
         opts = asdict(spec.method)
         opts["vq"] = vq_mode(spec.method)
         opts["seed"] = spec.seed  # which indices are lost (method.index_loss)
+        if spec.shares:
+            opts["shares"] = list(spec.shares)
         if spec.codebooks:
             from ..codebooks import load_codebooks
 

@@ -123,7 +123,10 @@ class Method:
     @classmethod
     def plan(cls, model: Transformer, comm: Comm, spec) -> "Method":
         """This rank's plan for ``spec`` (in the worker)."""
-        return cls(model, comm, dataclasses.asdict(spec.method))
+        opts = dataclasses.asdict(spec.method)
+        if spec.shares:
+            opts["shares"] = list(spec.shares)
+        return cls(model, comm, opts)
 
     # -- the rank's side ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -26,6 +26,20 @@ from ..wire import WIRE_DTYPES, decode_rows, encode_rows, row_bytes
 from .base import Method, MethodOptions, Output, partition, register, traffic_of
 
 
+def token_slices(content: int, extra: int, world: int, shares: list[int] | None) -> list[tuple[int, int]]:
+    """[start, end) sequence positions per rank: the even partition of ``content`` + ``extra`` positions (``extra``:
+    a partitioned ViT class token at position 0), or the given content ``shares`` with the class token added to
+    rank 0's."""
+    if not shares:
+        return partition(content + extra, world)
+    out, start = [], 0
+    for r, n in enumerate(shares):
+        size = n + (extra if r == 0 else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
 @dataclass
 class SequenceParallelOptions(MethodOptions):
     name: str = opt("sp", "the method")
@@ -55,6 +69,7 @@ class SequenceParallel(Method):
     replicate_cls = True
     # Mean-pool the class-token replicas over ranks before the head (ASTRA's Distributed Class Tokens).
     pool_cls = False
+    splits_tokens = True  # honours split= (uneven token shares)
 
     @classmethod
     def paper_bits(cls, knobs, devices, tokens, layers, hidden) -> float:
@@ -64,8 +79,14 @@ class SequenceParallel(Method):
     def exchanged_rows(cls, spec) -> int:
         """Rows of every rank's all-gather shard: the largest share of the partitioned tokens (shards are padded)."""
         replicated = spec.model.kind == "vit" and cls.replicates_cls(spec)
-        seq = spec.tokens + (1 if spec.model.kind == "vit" and not replicated else 0)
-        return max(e - s for s, e in partition(seq, spec.devices))
+        extra = 1 if spec.model.kind == "vit" and not replicated else 0
+        return max(e - s for s, e in token_slices(spec.tokens, extra, spec.devices, spec.shares))
+
+    @classmethod
+    def columns(cls, spec) -> dict:
+        """``fpar``: the full-precision attention rate Σ n_k² / T² of the content-token shares (paper App. D)."""
+        sizes = [e - s for s, e in token_slices(spec.tokens, 0, spec.devices, spec.shares)]
+        return {"fpar": sum(n * n for n in sizes) / spec.tokens ** 2}
 
     @classmethod
     def replicates_cls(cls, spec) -> bool:
@@ -92,12 +113,15 @@ class SequenceParallel(Method):
         # (batch, n_j) boolean tensor per rank of ``needed_ranks()``, True = lost
         self.lost_keys: list[torch.Tensor] | None = None
         self.wire = str(self.opts.get("exchange_dtype", "fp32"))
+        self.shares = self.opts.get("shares")  # uneven content-token shares (split=), else None
 
     # -- sequence bookkeeping -----------------------------------------------------------------------------------
     def setup(self, content_tokens: int) -> None:
         """Partition for a sequence of ``content_tokens`` (plus the class token if it is partitioned)."""
         extra = 1 if (self.cfg.kind == "vit" and not self.prefix) else 0
-        self.slices = partition(content_tokens + extra, self.comm.world)
+        if self.shares and sum(self.shares) != content_tokens:
+            raise ValueError(f"split shares {self.shares} do not add up to the input's {content_tokens} tokens")
+        self.slices = token_slices(content_tokens, extra, self.comm.world, self.shares)
         s, e = self.slices[self.comm.rank]
         if self.causal:
             self.mask = torch.arange(e)[None, :] <= torch.arange(s, e)[:, None]

@@ -147,6 +147,40 @@ def loss_label(p: float) -> str:
     return f"loss{100 * p:g}"
 
 
+def fpar_quintiles(task: Task, sim: AstraSim, devices: int, dct: bool, seed: int) -> list[tuple[str, float]]:
+    """Paper Table 9 at small scale: every test sample gets its own random uneven token-to-device map (random share
+    sizes and positions, ``assign_devices``), the samples are binned into FPAR quintiles (Σ n_k² / T² of the
+    content tokens), and each bin reports its FPAR range and mean and its top-1 (ViT) or perplexity (GPT2)."""
+    import math
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed + 9)
+    fr, score = [], []
+    with torch.no_grad():
+        for x, y in eval_batches(task, sim.model, "test"):
+            dev = assign_devices(task.tokens, devices, dct, task.vit, True, x.shape[0], g)
+            fr.append(fpar(dev[:, devices if task.vit and dct else 0:], devices))
+            logits = sim.forward(x, dev=dev)[0]
+            if task.vit:
+                score.append((logits.argmax(-1) == y).float())
+            else:
+                score.append(F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(-1))
+    fr_all, sc = torch.cat(fr).numpy(), torch.cat(score).numpy()
+    edges = np.quantile(fr_all, np.linspace(0, 1, 6))
+    out = []
+    for q in range(5):
+        last = q == 4
+        sel = (fr_all >= edges[q]) & ((fr_all <= edges[q + 1]) if last else (fr_all < edges[q + 1]))
+        if not sel.any():
+            continue
+        value = 100.0 * float(sc[sel].mean()) if task.vit else math.exp(float(sc[sel].mean()))
+        out += [(f"{'top1' if task.vit else 'ppl'}_fparq{q + 1}", value), (f"fpar_q{q + 1}_lo", float(edges[q])),
+                (f"fpar_q{q + 1}_hi", float(edges[q + 1])), (f"fpar_q{q + 1}_mean", float(fr_all[sel].mean()))]
+    return out
+
+
 def check_quantization(cfg: DictConfig, mc: ModelConfig) -> None:
     """``evaluate.weight_group`` fits every width it will be applied to, before anything is evaluated."""
     group = cfg.evaluate.get("weight_group")
@@ -229,6 +263,9 @@ def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
         for metric, value in evaluate_split(task, model, random_forward, "test").items():
             rows.append(_row(task, cfg, v, metric, "test_random_split", value))
         rows.append(_row(task, cfg, v, "fpar_mean", "test_random_split", float(torch.cat(fr).mean())))
+    if cfg.evaluate.get("fpar_quintiles", False) and v["devices"] > 1:
+        for metric, value in fpar_quintiles(task, sim, v["devices"], v["dct"], int(cfg.seed)):
+            rows.append(_row(task, cfg, v, metric, "test_random_split", value))
     rows.append(_row(task, cfg, v, "quant_rel_mse", "test", relative_quant_error(task, sim)))
     if cfg.evaluate.runtime_check:
         for metric, value in runtime_check(cfg, task, d, m, sim).items():

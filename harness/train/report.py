@@ -26,6 +26,9 @@ PAPER_PTQ = {None: (80.32, 80.27, 80.19), 1: (77.39, 77.32, 76.82), 16: (78.80, 
              32: (80.28, 80.26, 79.78)}
 # Table 11 (Llama-3-8B, Wikipedia): perplexity, and with 5 % packet loss without retransmission
 PAPER_LOSS = {None: (5.8118, None), 1: (7.7336, 7.7294), 16: (7.5879, 7.5900), 32: (7.4360, 7.4431)}
+# Table 9 (ImageNet, ViT-Base, 4 devices, G=32, random token splits): FPAR quintile bins and mean accuracy
+PAPER_FPAR = [((0.2501, 0.2932), 78.89), ((0.2932, 0.3196), 78.96), ((0.3196, 0.3516), 79.39),
+              ((0.3516, 0.4020), 79.62), ((0.4020, 0.7461), 79.87)]
 PAPER_BETA = {0.0: {1: 88.85, 16: 90.46, 32: 91.42}, 0.25: {1: 88.75, 16: 89.7, 32: 89.97},
               "best": {1: 88.95, 16: 90.77, 32: 91.64}}
 
@@ -195,6 +198,25 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
         parts.append(_table(["model", "p = 0", *[f"p = {p:g} %" for p in loss], *[f"Δ {p:g} %" for p in loss],
                              *([f"next-byte top-1 % at {p:g} %" for p in loss] if not vit else []),
                              "paper ppl / with 5 % loss (Llama-3-8B)" if not vit else "paper"], rows))
+
+    quint = "test_random_split"
+    fpar_groups = [g for g in groups if look.value(f"{metric}_fparq1", quint, groups=g) is not None]
+    if fpar_groups:
+        rows = []
+        for q in range(1, 6):
+            lo = look.value(f"fpar_q{q}_lo", quint, groups=fpar_groups[-1])
+            hi = look.value(f"fpar_q{q}_hi", quint, groups=fpar_groups[-1])
+            mean = look.value(f"fpar_q{q}_mean", quint, groups=fpar_groups[-1])
+            paper = PAPER_FPAR[q - 1] if vit else None
+            rows.append([q, None if lo is None else f"[{lo:.4f}, {hi:.4f}]", mean,
+                         *[look.value(f"{metric}_fparq{q}", quint, groups=g) for g in fpar_groups],
+                         f"[{paper[0][0]}, {paper[0][1]}]: {paper[1]}" if paper else None])
+        parts.append(f"\n## {name} per FPAR quintile on random uneven splits (paper Table 9)\n")
+        parts.append(f"Every test sample gets its own random token-to-device map over {main['devices']} devices "
+                     "(random share sizes, random positions); FPAR = Σ n_k² / T². Bins of "
+                     f"G={fpar_groups[-1]}'s samples shown (every G draws the same maps).\n")
+        parts.append(_table(["quintile", "FPAR bin", "mean FPAR", *[f"G={g}" for g in fpar_groups],
+                             "paper (ImageNet, G=32): bin: top-1" if vit else "paper"], rows))
 
     if len(s.devices):
         gd = int(s.get("devices_groups", main["groups"]))
