@@ -174,8 +174,11 @@ def plot_streams(rows: pd.DataFrame, side: pd.DataFrame, out: Path) -> list[Path
     rows = rows[is_stream(rows) & (rows["status"] == "ok")]
     side = side[side["run_id"].isin(rows["run_id"])]
     written: list[Path] = []
-    groups = list(rows.groupby(rows.get("trace", pd.Series("fixed", index=rows.index)).fillna("fixed")))
-    for n, (trace, part) in enumerate(groups):
+    # one figure per stream setting; the single baseline (its link idle, so no trace of its own) joins its scene
+    groups = list(rows.groupby(["model", "tokens", "stream_s"], dropna=False))
+    for n, (_, part) in enumerate(groups):
+        named = part["trace"].dropna() if "trace" in part.columns else pd.Series(dtype=object)
+        trace = Path(str(named.iloc[0])).name if not named.empty else "fixed"
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[1, 2.2])
         steps = side[(side["kind"] == "trace") & side["run_id"].isin(part["run_id"])]
         if not steps.empty:
@@ -190,6 +193,10 @@ def plot_streams(rows: pd.DataFrame, side: pd.DataFrame, out: Path) -> list[Path
             bottom.plot(req["time_s"], req["latency_ms"] / 1e3, marker="o", ms=3,
                         label=f"{r['label']}: {int(r['requests'])} served in {r['stream_s']:g} s")
         bottom.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter
+
+        bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        bottom.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
         bottom.set_xlabel("request start, emulated s")
         bottom.set_ylabel("request latency, s")
         bottom.legend(fontsize=8)

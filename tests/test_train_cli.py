@@ -93,6 +93,17 @@ def test_vit_every_stage(vit):
     assert abs(value(df, "top1_w8", method="full") - full) <= 2.0
     assert value(df, "loss_w4", method="full") != full_loss
     assert "post-training weight quantization (paper Table 5)" in tables
+    # Table 11: lost indices (1 % and 5 %, masked) for every ASTRA variant; Table 9: FPAR quintiles of random splits
+    for pct in (1, 5):
+        assert len(astra[astra["metric"] == f"top1_loss{pct}"]) == 3
+    assert "lost indices (paper Table 11)" in tables
+    quint = astra[astra["eval_split"] == "test_random_split"]
+    for q in range(1, 6):
+        assert len(quint[quint["metric"] == f"top1_fparq{q}"]) == 3
+    lo = [value(df, f"fpar_q{q}_lo", "test_random_split", groups=16, dct=True) for q in range(1, 6)]
+    hi = [value(df, f"fpar_q{q}_hi", "test_random_split", groups=16, dct=True) for q in range(1, 6)]
+    assert lo == sorted(lo) and all(a <= b for a, b in zip(lo, hi)) and lo[0] >= 0.25 - 1e-6  # 4 devices: >= 1/4
+    assert "per FPAR quintile on random uneven splits (paper Table 9)" in tables
 
 
 def test_more_groups_lower_quantization_error(vit):
