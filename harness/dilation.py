@@ -63,10 +63,6 @@ def cores_of(dev, devices: int, strict: bool = True) -> list[float]:
     return out * devices if len(out) == 1 else out
 
 
-def heterogeneous(dev, devices: int) -> bool:
-    return len(set(cores_of(dev, devices))) > 1
-
-
 def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float | None:
     """k for a point configured with ``devices`` devices of ``dev`` (None: measured at run time, reference mode).
     ``enforced``: whether the backend holds devices to CPU quotas (only then can it dilate)."""

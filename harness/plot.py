@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .results import _read, load
-from .stream import SIDE_SUFFIX, side_path
+from .stream import is_side_table, side_path
 
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     src = Path(args.results)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
     written = plot_all(pts, out, note=lambda msg: print(f"astra-plot: {msg}", file=sys.stderr))
-    sides = [side_path(src)] if not src.is_dir() else sorted(src.rglob(f"*{SIDE_SUFFIX}.*"))
+    sides = [side_path(src)] if not src.is_dir() else sorted(p for p in src.rglob("*") if is_side_table(p))
     sides = [p for p in sides if p.is_file()]
     if sides and is_stream(pts).any():
         written += plot_streams(pts, pd.concat([_read(p) for p in sides], ignore_index=True), out)

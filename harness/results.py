@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, atomic_write
+from .stream import is_side_table
 
 # The contract (design.md): at least these columns, in this order first.
 COLUMNS = [
@@ -157,7 +158,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
     path = Path(path)
     files = sorted([*path.rglob("*.parquet"), *path.rglob("*.csv")]) if path.is_dir() else [path]
-    files = [f for f in files if not f.name.startswith(".") and not f.stem.endswith(".requests")]
+    files = [f for f in files if not f.name.startswith(".") and not is_side_table(f)]
     if not files or not all(f.exists() for f in files):
         raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
     df = pd.concat([_read(f) for f in files], ignore_index=True)

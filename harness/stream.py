@@ -23,6 +23,7 @@ def side_path(results_path: str | Path) -> Path:
 
 
 def is_side_table(path: Path) -> bool:
+    """Whether ``path`` is a side table (``side_path`` of some store), not a store of rows."""
     return path.stem.endswith(SIDE_SUFFIX)
 
 

@@ -287,20 +287,19 @@ class Session:
         save_state(pids)
 
     def apply(self, net: MininetOptions, bw: list[float], first: bool = False) -> None:
-        """Shape (first time) or re-shape (live) every link direction; netem impairments only where supported."""
-        if not first and bw == self.bw:
-            return
+        """Shape (first time) or re-shape (live, ``_change_all``) every link direction; netem impairments only where
+        supported."""
         if not first:
-            self._change_all(bw)
-            self.bw = bw
+            if bw != self.bw:
+                self._change_all(bw)
+                self.bw = bw
             return
         for node, intf, host_idx in self.shaped:
-            b = bw[host_idx]
-            for cmd in htb_commands(intf, b, self.burst_ms, "add" if first else "change", self.stock):
+            for cmd in htb_commands(intf, bw[host_idx], self.burst_ms, "add", self.stock):
                 errors = [ln for ln in node.cmd(cmd).splitlines() if ln.strip() and not ln.startswith("Warning")]
                 if errors:
                     raise RunFailed(f"shaping {intf} failed: {errors[0]}")
-            nc = netem_command(intf, net) if first else None
+            nc = netem_command(intf, net)
             if nc:
                 out = node.cmd(nc)
                 if out.strip():
@@ -506,10 +505,12 @@ class MininetBackend(Backend):
             raise ConfigError(f"network.trace={net.trace} changes the links during a request stream: set "
                               "stream_s=<seconds> (e.g. stream_s=60)")
         self.trace = build_trace(net, spec.devices, spec.stream_s or 0.0, spec.seed, MAX_BW) if net.trace else None
+        # every rate the links will be shaped at (÷ k), which HTB must handle
+        self.link_rates = self.trace.all_rates() if self.trace is not None else self.bw
         if self.trace is not None:
             self.bw = mean_rates(self.trace, spec.stream_s)  # the row's bandwidth: each host's mean over the stream
         if spec.dilation is not None and spec.method_class.communicates:
-            check_links(spec.dilation, self.trace.all_rates() if self.trace is not None else self.bw)
+            check_links(spec.dilation, self.link_rates)
         check_environment()
         super().__init__(spec)
         self.setup_s = 0.0
@@ -544,7 +545,7 @@ class MininetBackend(Backend):
                 k = single_ms / spec.device.reference_ms
                 measured = {"dilation": k, "reference_single_real_ms": single_ms}
                 if spec.method_class.communicates:
-                    check_links(k, self.trace.all_rates() if self.trace is not None else self.bw)
+                    check_links(k, self.link_rates)
             follow = self.trace is not None and spec.method_class.communicates
             links = [b / k for b in (self.trace.rates[0] if follow else self.bw)]
             _SESSION.apply(net, links)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import vq
+from ..vq import INDEX_LOSS_FILLS, KMEANS_INITS  # by name: AstraOptions has a field called vq
 from ..errors import ConfigError
 from ..options import opt
 from .base import MethodOptions, register, traffic_of
@@ -52,12 +53,12 @@ class AstraOptions(MethodOptions):
     checkpoint: str | None = opt(None, "an astra-train checkpoint dir or a codebooks .safetensors file")
     kmeans_iters: int = opt(20, "k-means iterations when fitting codebooks", lo=1)
     kmeans_init: str = opt("k-means++", "k-means seeding: k-means++ (better codebooks) or random (about 10x faster "
-                           "fit; latency does not depend on the codebooks' values)", choices=("k-means++", "random"))
+                           "fit; latency does not depend on the codebooks' values)", choices=KMEANS_INITS)
     index_loss: float = opt(0.0, "fraction of remote tokens whose indices are lost in transit and never "
                             "retransmitted (paper Table 11), drawn per block, sender and receiver from seed", lo=0,
                             hi=1)
     index_loss_fill: str = opt("mask", "a lost token: mask (its key is left out of attention) or zero (attended as "
-                               "a zero vector: K and V are the projections' biases)", choices=("mask", "zero"))
+                               "a zero vector: K and V are the projections' biases)", choices=INDEX_LOSS_FILLS)
     kv_table: Any = opt("auto", "precomputed K|V projections of codewords: auto (if they fit kv_table_max_mb), "
                         "true, false", kind="auto_bool")
     kv_table_max_mb: float = opt(512.0, "the kv tables' memory limit for kv_table=auto", lo=0)

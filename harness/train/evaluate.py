@@ -111,10 +111,15 @@ def _row(task: Task, cfg: DictConfig, v: dict | None, metric: str, split: str, v
             "seed": int(cfg.seed), "timestamp": now(), **extra}
 
 
+def _listed(raw, scalars: tuple) -> list:
+    """An ``evaluate`` setting given as one value (of one of the ``scalars`` types) or a list, as a list (None:
+    empty)."""
+    return [] if raw is None else ([raw] if isinstance(raw, scalars) else list(raw))
+
+
 def weight_bits(cfg: DictConfig) -> list[int]:
     """The post-training weight quantizations to evaluate besides full precision (``evaluate.weight_bits``)."""
-    raw = cfg.evaluate.get("weight_bits")
-    raw = [] if raw is None else ([raw] if isinstance(raw, (int, str)) else list(raw))
+    raw = _listed(cfg.evaluate.get("weight_bits"), (int, str))
     try:
         bits = [int(b) for b in raw]
     except (TypeError, ValueError):
@@ -127,8 +132,7 @@ def weight_bits(cfg: DictConfig) -> list[int]:
 
 def index_losses(cfg: DictConfig) -> tuple[list[float], str]:
     """The index-loss fractions to evaluate ASTRA under (``evaluate.index_loss``, paper Table 11) and the fill."""
-    raw = cfg.evaluate.get("index_loss")
-    raw = [] if raw is None else ([raw] if isinstance(raw, (int, float, str)) else list(raw))
+    raw = _listed(cfg.evaluate.get("index_loss"), (int, float, str))
     try:
         ps = [float(p) for p in raw]
     except (TypeError, ValueError):
