@@ -2,13 +2,15 @@
 that point (after Mininet-HiFi, "Reproducible Network Experiments Using Container-Based Emulation", CoNEXT 2012,
 which monitors that every host got its CPU share and every link its rate).
 
-- ``compute_inflation``: the ranks' compute inside the emulation (each rank's time outside collectives, median
-  over repeats) ÷ the same ranks' compute alone on the same CPU budget (``worker.solo_compute``: the peers idle,
-  collectives answered locally), pooled over ranks. 1.0 means co-running devices, the kernel's network work and the
-  controller neither slowed the devices down nor let them run faster than their budget.
+- ``compute_inflation``: the ranks' compute inside the emulation (each rank's time outside collectives) ÷ the same
+  ranks' compute alone on the same CPU budget (the peers idle, collectives answered locally), pooled: by default
+  each timed repeat is followed by one rank's solo run (``solo_paired``) and the repeats are paired with them;
+  otherwise every rank runs alone after the point (``worker.solo_compute``) and medians are compared. 1.0 means
+  co-running devices, the kernel's network work and the controller neither slowed the devices down nor let them
+  run faster than their budget.
 - ``idle_cores``: the machine's idle cores during the timed repeats (``/proc/stat`` summed over them; the least
-  any rank saw; None when the repeats are too short for its 10 ms ticks). Near zero, something besides the devices' quotas is using the machine and the quotas can
-  no longer be honoured.
+  any rank saw; None when the repeats are too short for its 10 ms ticks). Near zero, something besides the
+  devices' quotas is using the machine and the quotas can no longer be honoured.
 - ``goodput_ratio``: during bulk transfers (collectives that keep a link busy for at least ``BULK_S`` at its
   rate), the bytes a host put on its link ÷ what its shaped rate (real, dilated) could carry from its arrival in
   the collective to the last rank's departure; the best host per collective, median over bulk collectives; None
@@ -35,10 +37,27 @@ MIN_GOODPUT = 0.90  # a bulk transfer below this fraction of the shaped rate: th
 BULK_S = 0.05  # a collective is a bulk transfer when its bytes take at least this long at the link's rate
 
 
+def paired(reports: list[dict]) -> list[tuple[float, float]]:
+    """``solo_paired``: (compute inside the emulation, compute alone) for every repeat after which a rank ran
+    alone, that rank's, seconds apart."""
+    out = []
+    for r in reports:
+        for lat, comm, solo in zip(r["latency_s"], r["comm_s"], r.get("solo_paired_s") or []):
+            if solo is not None:
+                out.append((lat - comm, solo))
+    return out
+
+
 def compute_inflation(reports: list[dict]) -> float | None:
-    """Compute inside the emulation ÷ compute alone, pooled over ranks (the sum of every rank's median compute in
-    the point over the sum of their solo medians), or None if not measured. Pooling keeps one rank's noisy solo
-    sample from deciding the verdict on a machine whose speed drifts by several percent from minute to minute."""
+    """Compute inside the emulation ÷ compute alone, pooled, or None if not measured. Paired samples
+    (``solo_paired``): the sum of the paired repeats' compute over the sum of their solo samples, so a drift of the
+    machine's speed between the point and its reference cancels. Otherwise the sum of every rank's median compute
+    over the sum of its solo medians (solo runs after the point). Pooling keeps one rank's noisy sample from
+    deciding the verdict on a machine whose speed drifts by several percent from minute to minute."""
+    pairs = paired(reports)
+    if pairs:
+        alone = sum(b for _, b in pairs)
+        return sum(a for a, _ in pairs) / alone if alone > 0 else None
     inside = alone = 0.0
     for r in reports:
         solo = r.get("solo_compute_s")
@@ -47,6 +66,23 @@ def compute_inflation(reports: list[dict]) -> float | None:
         inside += statistics.median(a - b for a, b in zip(r["latency_s"], r["comm_s"]))
         alone += statistics.median(solo)
     return inside / alone if reports and alone > 0 else None
+
+
+def solo_medians(reports: list[dict]) -> list[float] | None:
+    """Each rank's compute alone (median of its solo samples, seconds), or None if not measured. With paired
+    samples a rank whose turn never came (fewer repeats than ranks) gets the median of all ranks' samples: the
+    methods give every rank the same work, up to a class token or a rounding of the split."""
+    if all(r.get("solo_compute_s") for r in reports):
+        return [statistics.median(r["solo_compute_s"]) for r in reports] if reports else None
+    pairs = paired(reports)
+    if not pairs:
+        return None
+    pooled = statistics.median(b for _, b in pairs)
+    out = []
+    for r in reports:
+        mine = [s for s in r.get("solo_paired_s") or [] if s is not None]
+        out.append(statistics.median(mine) if mine else pooled)
+    return out
 
 
 def idle_cores(reports: list[dict]) -> float | None:
@@ -102,7 +138,7 @@ def verdict(cols: dict) -> str:
 
 def solo_compute_ms(reports: list[dict]) -> float | None:
     """The slowest rank's compute alone (median of its solo runs), in real ms; None if not measured."""
-    vals = [statistics.median(r["solo_compute_s"]) for r in reports if r.get("solo_compute_s")]
+    vals = solo_medians(reports)
     return 1e3 * max(vals) if vals else None
 
 
@@ -113,13 +149,14 @@ def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, ove
     Beside ``latency_ms`` it shows what the emulated network adds to the formula."""
     from .network.analytic import charge_seconds
 
-    if bandwidth_mbps is None or not all(r.get("solo_compute_s") for r in reports):
+    solo = solo_medians(reports)
+    if bandwidth_mbps is None or solo is None:
         return None
     out = []
-    for r in reports:
+    for r, alone in zip(reports, solo):
         comm = sum(charge_seconds(rec[0], rec[2], r["world"], bandwidth_mbps, 1e6, "ring", overhead)
                    for rec in r["records"])
-        out.append(statistics.median(r["solo_compute_s"]) / k + comm)
+        out.append(alone / k + comm)
     return 1e3 * max(out)
 
 

@@ -57,6 +57,10 @@ class Knobs:
                      "device.cores), or a list of token counts (one per device, summing to tokens)", kind="list")
     solo_repeats: int = opt(1, "after a multi-device point, each rank runs this many inferences alone (collectives "
                             "answered locally, peers idle) for the compute-inflation check; 0 skips it", lo=0, hi=100)
+    solo_paired: bool = opt(True, "with solo_repeats > 0: instead of solo runs after the point, one rank (in turn) "
+                            "runs its share alone right after every timed repeat, so each solo sample is paired with "
+                            "the compute of the repeat it follows and the machine's drift cancels out of the "
+                            "compute-inflation check (request streams keep the solo runs after the point)")
 
 
 @dataclass
@@ -123,6 +127,7 @@ class RunSpec:
     cache_dir: str = "results/cache"
     budget_s: float | None = None
     solo_repeats: int = 0
+    solo_paired: bool = False
     interleave: bool = False
     stream_s: float | None = None
     stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
@@ -343,7 +348,7 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
                    quota_cores=quota, quotas=quotas, shares=shares,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
-                                                    "solo_repeats", "interleave", "stream_s")},
+                                                    "solo_repeats", "solo_paired", "interleave", "stream_s")},
                    **sub)
     if check_method:
         cls.check(spec)

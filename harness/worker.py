@@ -64,10 +64,13 @@ class Timing:
     def __init__(self, spec: RunSpec, comm: Comm, plan, inputs, baseline=None):
         self.spec, self.comm, self.plan, self.inputs, self.baseline = spec, comm, plan, inputs, baseline
         self.interleave = spec.interleave and comm.world > 1 and not comm.local
+        # paired solo samples: one rank alone after every timed repeat (not between a stream's requests)
+        self.paired = bool(spec.solo_repeats and spec.solo_paired and comm.world > 1 and not comm.local)
+        self.turn = 0  # timed inferences so far, dropped warm-ups included: whose turn it is to run alone
         self.ifaces = list(spec.wire_ifaces)
         self.probe = Probe()
         self.cols: dict[str, list] = {k: [] for k in ("latency_s", "comm_s", "wire_bytes", "cpu_s", "runqueue_wait_s",
-                                                      "throttled_s", "idle_cores", "single_s")}
+                                                      "throttled_s", "idle_cores", "single_s", "solo_s")}
         self.records: list = []
         self.warmups = 0
         self.out = None
@@ -93,6 +96,17 @@ class Timing:
         c["idle_cores"].append(None if m0 is None or m1 is None else (m1[0] - m0[0], m1[1] - m0[1]))
         self.records = list(comm.records)
         c["single_s"].append(self.single() if self.interleave else None)
+        c["solo_s"].append(self.solo() if self.paired else None)
+        self.turn += 1
+        return took
+
+    def solo(self) -> float | None:
+        """``solo_paired``: the rank whose turn it is runs its share alone (``alone``) while the others wait;
+        its compute on that rank, None on the others."""
+        mine = self.turn % self.comm.world == self.comm.rank
+        self.comm.barrier()
+        took = alone(self.comm, self.plan, self.inputs, 1)[0] if mine else None
+        self.comm.barrier()
         return took
 
     def single(self) -> float | None:
@@ -134,7 +148,9 @@ class Timing:
         while self.warmups < spec.warmup and agree(time.perf_counter() - start) + last <= budget / 2:
             last = agree(self.untimed())
         while True:
-            last = agree(self.timed())
+            t0 = time.perf_counter()
+            self.timed()
+            last = agree(time.perf_counter() - t0)  # the repeat with its interleaved baseline and solo sample
             n = len(self.cols["latency_s"])
             if n >= spec.repeats or agree(time.perf_counter() - start) + last > budget:
                 return
@@ -146,6 +162,7 @@ class Timing:
         the stream's start (CLOCK_MONOTONIC, shared by the machine's namespaces) for the controller, which changes
         the links on the trace's schedule from then on."""
         spec, comm = self.spec, self.comm
+        self.paired = False  # requests back to back: the solo runs follow the stream
         for _ in range(spec.warmup):
             self.untimed()
         comm.barrier()
@@ -171,6 +188,8 @@ class Timing:
                 "runqueue_wait_s": kept("runqueue_wait_s"), "throttled_s": kept("throttled_s"),
                 "idle_cores": idle,  # the machine's idle cores during the timed repeats (None: too short to tell)
                 "single_s": kept("single_s"),  # interleave: rank 0's single-device baseline after each repeat
+                # solo_paired: this rank's compute alone right after each repeat (None: another rank's turn)
+                "solo_paired_s": c["solo_s"] if self.paired else None,
                 "warmups": self.warmups,
                 **({"request_start_s": self.starts, "stream_real_s": self.spec.stream_real_s}
                    if self.stream_t0 is not None else {})}
@@ -218,21 +237,28 @@ def solo_compute(spec: RunSpec, comm: Comm, plan, inputs) -> list[float]:
     mine: list[float] = []
     for r in range(comm.world):
         comm.barrier()
-        if r != comm.rank:
-            continue
-        comm.local = True
-        try:  # no warm-up: the rank has just run the point with this very plan
-            for _ in range(spec.solo_repeats):
-                comm.reset()
-                t0 = time.perf_counter()
-                plan.forward(inputs)
-                mine.append(time.perf_counter() - t0 - comm.seconds)
-        finally:
-            comm.local = False
-            comm.reset()
+        if r == comm.rank:  # no warm-up: the rank has just run the point with this very plan
+            mine = alone(comm, plan, inputs, spec.solo_repeats)
     comm.barrier()
     _SOLO[key] = mine
     return mine
+
+
+def alone(comm: Comm, plan, inputs, n: int) -> list[float]:
+    """This rank's compute in ``n`` inferences of its plan run alone: its collectives answered locally
+    (``comm.local``), the time they took subtracted. The caller keeps the other ranks waiting."""
+    out = []
+    comm.local = True
+    try:
+        for _ in range(n):
+            comm.reset()
+            t0 = time.perf_counter()
+            plan.forward(inputs)
+            out.append(time.perf_counter() - t0 - comm.seconds)
+    finally:
+        comm.local = False
+        comm.reset()
+    return out
 
 
 def run_rank(spec: RunSpec, comm: Comm) -> dict:
@@ -263,7 +289,8 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
     timing = Timing(spec, comm, plan, inputs, baseline)
     timing.run_stream() if spec.stream_s else timing.run()
     out = timing.out
-    solo = solo_compute(spec, comm, plan, inputs) if spec.solo_repeats and comm.world > 1 and not comm.local else None
+    solo = (solo_compute(spec, comm, plan, inputs)
+            if spec.solo_repeats and comm.world > 1 and not comm.local and not timing.paired else None)
     per_tag: dict[str, int] = {}
     for rec in timing.records:
         per_tag[rec.tag] = per_tag.get(rec.tag, 0) + rec.payload_bytes

@@ -147,6 +147,21 @@ def test_compute_inflation_pools_the_ranks():
     assert fidelity.compute_inflation([reps[0], report(1, [1.0], [0.0])]) is None  # a rank without its solo
 
 
+def test_paired_solo_samples_are_held_against_their_own_repeats():
+    # the machine slows down by half between repeats 0 and 2; each repeat's solo sample slows down with it
+    reps = [dict(report(0, [1.0, 1.2, 1.5], [0.0, 0.1, 0.0]), solo_paired_s=[1.0, None, 1.5]),
+            dict(report(1, [1.0, 1.2, 1.5], [0.0, 0.0, 0.0]), solo_paired_s=[None, 1.1, None])]
+    assert fidelity.compute_inflation(reps) == pytest.approx((1.0 + 1.2 + 1.5) / (1.0 + 1.1 + 1.5))
+    assert fidelity.solo_medians(reps) == pytest.approx([1.25, 1.1])
+    # a rank whose turn never came (fewer repeats than ranks) gets the pooled median of the others' samples
+    reps.append(dict(report(2, [1.0], [0.0]), solo_paired_s=[None]))
+    assert fidelity.solo_medians(reps)[2] == pytest.approx(1.1)
+    assert fidelity.solo_compute_ms(reps) == pytest.approx(1250.0)
+    # without paired samples the solo runs after the point decide, as before
+    assert fidelity.solo_medians([report(0, [1.0], [0.0], solo=[0.5])]) == [0.5]
+    assert fidelity.solo_medians([dict(report(0, [1.0], [0.0]), solo_paired_s=[None])]) is None
+
+
 def test_goodput_counts_bulk_collectives_only():
     rate = 8.0  # Mbit/s = 1e6 bytes/s
     bulk = ("all_gather", "b0", 900_000, 1.0, 1_000_000)  # 1 MB in 1 s: exactly the rate
@@ -234,3 +249,23 @@ def test_interleave_runs_the_baseline_between_repeats(tmp_path):
     (tmp_path / "b").mkdir()
     plain = launch_local(spec.replace(interleave=False), tmp_path / "b", free_port())
     assert plain[0]["single_s"] is None
+
+
+def test_paired_solo_runs_one_rank_after_every_repeat(tmp_path):
+    """On real ranks (loopback): after each timed repeat the ranks take turns running alone; the row's inflation
+    pairs them, and the solo runs after the point are skipped."""
+    from harness.launch import free_port, launch_local
+    from harness.spec import make_spec, model_from_conf, row
+
+    mc = model_from_conf("vit_tiny", 32)
+    spec = make_spec(mc, {"name": "sp"}, devices=2, tokens=32, repeats=3, warmup=1, solo_repeats=1,
+                     solo_paired=True, results={"path": str(tmp_path / "r.parquet")})
+    reports = launch_local(spec, tmp_path, free_port())
+    turns = [[s is not None for s in r["solo_paired_s"]] for r in reports]
+    assert turns == [[True, False, True], [False, True, False]]
+    assert all(r["solo_compute_s"] is None for r in reports)
+    r = row(spec, {"network": "loopback"}, reports)
+    assert r["solo_compute_ms"] > 0
+    (tmp_path / "b").mkdir()
+    after = launch_local(spec.replace(solo_paired=False), tmp_path / "b", free_port())
+    assert all(r["solo_paired_s"] is None and len(r["solo_compute_s"]) == 1 for r in after)

@@ -404,6 +404,7 @@ class Session:
             self.net.stop()
         finally:
             cleanup_leftovers()
+            shutil.rmtree(self.workdir, ignore_errors=True)  # specs, reports, logs: a failure's message quotes its log
         return time.perf_counter() - t0
 
 
