@@ -66,7 +66,7 @@ class Timing:
         self.interleave = spec.interleave and comm.world > 1 and not comm.local
         # paired solo samples: one rank alone after every timed repeat (not between a stream's requests)
         self.paired = bool(spec.solo_repeats and spec.solo_paired and comm.world > 1 and not comm.local)
-        self.turn = 0  # timed inferences so far, dropped warm-ups included: whose turn it is to run alone
+        self.turn = 0  # solo samples so far: whose turn it is to run alone
         self.ifaces = list(spec.wire_ifaces)
         self.probe = Probe()
         self.cols: dict[str, list] = {k: [] for k in ("latency_s", "comm_s", "wire_bytes", "cpu_s", "runqueue_wait_s",
@@ -77,7 +77,9 @@ class Timing:
         self.starts: list[float] = []  # stream mode: each request's start, real seconds after the stream began
         self.stream_t0: float | None = None
 
-    def timed(self) -> float:
+    def timed(self, pair: bool = True) -> float:
+        """One timed inference, and (``pair``) what is paired with it: the interleaved baseline, a solo sample.
+        Without ``pair`` the caller decides afterwards whether the inference is kept (``paired_runs``)."""
         comm, c = self.comm, self.cols
         comm.barrier()
         comm.reset()
@@ -95,10 +97,18 @@ class Timing:
         c["throttled_s"].append(used.throttled_s)
         c["idle_cores"].append(None if m0 is None or m1 is None else (m1[0] - m0[0], m1[1] - m0[1]))
         self.records = list(comm.records)
-        c["single_s"].append(self.single() if self.interleave else None)
-        c["solo_s"].append(self.solo() if self.paired else None)
-        self.turn += 1
+        c["single_s"].append(None)
+        c["solo_s"].append(None)
+        if pair:
+            self.paired_runs()
         return took
+
+    def paired_runs(self) -> None:
+        """After the last timed inference: ``interleave``'s single-device baseline and ``solo_paired``'s sample."""
+        c = self.cols
+        c["single_s"][-1] = self.single() if self.interleave else None
+        c["solo_s"][-1] = self.solo() if self.paired else None
+        self.turn += 1
 
     def solo(self) -> float | None:
         """``solo_paired``: the rank whose turn it is runs its share alone (``alone``) while the others wait;
@@ -140,10 +150,11 @@ class Timing:
                 self.timed()
             return
         start = time.perf_counter()
-        first = agree(self.timed())
+        first = agree(self.timed(pair=False))
         if first >= budget:
+            self.paired_runs()
             return
-        self.drop_last()  # it was a warm-up
+        self.drop_last()  # it was a warm-up (nothing paired with it)
         self.warmups, last = 1, first
         while self.warmups < spec.warmup and agree(time.perf_counter() - start) + last <= budget / 2:
             last = agree(self.untimed())
