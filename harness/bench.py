@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from .errors import ConfigError, RunFailed
 from .errors import log as _log
 from . import stream
-from .results import append_row, append_rows, find_ok
+from .results import append_rows, find_ok, is_dataset, part_path, record
 from .spec import RunSpec, build_spec, point_key, row
 
 PROG = "astra-bench"
@@ -42,6 +42,26 @@ def in_sweep() -> bool:
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except Exception:  # noqa: BLE001 - not running under Hydra (a caller composing configs itself)
         return False
+
+
+def job_name(cfg: DictConfig | None = None) -> str:
+    """This job's name in a dataset store (its part file): in a sweep, fixed by the sweep's directory (which holds
+    the sweep's own id, ``conf/config.yaml``) and the job's number, so a job retried by a launcher replaces its
+    earlier attempt's part; otherwise a fresh id. ``cfg``: a job's full config (with its ``hydra`` node), for a
+    launcher naming its jobs."""
+    import hashlib
+    import uuid
+
+    if cfg is not None:
+        sweep_dir, num = cfg.hydra.sweep.dir, cfg.hydra.job.num
+    elif in_sweep():
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        sweep_dir, num = hc.sweep.dir, hc.job.num
+    else:
+        return uuid.uuid4().hex[:16]
+    return hashlib.sha1(f"{Path(str(sweep_dir)).resolve()}|{num}".encode()).hexdigest()[:16]
 
 
 def check_weights(spec: RunSpec) -> None:
@@ -81,6 +101,9 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     sweep = in_sweep() if sweep is None else sweep
     spec = cfg if isinstance(cfg, RunSpec) else build_spec(cfg, in_sweep=sweep)
     backend = spec.backend_class(spec)  # refuses what it cannot honour
+    if backend.launched_outside:
+        raise ConfigError(f"network={backend.name} runs on real devices: start `torchrun ... -m harness.device "
+                          "<overrides>` on each device (README: Running on real devices), not astra-bench")
     check_weights(spec)
     existing = skip_row(spec, sweep)
     if existing is not None:
@@ -96,9 +119,11 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     out = row(spec, info, result.reports, result.measured, links_mbps=result.links_mbps)
     out["wall_s"] = round(time.perf_counter() - t0, 3)
     side = stream.side_rows(out, result.reports, spec, result.trace)
+    job = job_name()
     if side:  # before the row: a row in the store always has its requests beside it
-        append_rows(stream.side_path(spec.results.path), side, stream.SIDE_COLUMNS)
-    append_row(spec.results.path, out)
+        append_rows(stream.side_path(part_path(spec.results.path, job)), side, stream.SIDE_COLUMNS,
+                    replace=is_dataset(spec.results.path))
+    record(spec.results.path, [out], job)
     if sweep:
         _DONE_IN_SWEEP[out["point_key"]] = out
     return out
@@ -158,26 +183,51 @@ def summary(r: dict) -> str:
             f"payload {r['payload_bytes']} B{err}{fid}")
 
 
-def job(cfg: DictConfig) -> None:
+def job(cfg: DictConfig) -> dict | None:
+    """One Hydra job: the point's row (also the job's return value, for launchers that collect rows), or its failed
+    row inside a sweep."""
+    from omegaconf import OmegaConf
+
     sweep = in_sweep()
+    kill_job(OmegaConf.select(cfg, "fault.kill_job_once", default=None), "start", cfg)
     try:
         out = run_point(cfg, sweep)
     except (ConfigError, RunFailed) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
-        from omegaconf import OmegaConf
-
-        record = OmegaConf.select(cfg, "results.record_failures", default="auto")
-        record = sweep if str(record).lower() == "auto" else str(record).lower() == "true"
-        failed, path = failed_row(cfg, str(exc)) if record else ({}, None)
+        wanted = OmegaConf.select(cfg, "results.record_failures", default="auto")
+        wanted = sweep if str(wanted).lower() == "auto" else str(wanted).lower() == "true"
+        failed, path = failed_row(cfg, str(exc)) if wanted else ({}, None)
         if path is not None:
-            append_row(path, failed)
-            print(json.dumps(failed), flush=True)
+            record(path, [failed], job_name())
+            if not os.environ.get("ASTRA_REMOTE_JOB"):
+                print(json.dumps(failed), flush=True)
         if not sweep:
             sys.exit(2 if isinstance(exc, ConfigError) else 1)
-        return
+        return failed or None
+    kill_job(OmegaConf.select(cfg, "fault.kill_job_once", default=None), "end", cfg)
     if not out.get("skipped"):
         log(summary(out))
-    print(json.dumps(out, default=str), flush=True)
+    if not os.environ.get("ASTRA_REMOTE_JOB"):  # a launcher's remote job returns its row to the driver instead
+        print(json.dumps(out, default=str), flush=True)
+    return out
+
+
+def kill_job(marker: str | None, when: str, cfg: DictConfig) -> None:
+    """Fault injection (``fault.kill_job_once``): the first attempt of the job (no marker file yet) is killed with
+    SIGKILL ``fault.kill_job_at`` its start or its end (after its row is recorded), as a machine or a launcher's
+    worker dying would end it; the marker lets the next attempt run."""
+    from omegaconf import OmegaConf
+
+    if not marker or OmegaConf.select(cfg, "fault.kill_job_at", default="start") != when:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:

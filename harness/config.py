@@ -128,7 +128,7 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
                 _check_values(ov.key_or_group.lstrip("+"), _values(ov), chosen)
     for ov in parsed:
         key = ov.key_or_group
-        if key in groups or key.startswith("hydra.") or key == "hydra":
+        if key in groups or key.startswith(("hydra.", "hydra/")) or key == "hydra":
             continue
         if ov.type == OverrideType.DEL:
             raise ConfigError(f"~{key} removes a setting the run needs: set it instead ({key}=<value>)")
@@ -239,6 +239,21 @@ def _describe(cls, prefix: str) -> list[str]:
     return out
 
 
+def ray_launcher_installed() -> bool:
+    """Whether the cluster extra is installed; if so, ``hydra/launcher=ray`` is made ours (``harness.cluster``):
+    the plugin's config is stored first, then replaced under the same name."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None or importlib.util.find_spec("ray") is None:
+        return False
+    import hydra_plugins.hydra_ray_launcher._config  # noqa: F401 - stores the plugin's own config first
+    from hydra.core.config_store import ConfigStore
+    from hydra_plugins.astra_ray_launcher import CONFIG
+
+    ConfigStore.instance().store(group="hydra/launcher", name="ray", node=CONFIG, provider="astra-bench")
+    return True
+
+
 def run_hydra_app(prog: str, config_name: str, job, doc: str | None = None) -> None:
     """Entry point of a Hydra console script: ``--help``, then the command-line check (a bad override is one
     ``<prog>: error:`` line and exit 2, before Hydra), SIGTERM as SystemExit so teardown runs, then ``job``."""
@@ -247,6 +262,9 @@ def run_hydra_app(prog: str, config_name: str, job, doc: str | None = None) -> N
         print(help_text(prog, doc or "", config_name))
         sys.exit(0)
     try:
+        if any(a.startswith("hydra/launcher=ray") for a in argv) and not ray_launcher_installed():
+            raise ConfigError("hydra/launcher=ray needs the cluster extra (Ray and the Hydra Ray launcher): "
+                              "pip install -e '.[cluster]'")
         sys.argv[1:] = check_argv(argv, config_name)
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

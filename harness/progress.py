@@ -46,7 +46,12 @@ class SweepProgress(Callback):
         print(f"[astra-bench] sweep of {self.total or '?'} points", file=sys.stderr, flush=True)
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        import os
+
         from hydra.core.hydra_config import HydraConfig
+
+        if os.environ.get("ASTRA_REMOTE_JOB"):  # a job of the Ray launcher: its driver reports the progress
+            return
 
         try:
             hc = HydraConfig.get()

@@ -1,7 +1,12 @@
-"""The results store: one tidy row per experiment point, parquet or CSV by file extension.
+"""The results store: one tidy row per experiment point, parquet or CSV by file extension, or a dataset.
 
-Appends are atomic (read, concatenate, write a temporary file, ``os.replace``) under an exclusive lock file, so a
-crash mid-write never loses earlier rows and concurrent writers do not interleave.
+A store file: appends are atomic (read, concatenate, write a temporary file, ``os.replace``) under an exclusive
+lock file, so a crash mid-write never loses earlier rows and concurrent writers on one machine do not interleave.
+
+A dataset (``results.path`` names a folder: no suffix) is for many writers (sweeps spread over a cluster, jobs on
+several machines): every job writes its rows to its own part, ``part-<job>.parquet``, all at once (a temporary
+name, then ``os.replace``), with no lock. The job's name is fixed by the sweep and the job number, so a retried job
+replaces its earlier attempt's part instead of adding a second row. ``load`` reads a dataset as one table.
 """
 
 from __future__ import annotations
@@ -85,15 +90,32 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def is_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``results.path`` names a dataset folder (no suffix) rather than a store file."""
+    return Path(path).suffix == ""
+
+
+def part_path(path: str | os.PathLike, job: str) -> Path:
+    """The file a job records its rows in: the store file itself, or the job's own part of a dataset."""
+    return Path(path) / f"part-{job}.parquet" if is_dataset(path) else Path(path)
+
+
 def _check_suffix(path: Path, name: str = "results.path") -> None:
     if Path(path).suffix not in (".parquet", ".csv"):
-        raise ConfigError(f"{name}={path} must end in .parquet or .csv: name a parquet or CSV store file")
+        raise ConfigError(f"{name}={path} must end in .parquet or .csv: name a parquet or CSV store file (or a "
+                          "folder without a suffix, for a dataset)")
 
 
 def check_store(path: str | os.PathLike, name: str = "results.path") -> None:
     """Refuse, before anything runs, a store path the point's row could not be appended to: a wrong suffix, a
     directory, an existing file that is not a readable store (it is left untouched), an unwritable folder."""
     path = Path(path)
+    if is_dataset(path):  # a dataset: a folder (made on the first write) of parts, each one a store
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{name}={path} is a file, not a dataset folder: name a .parquet or .csv store file, "
+                              "or a folder")
+        check_writable(path, name)
+        return
     _check_suffix(path, name)
     if path.is_dir():
         raise ConfigError(f"{name}={path} is a directory: name a .parquet or .csv file")
@@ -122,14 +144,17 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     append_rows(path, [row])
 
 
-def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | None = None) -> None:
-    """Atomically append ``rows`` to the store at ``path`` (columns in ``order`` first; default: the bench's)."""
+def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | None = None,
+                replace: bool = False) -> None:
+    """Atomically append ``rows`` to the store at ``path`` (columns in ``order`` first; default: the bench's).
+    ``replace``: write them as the file's whole content instead (a job's part of a dataset: no other writer, and a
+    retry must not add to its earlier attempt)."""
     path = Path(path)
     _check_suffix(path)
     order = COLUMNS if order is None else order
     new = pd.DataFrame(rows)
-    with _locked(path):
-        df = pd.concat([_read(path), new], ignore_index=True) if path.exists() else new
+
+    def write(df: pd.DataFrame) -> None:
         ordered = [c for c in order if c in df.columns] + [c for c in df.columns if c not in order]
         df = df[ordered]
         if path.suffix == ".csv":
@@ -137,13 +162,31 @@ def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | No
         else:
             atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
+    if replace:
+        write(new)
+        return
+    with _locked(path):
+        write(pd.concat([_read(path), new], ignore_index=True) if path.exists() else new)
+
+
+def record(path: str | os.PathLike, rows: list[dict], job: str, order: list[str] | None = None) -> Path:
+    """Record a job's rows in the store ``results.path``: appended to a store file, or as the job's own part of a
+    dataset (``job`` names it; a retry replaces it). Returns the file written."""
+    target = part_path(path, job)
+    append_rows(target, rows, order, replace=is_dataset(path))
+    return target
+
 
 def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
     """The latest ok row with this ``point_key`` in the store at ``path``, or None."""
     path = Path(path)
     if not path.exists():
         return None
-    df = _read(path)
+    frames = [_read(f) for f in _files(path)] if path.is_dir() else [_read(path)]
+    frames = [f for f in frames if "point_key" in f.columns]
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
     if "point_key" not in df.columns:
         return None
     hit = df[(df["point_key"] == point_key) & (df["status"] == "ok")]
@@ -157,12 +200,18 @@ def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
 def load(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
     path = Path(path)
-    files = sorted([*path.rglob("*.parquet"), *path.rglob("*.csv")]) if path.is_dir() else [path]
-    files = [f for f in files if not f.name.startswith(".") and not is_side_table(f)]
+    files = _files(path) if path.is_dir() else [path]
     if not files or not all(f.exists() for f in files):
         raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
     df = pd.concat([_read(f) for f in files], ignore_index=True)
     return with_speedup(df)
+
+
+def _files(folder: Path) -> list[Path]:
+    """The stores under a folder (a dataset's parts, or store files side by side), without side tables and
+    temporary files."""
+    files = sorted([*folder.rglob("*.parquet"), *folder.rglob("*.csv")])
+    return [f for f in files if not f.name.startswith(".") and not is_side_table(f)]
 
 
 JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]  # rows written before baseline_key existed

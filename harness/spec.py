@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from .errors import ConfigError
 from .models import ModelConfig
@@ -23,6 +26,11 @@ from .parallel import METHODS, MethodOptions, partition
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("tokens", "extra")]
+
+# ``${astra_sweep_id:}``: an id drawn once per sweep (resolvers cache their value in the config, and Hydra copies
+# that cache into every job's config, a launcher's remote jobs included): it makes the sweep's directory, and so
+# the names of its jobs' parts in a dataset store, unique even for sweeps started in the same second.
+OmegaConf.register_new_resolver("astra_sweep_id", lambda: uuid.uuid4().hex[:8], use_cache=True, replace=True)
 
 
 @dataclass
@@ -87,11 +95,17 @@ class DeviceOptions:
 class FaultOptions:
     crash_rank: int | None = opt(None, "this rank raises right after start-up (tests the harness)", lo=0)
     hang_rank: int | None = opt(None, "this rank stops responding (the run must end at timeout_s)", lo=0)
+    kill_job_once: str | None = opt(None, "a marker file: the job's first attempt (the file absent) creates it and "
+                                    "kills its own process (SIGKILL), as a dying worker would; tests launchers' "
+                                    "retries")
+    kill_job_at: str = opt("start", "when kill_job_once kills: at the job's start, or at its end (after its row "
+                           "is recorded)", choices=("start", "end"))
 
 
 @dataclass
 class ResultsOptions:
-    path: str = opt("results/results.parquet", "the results store (.parquet or .csv)")
+    path: str = opt("results/results.parquet", "the results store: a .parquet or .csv file, or a folder without a "
+                    "suffix (a dataset for many writers: each job writes its own part)")
     record_failures: Any = opt("auto", "record failed points as rows (auto: inside a -m sweep only)",
                                kind="auto_bool")
     skip_existing: Any = opt("auto", "skip points already in the store with status ok (auto: inside a -m sweep)",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for astra-bench: system packages (Mininet, Linux bridge, iperf3; as root),
 # a virtual environment in .venv with the pinned CPU build of torch, and the project with its test extras.
-# Idempotent: a second run only checks. Set ASTRA_SKIP_APT=1 to skip the system packages.
+# Idempotent: a second run only checks. Set ASTRA_SKIP_APT=1 to skip the system packages. ASTRA_EXTRAS names the
+# project's extras to install (default test,mininet; scripts/test.sh adds cluster: Ray and the Hydra Ray launcher).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +29,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
   $PY -m venv .venv
 fi
-stamp=.venv/.astra-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+EXTRAS=${ASTRA_EXTRAS:-test,mininet}
+stamp=.venv/.astra-setup-$( (cat pyproject.toml scripts/setup.sh; echo "$EXTRAS") | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing $TORCH_PIN and the project (pip)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_PIN"
-  .venv/bin/python -m pip install -q -e ".[test,mininet]"
-  rm -f .venv/.astra-setup-*
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   touch "$stamp"
 fi
 .venv/bin/python -c "import torch, harness; print('[setup] ok: torch', torch.__version__)"

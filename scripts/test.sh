@@ -2,5 +2,5 @@
 # Sets up the machine (scripts/setup.sh) and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+ASTRA_EXTRAS=${ASTRA_EXTRAS:-test,mininet,cluster} bash scripts/setup.sh  # cluster: the Ray launcher's tests
 exec .venv/bin/python -m pytest -q "$@"

@@ -63,6 +63,7 @@ class Backend:
     enforces_cores = False  # whether device.cores is a real CPU quota (else the budget is device.threads)
     emulates = True  # whether ranks really run and communicate (else there is no emulation to give a verdict on)
     runs_ranks = True  # whether this point runs the method's ranks at all (else nothing needs preparing)
+    launched_outside = False  # whether the ranks are started by another launcher (torchrun: astra-device)
 
     def __init__(self, spec):
         """Check ``spec`` against what this backend can honour (ConfigError, one line); start nothing."""
