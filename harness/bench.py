@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from .errors import ConfigError, RunFailed
 from .errors import log as _log
 from . import stream
+from .progress import REMOTE_ENV
 from .results import append_rows, find_ok, is_dataset, part_path, record
 from .spec import RunSpec, build_spec, point_key, row
 
@@ -199,7 +200,7 @@ def job(cfg: DictConfig) -> dict | None:
         failed, path = failed_row(cfg, str(exc)) if wanted else ({}, None)
         if path is not None:
             record(path, [failed], job_name())
-            if not os.environ.get("ASTRA_REMOTE_JOB"):
+            if not os.environ.get(REMOTE_ENV):
                 print(json.dumps(failed), flush=True)
         if not sweep:
             sys.exit(2 if isinstance(exc, ConfigError) else 1)
@@ -207,7 +208,7 @@ def job(cfg: DictConfig) -> dict | None:
     kill_job(OmegaConf.select(cfg, "fault.kill_job_once", default=None), "end", cfg)
     if not out.get("skipped"):
         log(summary(out))
-    if not os.environ.get("ASTRA_REMOTE_JOB"):  # a launcher's remote job returns its row to the driver instead
+    if not os.environ.get(REMOTE_ENV):  # a launcher's remote job returns its row to the driver instead
         print(json.dumps(out, default=str), flush=True)
     return out
 

@@ -30,8 +30,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as HydraRayLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-REMOTE_ENV = "ASTRA_REMOTE_JOB"  # set in a job run by this launcher: the driver reports the sweep's progress
-
+from .progress import REMOTE_ENV, fmt
 
 
 def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd: str) -> JobReturn:
@@ -46,11 +45,6 @@ def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd
     finally:
         if "harness.network.mininet" in sys.modules:  # a Ray worker may be killed at any time: no session kept
             sys.modules["harness.network.mininet"].close_session()
-
-
-def fmt(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class AstraRayLauncher(HydraRayLauncher):

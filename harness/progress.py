@@ -25,6 +25,9 @@ def count_points(overrides: list[str]) -> int:
     return total
 
 
+REMOTE_ENV = "ASTRA_REMOTE_JOB"  # set in a job of the Ray launcher (harness.cluster): its driver shows the progress
+
+
 def fmt(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
@@ -50,7 +53,7 @@ class SweepProgress(Callback):
 
         from hydra.core.hydra_config import HydraConfig
 
-        if os.environ.get("ASTRA_REMOTE_JOB"):  # a job of the Ray launcher: its driver reports the progress
+        if os.environ.get(REMOTE_ENV):  # a job of the Ray launcher: its driver reports the progress
             return
 
         try:

@@ -22,3 +22,20 @@ def tiny_cfg():
         return ModelConfig(name=f"{kind}_test", kind=kind, **base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def digits_smoke(tmp_path_factory):
+    """One smoke-size astra-train run of the digits ViT with G=1 and G=16 (DCT) and G=1 with a single class token,
+    K=16, every stage and evaluation: (its folder, the finished process). Shared by test_train_cli and the accuracy
+    notebook's test, so the suite trains it once."""
+    import os
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("vit")
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "harness.train", "task=digits_smoke", f"out_dir={tmp}/out",
+                        f"results_path={tmp}/acc.parquet", "astra.codebook_size=16", "suite.groups=[1,16]",
+                        "suite.dct_off_groups=[1]"], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return tmp, p

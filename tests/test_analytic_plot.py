@@ -54,7 +54,7 @@ def test_count_points_and_point_keys():
 
 @pytest.mark.slow
 def test_analytic_sweep_then_plot(tmp_path):
-    store = tmp_path / "r.parquet"
+    store = tmp_path / "runs"  # a dataset: one part per job (results.is_dataset), read back as one table
     args = [sys.executable, "-m", "harness.bench", "-m", f"results.path={store}", f"cache_dir={tmp_path / 'c'}",
             f"hydra.sweep.dir={tmp_path / 'sweep'}", "model=gpt2_tiny", "tokens=96", "network=analytic",
             "method=single,sp,astra", "network.bandwidth_mbps=10,1000", "devices=2", "repeats=2", "warmup=1",
@@ -65,6 +65,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     assert proc.stderr.count("skipped") == 1  # single at 1000 Mbit/s is the same point as at 10
     df = load(store)
     assert len(df) == 5 and (df["status"] == "ok").all()
+    assert len(list(store.glob("part-*.parquet"))) == 5  # a skipped point writes no part
     sp = df[df.method == "sp"].set_index("bandwidth_mbps")
     # analytic comm is payload bits / bandwidth: 100x the bandwidth, 1/100 the communication time
     assert sp.loc[10.0, "comm_ms"] == pytest.approx(100 * sp.loc[1000.0, "comm_ms"], rel=1e-6)
@@ -78,7 +79,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     # a second run of the same sweep skips every point
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped") == 6
-    assert len(load(store)) == 5
+    assert len(load(store)) == 5 and len(list(store.glob("part-*.parquet"))) == 5
 
     plots = tmp_path / "plots"
     out = subprocess.run([sys.executable, "-m", "harness.plot", str(store), "--out", str(plots)], cwd=REPO,

@@ -2,8 +2,6 @@
 points from the analytic backend with the paper's compute, accuracy rows from a smoke-size astra-train run."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,14 +32,9 @@ def latency_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def accuracy_store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("acc")
-    store = tmp / "acc.parquet"
-    p = subprocess.run([sys.executable, "-m", "harness.train", "task=digits_smoke", f"out_dir={tmp}/out",
-                        f"results_path={store}", "astra.codebook_size=16", "suite.groups=[1,16]"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return store
+def accuracy_store(digits_smoke):
+    """The accuracy rows of the suite's one smoke-size astra-train run (``conftest.digits_smoke``)."""
+    return digits_smoke[0] / "acc.parquet"
 
 
 def execute(path: Path, env: dict) -> str:
