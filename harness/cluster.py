@@ -1,4 +1,5 @@
-"""Sweeps spread over a Ray cluster: ``astra-bench -m hydra/launcher=ray ...`` (settings: ``hydra_plugins.astra_ray_launcher.CONFIG``).
+"""Sweeps spread over a Ray cluster: ``astra-bench -m hydra/launcher=ray ...`` (its settings:
+``hydra_plugins.astra_ray_launcher.CONFIG``).
 
 Built on the Hydra Ray launcher (``hydra-ray-launcher``, which ships each job's config, Hydra's state and the task
 function to a Ray task and runs it with Hydra's own ``run_job``). What this subclass adds, for benchmarks:
