@@ -24,7 +24,7 @@ from .errors import ConfigError, RunFailed
 from .errors import log as _log
 from . import stream
 from .progress import REMOTE_ENV
-from .results import append_rows, find_ok, is_dataset, part_path, record
+from .results import find_ok, record
 from .spec import RunSpec, build_spec, point_key, row
 
 PROG = "astra-bench"
@@ -122,8 +122,7 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     side = stream.side_rows(out, result.reports, spec, result.trace)
     job = job_name()
     if side:  # before the row: a row in the store always has its requests beside it
-        append_rows(stream.side_path(part_path(spec.results.path, job)), side, stream.SIDE_COLUMNS,
-                    replace=is_dataset(spec.results.path))
+        record(spec.results.path, side, job, stream.SIDE_COLUMNS, side=True)
     record(spec.results.path, [out], job)
     if sweep:
         _DONE_IN_SWEEP[out["point_key"]] = out
@@ -190,7 +189,7 @@ def job(cfg: DictConfig) -> dict | None:
     from omegaconf import OmegaConf
 
     sweep = in_sweep()
-    kill_job(OmegaConf.select(cfg, "fault.kill_job_once", default=None), "start", cfg)
+    kill_job(cfg, "start")
     try:
         out = run_point(cfg, sweep)
     except (ConfigError, RunFailed) as exc:
@@ -205,7 +204,7 @@ def job(cfg: DictConfig) -> dict | None:
         if not sweep:
             sys.exit(2 if isinstance(exc, ConfigError) else 1)
         return failed or None
-    kill_job(OmegaConf.select(cfg, "fault.kill_job_once", default=None), "end", cfg)
+    kill_job(cfg, "end")
     if not out.get("skipped"):
         log(summary(out))
     if not os.environ.get(REMOTE_ENV):  # a launcher's remote job returns its row to the driver instead
@@ -213,12 +212,13 @@ def job(cfg: DictConfig) -> dict | None:
     return out
 
 
-def kill_job(marker: str | None, when: str, cfg: DictConfig) -> None:
+def kill_job(cfg: DictConfig, when: str) -> None:
     """Fault injection (``fault.kill_job_once``): the first attempt of the job (no marker file yet) is killed with
     SIGKILL ``fault.kill_job_at`` its start or its end (after its row is recorded), as a machine or a launcher's
     worker dying would end it; the marker lets the next attempt run."""
     from omegaconf import OmegaConf
 
+    marker = OmegaConf.select(cfg, "fault.kill_job_once", default=None)
     if not marker or OmegaConf.select(cfg, "fault.kill_job_at", default="start") != when:
         return
     try:

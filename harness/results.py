@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, atomic_write
-from .stream import is_side_table
+from .stream import is_side_table, side_path
 
 # The contract (design.md): at least these columns, in this order first.
 COLUMNS = [
@@ -169,10 +169,12 @@ def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | No
         write(pd.concat([_read(path), new], ignore_index=True) if path.exists() else new)
 
 
-def record(path: str | os.PathLike, rows: list[dict], job: str, order: list[str] | None = None) -> Path:
+def record(path: str | os.PathLike, rows: list[dict], job: str, order: list[str] | None = None,
+           side: bool = False) -> Path:
     """Record a job's rows in the store ``results.path``: appended to a store file, or as the job's own part of a
-    dataset (``job`` names it; a retry replaces it). Returns the file written."""
-    target = part_path(path, job)
+    dataset (``job`` names it; a retry replaces it); ``side``: in the side table beside that file
+    (``stream.side_path``). Returns the file written."""
+    target = side_path(part_path(path, job)) if side else part_path(path, job)
     append_rows(target, rows, order, replace=is_dataset(path))
     return target
 
@@ -187,8 +189,6 @@ def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
-    if "point_key" not in df.columns:
-        return None
     hit = df[(df["point_key"] == point_key) & (df["status"] == "ok")]
     if hit.empty:
         return None

@@ -13,24 +13,22 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..options import opt
-from .base import Backend, NetworkOptions, Result, device_bandwidths, register
+from .base import Backend, NetworkOptions, device_bandwidths, register
 from .shaping import htb_commands
 
 # root qdiscs a machine has by default: replacing them loses nothing, and deleting ours brings them back
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "mq", "fq", "pfifo", "cake"}
-HANDLE = "5:"  # our HTB root's handle (htb_commands)
 
 
 @dataclass
 class RealOptions(NetworkOptions):
     name: str = opt("real", "the backend")
-    bandwidth_mbps: Any | None = opt(None, "shape every device's interface to this rate (Mbit/s; a list: one per device) "
-                              "with HTB for the point; null: the network as it is", kind="bandwidth")
+    bandwidth_mbps: Any | None = opt(None, "shape every device's interface to this rate (Mbit/s; a list: one per "
+                                     "device) with HTB for the point; null: the network as it is", kind="bandwidth")
     iface: str | None = opt(None, "the interface to shape and whose bytes count as the wire (default: the one that "
                             "routes to MASTER_ADDR)")
     htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
@@ -57,10 +55,6 @@ class RealBackend(Backend):
 
     def bandwidths(self) -> list[float] | None:
         return self.bw
-
-    def run(self, spec, workdir: Path) -> Result:
-        raise ConfigError("network=real runs on real devices: start `torchrun ... -m harness.device <overrides>` on "
-                          "each device (README: Running on real devices), not astra-bench")
 
 
 def route_iface(addr: str) -> str:
