@@ -11,6 +11,7 @@ them, ``wire_gap`` on the frames the links carry), and the verdict. Then each ta
     python benchmarks/fidelity.py                                    # runs the main job's sweeps (root, ~15 min)
     python benchmarks/fidelity.py --store results/main/results.parquet
     python benchmarks/fidelity.py --runs 3 --extra device.cfs_period_us=100000   # a lever, three runs of each point
+    python benchmarks/fidelity.py --runs 3 --methods single,astra --bandwidths 10   # the headline points' spread
 
 ``--runs R`` repeats the sweeps R times (``results.skip_existing=false``) and reports the spread of each point's
 latency over the runs ((max - min) / median).
@@ -30,12 +31,25 @@ sys.path.insert(0, str(ROOT))
 
 from harness.results import load  # noqa: E402
 
-SWEEPS = [["-m", "experiment=main"], ["-m", "experiment=main", "devices=2", "method=single,sp,astra"]]
+# the main job's two sweeps: (devices, methods); bandwidths are the experiment's unless --bandwidths
+SWEEPS = [(4, ["single", "tp", "sp", "astra"]), (2, ["single", "sp", "astra"])]
 
 
-def run_sweeps(store: Path, runs: int, extra: list[str]) -> None:
+def sweep_args(methods: list[str] | None, bandwidths: str | None) -> list[list[str]]:
+    """astra-bench arguments of each sweep, restricted to ``methods`` and ``bandwidths`` (a comma list)."""
+    out = []
+    for devices, names in SWEEPS:
+        keep = [m for m in names if methods is None or m in methods]
+        if keep:
+            out.append(["-m", "experiment=main", f"devices={devices}", f"method={','.join(keep)}",
+                        *([f"network.bandwidth_mbps={bandwidths}"] if bandwidths else [])])
+    return out
+
+
+def run_sweeps(store: Path, runs: int, extra: list[str], methods: list[str] | None = None,
+               bandwidths: str | None = None) -> None:
     for i in range(runs):
-        for sweep in SWEEPS:
+        for sweep in sweep_args(methods, bandwidths):
             cmd = [sys.executable, "-m", "harness.bench", *sweep, f"results.path={store}", *extra]
             if i:
                 cmd.append("results.skip_existing=false")
@@ -105,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results/fidelity/results.parquet")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--extra", nargs="*", default=[], help="more astra-bench overrides (a lever to try)")
+    ap.add_argument("--methods", default=None, help="only these methods of the main job, e.g. single,astra")
+    ap.add_argument("--bandwidths", default=None, help="only these bandwidths (Mbit/s), e.g. 10 or 10,1000")
     args = ap.parse_args(argv)
     store = args.store
     if store is None:
         store = args.out
-        run_sweeps(store, args.runs, args.extra)
+        methods = args.methods.split(",") if args.methods else None
+        if methods is not None and not any(m in names for _, names in SWEEPS for m in methods):
+            ap.error(f"--methods {args.methods} names none of the main job's methods (single, tp, sp, astra)")
+        run_sweeps(store, args.runs, args.extra, methods, args.bandwidths)
     t = table(load(store))
     print(t.to_markdown(index=False, floatfmt=".3g"))
     print()

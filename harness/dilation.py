@@ -9,7 +9,8 @@ time-warp idea of Gupta et al. ("To Infinity and Beyond: Time-Warped Network Emu
 
 How k is chosen (``device.dilation``):
 - ``auto`` (default): the smallest k >= 1 at which the devices fit the machine: devices x cores / k <= machine cores
-  - ``device.reserve_cores`` (the reserve is left to the kernel's bridging and shaping and to the controller).
+  - ``device.reserve_cores`` (the reserve is left to the kernel's bridging and shaping and to the controller), or
+  <= ``device.pin_cores`` when the devices are pinned to that many cores (the others are then the reserve).
   k depends on the *configured* device count, so the single-device baseline of a 4-device point runs on the same
   real quota as each of its devices.
 - a number: that k (refused when the devices would not fit, unless ``device.allow_oversubscribe``).
@@ -78,6 +79,9 @@ def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float
         if dev.reference_ms is not None:
             raise ConfigError(f"device.reference_ms={dev.reference_ms:g} needs network=mininet (it dilates time "
                               "there): remove it, or use network=mininet")
+        if getattr(dev, "pin_cores", None) is not None:
+            raise ConfigError(f"device.pin_cores={dev.pin_cores} pins Mininet hosts to cores: remove it, or use "
+                              "network=mininet")
         return 1.0
     if dev.reference_ms is not None:
         if dev.dilation != "auto":
@@ -94,12 +98,30 @@ def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float
 
 
 def room(dev, cores: int) -> float:
-    """The cores the devices may use together: the machine's minus the reserve."""
+    """The cores the devices may use together: the pinned ones (``device.pin_cores``), else the machine's minus the
+    reserve."""
+    pin = getattr(dev, "pin_cores", None)
+    if pin is not None:
+        return float(pinned_cpus(dev, cores)[1])
     left = cores - dev.reserve_cores
     if left <= 0:
         raise ConfigError(f"device.reserve_cores={dev.reserve_cores:g} leaves none of this machine's {cores} cores "
                           "to the devices: lower it")
     return left
+
+
+def pinned_cpus(dev, cores: int | None = None) -> tuple[str, int] | None:
+    """``device.pin_cores`` as a cpuset (the machine's last cores, the first ones left to the kernel and the
+    controller) and its size; None when devices are not pinned."""
+    pin = getattr(dev, "pin_cores", None)
+    if pin is None:
+        return None
+    cores = machine_cores() if cores is None else cores
+    if not 1 <= int(pin) <= cores:
+        raise ConfigError(f"device.pin_cores={pin} is not between 1 and this machine's {cores} cores: lower it")
+    pin = int(pin)
+    first = cores - pin
+    return (str(first) if pin == 1 else f"{first}-{cores - 1}"), pin
 
 
 def reference_quota(dev, devices: int, cores: int | None = None) -> float:
@@ -122,11 +144,14 @@ def check_fit(dev, devices: int, k: float, cores: int | None = None) -> dict:
             f"{per:.3g} real cores, a CFS quota of {quota_us:.0f} us per {dev.cfs_period_us} us period, below the "
             f"kernel's {MIN_QUOTA_US} us minimum: raise device.cfs_period_us to at least {int(need) + 1} or use "
             "fewer devices")
-    over = total > cores + 1e-9
+    pinned = pinned_cpus(dev, cores)
+    avail = pinned[1] if pinned else cores
+    over = total > avail + 1e-9
     if over and not dev.allow_oversubscribe:
+        where = f"device.pin_cores={avail} gives them" if pinned else "this machine has"
         raise ConfigError(
-            f"devices={devices} x device.cores={_cores_text(virt)} / k={k:.3g} need {total:.3g} cores but this "
-            f"machine has {cores}: use device.dilation=auto (or a k of at least {sum(virt) / cores:.3g}), "
+            f"devices={devices} x device.cores={_cores_text(virt)} / k={k:.3g} need {total:.3g} cores but {where} "
+            f"{avail}: use device.dilation=auto (or a k of at least {sum(virt) / avail:.3g}), "
             "fewer devices, or device.allow_oversubscribe=true (the row is then marked oversubscribed=true)")
     out = {"cpu_per_device": virt[0], "cpu_real_per_device": reals[0], "oversubscribed": over}
     if len(set(virt)) > 1:

@@ -70,7 +70,19 @@ def summarize(reports: list[dict]) -> dict:
         "cpu_ms": worst("cpu_s"),
         "runqueue_wait_ms": worst("runqueue_wait_s"),
         "throttled_ms": worst("throttled_s"),
+        "cpus": cpu_list(sorted({c for r in reports for c in r.get("cpus") or ()})),
     }
+
+
+def cpu_list(cpus: list[int]) -> str | None:
+    """CPU numbers as a cpuset string: [0, 1, 2, 5] -> "0-2,5" (None: not reported)."""
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or None
 
 
 @contextmanager

@@ -87,6 +87,12 @@ class DeviceOptions:
                                      "token count is this many ms: k = measured single latency / reference_ms",
                                      above=0)
     allow_oversubscribe: bool = opt(False, "Mininet: run even when devices x cores/k exceed the machine's cores")
+    pin_cores: int | None = opt(None, "Mininet: pin every device to this many of the machine's last cores (a "
+                                "cpuset) and leave the others to the kernel's bridging and shaping and to the "
+                                "controller; dilation=auto then fits the devices into these cores (reserve_cores "
+                                "is not used). Devices then share cores by time slices instead of computing side by "
+                                "side, so co-running ranks do not slow each other through shared caches and memory "
+                                "bandwidth", lo=1)
     cfs_period_us: int = opt(5000, "Mininet: the CFS period of the hosts' CPU quota (a short one bounds how long "
                              "a fractional device may run at full speed)", lo=1000, hi=1000000)
 
@@ -433,6 +439,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         **({"shares": spec.shares} if spec.shares else {}),
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
+            **({"pin_cores": spec.device.pin_cores} if spec.device.pin_cores else {}),  # absent: keys stay valid
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
             "reference_ms": spec.device.reference_ms} if backend.enforces_cores else {})},
         "topology": spec.topology.name if backend.uses_topology else None,

@@ -202,6 +202,7 @@ class Timing:
                 # solo_paired: this rank's compute alone right after each repeat (None: another rank's turn)
                 "solo_paired_s": c["solo_s"] if self.paired else None,
                 "warmups": self.warmups,
+                "cpus": sorted(os.sched_getaffinity(0)),  # the CPUs this rank may run on (device.pin_cores)
                 **({"request_start_s": self.starts, "stream_real_s": self.spec.stream_real_s}
                    if self.stream_t0 is not None else {})}
 

@@ -28,7 +28,7 @@ from typing import Callable
 import pandas as pd
 import pytest
 
-from harness.results import COLUMNS, append_row, load
+from harness.results import COLUMNS, append_row, cpu_list, load
 
 REPO = Path(__file__).resolve().parents[1]
 POINT_TIMEOUT_S = 180  # one point takes ~3-8 s alone; generous for a loaded 2-core machine
@@ -417,6 +417,7 @@ def test_point_runs_and_is_recorded(runs, case):
     assert math.isfinite(lat) and lat > 0
     # where the time went: the rank's own CPU time and its wait for a CPU are recorded beside the latency
     assert 0 < row["cpu_ms"] and row["runqueue_wait_ms"] >= 0 and row["throttled_ms"] in (None, 0.0)
+    assert row["cpus"] == cpu_list(sorted(os.sched_getaffinity(0)))
     # nothing is dilated on loopback; every row carries its fidelity verdict, multi-device ones their inflation
     assert row["dilation"] == 1.0 and row["latency_real_ms"] == lat
     assert row["fidelity"] == "ok" or row["fidelity"].startswith(("compute inflated", "machine saturated", "oversub"))

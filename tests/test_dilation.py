@@ -37,7 +37,26 @@ def test_fixed_and_reference_dilation():
     assert dilation.reference_quota(dev(reference_ms=111.5, reserve_cores=0.4), 1, cores=2) == 1.0
 
 
+def test_pinned_devices_fit_their_cores():
+    """device.pin_cores: the devices share the machine's last cores and auto k fits them there; the other cores
+    are the reserve."""
+    assert dilation.pinned_cpus(dev(), cores=2) is None
+    assert dilation.pinned_cpus(dev(pin_cores=1), cores=2) == ("1", 1)
+    assert dilation.pinned_cpus(dev(pin_cores=2), cores=8) == ("6-7", 2)
+    d = dev(cores=1.0, pin_cores=1, reserve_cores=0.25)
+    assert dilation.factor(d, 2, True, cores=2) == 2.0  # not 2 / 1.75: the reserve is the unpinned core
+    assert dilation.factor(d, 4, True, cores=2) == 4.0
+    assert dilation.factor(d, 1, True, cores=2) == 1.0
+    assert dilation.factor(dev(cores=1.0, pin_cores=2), 4, True, cores=8) == 2.0
+    assert dilation.check_fit(d, 4, 4.0, cores=2)["oversubscribed"] is False
+    with pytest.raises(ConfigError, match="pin_cores=1 gives them 1"):  # 4 devices at k=2 need 2 cores, not 1
+        dilation.check_fit(dev(cores=1.0, pin_cores=1, dilation=2.0), 4, 2.0, cores=2)
+    assert dilation.reference_quota(dev(reference_ms=111.5, pin_cores=1), 4, cores=2) == 0.25
+
+
 @pytest.mark.parametrize("kw, enforced, needle", [
+    (dict(pin_cores=3), True, "pin_cores=3 is not between 1 and this machine's 2 cores"),
+    (dict(pin_cores=1), False, "network=mininet"),
     (dict(dilation=2.0), False, "network=mininet"),
     (dict(reference_ms=100.0), False, "network=mininet"),
     (dict(reference_ms=100.0, dilation=2.0), True, "remove one"),

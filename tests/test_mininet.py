@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.network.mininet import our_objects
+from harness.results import cpu_list
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,6 +79,7 @@ def test_shaping_in_force_and_astra_far_faster(tmp_path):
         assert row["wire_bytes"] is not None and row["wire_bytes"] >= row["payload_bytes"]
         assert row["cpu_per_device"] == 1.0 and row["oversubscribed"] is False
         assert row["cpu_ms"] > 0 and row["runqueue_wait_ms"] >= 0 and row["throttled_ms"] >= 0
+        assert row["cpus"] == cpu_list(sorted(os.sched_getaffinity(0)))  # not pinned: every CPU
     assert_nothing_left(before)
 
 
@@ -271,11 +273,16 @@ def test_heterogeneous_devices_with_proportional_split(tmp_path):
     assert_nothing_left(before)
 
 
-def test_oversubscription_allowed_is_marked(tmp_path):
+def test_oversubscription_allowed_is_marked_and_pinned_devices(tmp_path):
+    """Three 1-core devices pinned to one core without dilation: run, marked oversubscribed; every rank ran on the
+    pinned core only (the machine's last)."""
+    from harness.dilation import machine_cores
+
     row = row_of(bench(tmp_path, "network=mininet", "method=sp", "devices=3", "tokens=48", "device.dilation=1",
-                       "device.allow_oversubscribe=true", "network.bandwidth_mbps=100"))
+                       "device.allow_oversubscribe=true", "network.bandwidth_mbps=100", "device.pin_cores=1"))
     assert row["oversubscribed"] is True and row["status"] == "ok"
     assert "oversubscribed" in row["fidelity"]
+    assert row["cpus"] == str(machine_cores() - 1)
 
 
 def test_dilated_four_devices_and_reference_device(tmp_path):

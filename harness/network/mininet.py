@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
+from .. import dilation
 from ..dilation import check_links
 from ..errors import ConfigError, RunFailed, atomic_write
 from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
@@ -200,12 +201,27 @@ class JobHandle:
         return (True, "") if msg.get("ok") else (False, f"failed: {msg.get('error')}")
 
 
+def pin_host(host, cpus: str) -> None:
+    """Pin a host's cgroup (and so every process it starts) to ``cpus``. Done here rather than with
+    CPULimitedHost.setCPUs, which reads the cpuset back as an integer and so cannot check a range."""
+    for param, value in (("cpus", cpus), ("mems", "0")):
+        out = subprocess.run(["cgset", "-r", f"cpuset.{param}={value}", f"/{host.name}"], capture_output=True,
+                             text=True)
+        if out.returncode:
+            raise RunFailed(f"pinning {host.name} to CPUs {cpus} failed: {(out.stderr or out.stdout).strip()}")
+    out = subprocess.run(["cgclassify", "-g", f"cpuset:/{host.name}", str(host.pid)], capture_output=True, text=True)
+    if out.returncode:
+        raise RunFailed(f"pinning {host.name} to CPUs {cpus} failed: {(out.stderr or out.stdout).strip()}")
+
+
 class Session:
     """A built network with one worker per host, reusable across points with the same key."""
 
     def __init__(self, topology: str, n: int, cores: float | list[float], threads: int, net: MininetOptions,
-                 workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = ()):
-        """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host."""
+                 workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = (),
+                 cpus: str | None = None):
+        """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host. ``cpus``: a
+        cpuset every host is pinned to (``device.pin_cores``), or None."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -238,6 +254,8 @@ class Session:
             for h, c in zip(self.hosts, per_host):
                 h.period_us = int(period_us)  # CPULimitedHost's CFS period (its quota = period x fraction x cores)
                 h.setCPUFrac(c / (os.cpu_count() or 1))
+                if cpus is not None:
+                    pin_host(h, cpus)
             self.net.start()
             if topology == "mesh":
                 configure_mesh(self.net, self.hosts)
@@ -525,8 +543,9 @@ class MininetBackend(Backend):
         net, dev = spec.network, spec.device
         # everything the session fixes when it is built: a change of any of it builds a new one
         quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
+        pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
-               net.htb_burst_ms, net.htb_stock,
+               pinned and pinned[0], net.htb_burst_ms, net.htb_stock,
                net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
@@ -536,7 +555,7 @@ class MininetBackend(Backend):
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
             _SESSION = Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net, sess_dir,
-                               period_us=dev.cfs_period_us, key=key)
+                               period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0])
             self.setup_s = _SESSION.setup_s
         measured: dict = {}
         try:
@@ -590,7 +609,8 @@ def reference_single_ms(session: Session, spec) -> float:
                          budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0,
                          stream_s=None)
     key = json.dumps([spec.model.to_dict(), spec.tokens, spec.batch, spec.seed, spec.device.threads,
-                      round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.model_state, spec.inputs_path],
+                      round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.device.pin_cores, spec.model_state,
+                      spec.inputs_path],
                      sort_keys=True, default=str)
     if key not in _REFERENCE:
         rep = session.run(calib, spec.network.port, ranks=1)[0]
