@@ -52,7 +52,9 @@ class Knobs:
     cache_dir: str = opt("results/cache", "where k-means codebooks are cached")
     budget_s: float | None = opt(None, "adaptive repeats: a point's warm-ups and repeats stop once they have used this "
                                  "many (real) seconds, after at least one timed inference; an inference longer than "
-                                 "the budget is timed on its own, without warm-up; null: always warmup + repeats",
+                                 "the budget is timed on its own, without warm-up; null: always warmup + repeats. "
+                                 "The single-device baseline always runs warmup + repeats: every speedup of a sweep "
+                                 "divides its latency",
                                  above=0)
     interleave: bool = opt(False, "multi-device points: after every timed repeat rank 0 also runs the whole model "
                            "alone on the same device (the others idle), so the row's speedup_interleaved pairs each "

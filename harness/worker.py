@@ -58,7 +58,8 @@ class Timing:
     ranks decide together (``Comm.agree_max``) after every inference: the first inference is timed; if it took
     the whole budget it is the point's only repeat (warm-up effects are negligible at that length); otherwise it
     was a warm-up, warm-ups continue while they fit in half the budget, and timed repeats while they fit in the
-    rest, at least one.
+    rest, at least one. The single-device baseline ignores the budget: every speedup of its sweep divides its
+    latency, so it always runs ``warmup`` + ``repeats``.
     """
 
     def __init__(self, spec: RunSpec, comm: Comm, plan, inputs, baseline=None):
@@ -143,6 +144,8 @@ class Timing:
 
     def run(self) -> None:
         spec, budget, agree = self.spec, self.spec.budget_s, self.comm.agree_max
+        if spec.method_class.is_baseline:
+            budget = None  # every speedup of the sweep divides its latency: always warmup + repeats
         if budget is None:
             for _ in range(spec.warmup):
                 self.untimed()

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASTRA_EXTRAS=${ASTRA_EXTRAS:-test,mininet,cluster} bash scripts/setup.sh  # cluster: the Ray launcher's tests
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

@@ -25,17 +25,29 @@ IDENTITY = ["network", "model", "method"]
 
 
 def grid_rows(tmp: Path) -> list[dict]:
-    rows = []
+    """The grid's rows. The sweeps run side by side (separate stores, caches and temporary directories): none of
+    the columns compared depends on timing."""
+    procs = {}
     for name, extra in SWEEPS.items():
         d = tmp / name
         d.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, TMPDIR=str(d), OMP_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "harness.bench", "-m", *COMMON, *extra, f"results.path={d / 'r.parquet'}",
                f"cache_dir={d / 'cache'}", f"hydra.sweep.dir={d / 'sweep'}"]
-        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+    rows, failed = [], []
+    for name, p in procs.items():
+        try:
+            out, err = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            p.terminate()  # the controller stops its ranks on SIGTERM
+            out, err = p.communicate(timeout=60)
         if p.returncode != 0:
-            raise RuntimeError(f"grid sweep {name} failed:\n{p.stderr[-3000:]}")
-        rows += [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+            failed.append(f"grid sweep {name} failed:\n{err[-3000:]}")
+        rows += [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    if failed:
+        raise RuntimeError("\n".join(failed))
     out = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
     return sorted(out, key=lambda r: [str(r[k]) for k in IDENTITY])
 

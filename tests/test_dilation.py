@@ -127,21 +127,22 @@ class FakePlan:
         self.clock.t += self.seconds
 
 
-@pytest.mark.parametrize("seconds, budget, warmup, repeats, want", [
-    (2.0, 1.0, 2, 5, (0, 1)),      # longer than the budget: timed once, no warm-up
-    (0.01, 1.0, 2, 5, (2, 5)),     # short: the full warm-up and repeats
-    (0.3, 1.0, 2, 5, (1, 2)),      # warm-ups fit half the budget, repeats the rest
-    (0.6, 1.0, 2, 5, (1, 1)),      # at least one timed repeat
-    (0.2, None, 3, 4, (3, 4)),     # no budget: warmup + repeats
+@pytest.mark.parametrize("method, seconds, budget, warmup, repeats, want", [
+    ("sp", 2.0, 1.0, 2, 5, (0, 1)),      # longer than the budget: timed once, no warm-up
+    ("sp", 0.01, 1.0, 2, 5, (2, 5)),     # short: the full warm-up and repeats
+    ("sp", 0.3, 1.0, 2, 5, (1, 2)),      # warm-ups fit half the budget, repeats the rest
+    ("sp", 0.6, 1.0, 2, 5, (1, 1)),      # at least one timed repeat
+    ("sp", 0.2, None, 3, 4, (3, 4)),     # no budget: warmup + repeats
+    ("single", 2.0, 1.0, 2, 5, (2, 5)),  # the baseline every speedup divides: always warmup + repeats
 ])
-def test_adaptive_repeats(monkeypatch, seconds, budget, warmup, repeats, want):
+def test_adaptive_repeats(monkeypatch, method, seconds, budget, warmup, repeats, want):
     from harness import worker
     from harness.comm import LocalComm
     from harness.spec import compose, build_spec
 
     clock = FakeClock()
     monkeypatch.setattr(worker.time, "perf_counter", clock)
-    spec = build_spec(compose(["model=vit_tiny", "method=single"])).replace(
+    spec = build_spec(compose(["model=vit_tiny", f"method={method}", "solo_repeats=0"])).replace(
         budget_s=budget, warmup=warmup, repeats=repeats)
     plan = FakePlan(clock, seconds)
     t = worker.Timing(spec, LocalComm(), plan, None)

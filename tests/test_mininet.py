@@ -34,14 +34,21 @@ MODEL = ["model=vit_tiny", "model.hidden=128", "model.heads=4", "tokens=256"]
 
 
 def bench(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "harness.bench", f"results.path={tmp_path / 'r.parquet'}",
-           f"cache_dir={tmp_path / 'cache'}", "repeats=3", "warmup=1", *args]
+    multirun = [a for a in args if a == "-m"]  # Hydra's flag goes before the overrides
+    cmd = [sys.executable, "-m", "harness.bench", *multirun, f"results.path={tmp_path / 'r.parquet'}",
+           f"cache_dir={tmp_path / 'cache'}", "repeats=3", "warmup=1", *[a for a in args if a != "-m"]]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def row_of(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rows_of(proc: subprocess.CompletedProcess) -> list[dict]:
+    """The rows of a ``-m`` sweep, in point order."""
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
 
 
 def worker_pids() -> set[int]:
@@ -84,11 +91,11 @@ def test_shaping_in_force_and_astra_far_faster(tmp_path):
 
 
 def test_analytic_and_mininet_rows_for_the_same_point(tmp_path):
-    rows = {}
-    for net in ("mininet", "analytic"):
-        for method in ("single", "sp"):
-            rows[net, method] = row_of(bench(tmp_path, *MODEL, f"network={net}", "network.bandwidth_mbps=10",
-                                             "devices=2", f"method={method}"))
+    # ++: a sweep composes its primary config with the default network (loopback), which has no bandwidth
+    sweep = rows_of(bench(tmp_path, "-m", *MODEL, "network=mininet,analytic", "++network.bandwidth_mbps=10",
+                          "devices=2", "method=single,sp"))
+    rows = {(r["network"], r["method"]): r for r in sweep}
+    assert len(rows) == 4
     for net in ("mininet", "analytic"):
         assert rows[net, "sp"]["payload_bytes"] == rows["mininet", "sp"]["payload_bytes"]
         assert rows[net, "sp"]["comm_ms"] > 0 and rows[net, "single"]["comm_ms"] == 0
@@ -293,8 +300,9 @@ def test_dilated_four_devices_and_reference_device(tmp_path):
     before = worker_pids()
     k = max(1.0, 4 / (machine_cores() - 0.25))
     net = ["network=mininet", "network.bandwidth_mbps=10", "devices=4"]
-    astra = row_of(bench(tmp_path, *MODEL, *net, "method=astra", "method.codebook_size=256", "budget_s=30"))
-    single = row_of(bench(tmp_path, *MODEL, *net, "method=single", "budget_s=30"))
+    by = {r["method"]: r for r in rows_of(bench(tmp_path, "-m", *MODEL, *net, "method=astra,single",
+                                                "method.codebook_size=256", "budget_s=30"))}
+    astra, single = by["astra"], by["single"]
     for row in (astra, single):
         assert row["dilation"] == pytest.approx(k)
         assert row["cpu_real_per_device"] == pytest.approx(1 / k) and row["oversubscribed"] is False
