@@ -66,7 +66,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     df = load(store)
     assert len(df) == 5 and (df["status"] == "ok").all()
     assert len(list(store.glob("part-*.parquet"))) == 5  # a skipped point writes no part
-    sp = df[df.method == "sp"].set_index("bandwidth_mbps")
+    sp = df[df.method == "sp"].set_index("bandwidth_mbps").sort_index()  # a dataset's parts come in name order
     # analytic comm is payload bits / bandwidth: 100x the bandwidth, 1/100 the communication time
     assert sp.loc[10.0, "comm_ms"] == pytest.approx(100 * sp.loc[1000.0, "comm_ms"], rel=1e-6)
     assert sp.loc[10.0, "comm_ms"] == pytest.approx(sp.loc[10.0, "payload_bytes"] * 8 / 10e6 * 1e3, rel=1e-6)

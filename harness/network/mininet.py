@@ -164,8 +164,11 @@ class Worker:
         self.lines.put(None)  # EOF: the process ended
 
     def send(self, job: dict) -> None:
-        self.proc.stdin.write((json.dumps(job) + "\n").encode())
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:  # the worker died before its job reached it (e.g. killed while the point was set up)
+            raise RunFailed(f"rank {self.rank} {self.ended()}") from None
 
     def wait_line(self, deadline: float) -> dict:
         left = deadline - time.monotonic()
