@@ -92,6 +92,11 @@ class Timing:
         used, m1 = self.probe.delta(s0, self.probe.read()), idle_seconds()
         c["latency_s"].append(took)
         c["comm_s"].append(comm.seconds)
+        if self.ifaces:
+            # Once every rank is done, every byte sent has been received, so it has left its sender's interface:
+            # a rank whose collectives end while its own last sends still wait in the link's queue would otherwise
+            # count them in no repeat (the next one starts its count after them).
+            comm.barrier()
         c["wire_bytes"].append(tx_bytes(self.ifaces) - tx0)
         c["cpu_s"].append(used.cpu_s)
         c["runqueue_wait_s"].append(used.wait_s)

@@ -196,9 +196,7 @@ def test_torchrun_on_two_namespaces_with_htb_shaping(tmp_path):
         assert len(df) == 2 and (df["network"] == "real").all() and df["fidelity"].isna().all()
         free, shaped = df.iloc[0], df.iloc[1]
         assert pd.isna(free["bandwidth_mbps"]) and shaped["bandwidth_mbps"] == 20
-        # a rank's collective may end while its last sends still wait in HTB's queue: those bytes reach the
-        # interface counters in the next repeat, so one repeat's count can fall short of its payload
-        assert shaped["wire_bytes"] >= 0.75 * shaped["payload_bytes"] and shaped["payload_bytes"] > 100_000
+        assert shaped["wire_bytes"] >= shaped["payload_bytes"] > 100_000
         # the bytes on the shaped link take at least most of their time at 20 Mbit/s (HTB lets a 25 kB burst by)
         at_rate_ms = shaped["wire_bytes"] * 8 / 20e6 * 1e3
         assert shaped["comm_ms"] >= 0.7 * at_rate_ms > free["comm_ms"], (shaped["comm_ms"], free["comm_ms"], at_rate_ms)
