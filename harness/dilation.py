@@ -100,9 +100,9 @@ def factor(dev, devices: int, enforced: bool, cores: int | None = None) -> float
 def room(dev, cores: int) -> float:
     """The cores the devices may use together: the pinned ones (``device.pin_cores``), else the machine's minus the
     reserve."""
-    pin = getattr(dev, "pin_cores", None)
-    if pin is not None:
-        return float(pinned_cpus(dev, cores)[1])
+    pinned = pinned_cpus(dev, cores)
+    if pinned is not None:
+        return float(pinned[1])
     left = cores - dev.reserve_cores
     if left <= 0:
         raise ConfigError(f"device.reserve_cores={dev.reserve_cores:g} leaves none of this machine's {cores} cores "
@@ -117,9 +117,9 @@ def pinned_cpus(dev, cores: int | None = None) -> tuple[str, int] | None:
     if pin is None:
         return None
     cores = machine_cores() if cores is None else cores
-    if not 1 <= int(pin) <= cores:
-        raise ConfigError(f"device.pin_cores={pin} is not between 1 and this machine's {cores} cores: lower it")
     pin = int(pin)
+    if not 1 <= pin <= cores:
+        raise ConfigError(f"device.pin_cores={pin} is not between 1 and this machine's {cores} cores: lower it")
     first = cores - pin
     return (str(first) if pin == 1 else f"{first}-{cores - 1}"), pin
 

@@ -207,14 +207,12 @@ class JobHandle:
 def pin_host(host, cpus: str) -> None:
     """Pin a host's cgroup (and so every process it starts) to ``cpus``. Done here rather than with
     CPULimitedHost.setCPUs, which reads the cpuset back as an integer and so cannot check a range."""
-    for param, value in (("cpus", cpus), ("mems", "0")):
-        out = subprocess.run(["cgset", "-r", f"cpuset.{param}={value}", f"/{host.name}"], capture_output=True,
-                             text=True)
+    for cmd in (["cgset", "-r", f"cpuset.cpus={cpus}", f"/{host.name}"],
+                ["cgset", "-r", "cpuset.mems=0", f"/{host.name}"],  # a cpuset needs its memory nodes too
+                ["cgclassify", "-g", f"cpuset:/{host.name}", str(host.pid)]):
+        out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             raise RunFailed(f"pinning {host.name} to CPUs {cpus} failed: {(out.stderr or out.stdout).strip()}")
-    out = subprocess.run(["cgclassify", "-g", f"cpuset:/{host.name}", str(host.pid)], capture_output=True, text=True)
-    if out.returncode:
-        raise RunFailed(f"pinning {host.name} to CPUs {cpus} failed: {(out.stderr or out.stdout).strip()}")
 
 
 class Session:
