@@ -8,10 +8,11 @@ inflation, link goodput ÷ shaped rate during bulk transfers, the machine's idle
 the point's own compute and its gap to the measured latency (``analytic_gap`` on payload bits as the paper charges
 them, ``wire_gap`` on the frames the links carry), and the verdict. Then each target with pass/fail.
 
-    python benchmarks/fidelity.py                                    # runs the main job's sweeps (root, ~15 min)
+    python benchmarks/fidelity.py                                    # main job's sweeps + N = 8 (root, ~18 min)
     python benchmarks/fidelity.py --store results/main/results.parquet
     python benchmarks/fidelity.py --runs 3 --extra device.cfs_period_us=100000   # a lever, three runs of each point
     python benchmarks/fidelity.py --runs 3 --methods single,astra --bandwidths 10   # the headline points' spread
+    python benchmarks/fidelity.py --devices 8 --bandwidths 10                      # the 8-device point alone
 
 ``--runs R`` repeats the sweeps R times (``results.skip_existing=false``) and reports the spread of each point's
 latency over the runs ((max - min) / median).
@@ -31,25 +32,30 @@ sys.path.insert(0, str(ROOT))
 
 from harness.results import load  # noqa: E402
 
-# the main job's two sweeps: (devices, methods); bandwidths are the experiment's unless --bandwidths
-SWEEPS = [(4, ["single", "tp", "sp", "astra"]), (2, ["single", "sp", "astra"])]
+# the main job's two sweeps, then the 8-device ASTRA point the targets ask to report (k = 4.57 on 2 cores, ~3 min):
+# (devices, methods); bandwidths are the experiment's unless --bandwidths (the 8-device sweep: 10 Mbit/s only)
+SWEEPS = [(4, ["single", "tp", "sp", "astra"]), (2, ["single", "sp", "astra"]), (8, ["single", "astra"])]
+SWEEP_BANDWIDTHS = {8: "10"}
 
 
-def sweep_args(methods: list[str] | None, bandwidths: str | None) -> list[list[str]]:
-    """astra-bench arguments of each sweep, restricted to ``methods`` and ``bandwidths`` (a comma list)."""
+def sweep_args(methods: list[str] | None, bandwidths: str | None,
+               devices: list[int] | None = None) -> list[list[str]]:
+    """astra-bench arguments of each sweep, restricted to ``methods``, ``bandwidths`` (a comma list) and
+    ``devices``."""
     out = []
-    for devices, names in SWEEPS:
+    for n, names in SWEEPS:
         keep = [m for m in names if methods is None or m in methods]
-        if keep:
-            out.append(["-m", "experiment=main", f"devices={devices}", f"method={','.join(keep)}",
-                        *([f"network.bandwidth_mbps={bandwidths}"] if bandwidths else [])])
+        bandwidths_n = bandwidths or SWEEP_BANDWIDTHS.get(n)
+        if keep and (devices is None or n in devices):
+            out.append(["-m", "experiment=main", f"devices={n}", f"method={','.join(keep)}",
+                        *([f"network.bandwidth_mbps={bandwidths_n}"] if bandwidths_n else [])])
     return out
 
 
 def run_sweeps(store: Path, runs: int, extra: list[str], methods: list[str] | None = None,
-               bandwidths: str | None = None) -> None:
+               bandwidths: str | None = None, devices: list[int] | None = None) -> None:
     for i in range(runs):
-        for sweep in sweep_args(methods, bandwidths):
+        for sweep in sweep_args(methods, bandwidths, devices):
             cmd = [sys.executable, "-m", "harness.bench", *sweep, f"results.path={store}", *extra]
             if i:
                 cmd.append("results.skip_existing=false")
@@ -83,7 +89,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 def targets(t: pd.DataFrame) -> list[tuple[str, bool | None, str]]:
     out = []
-    multi = t[t["devices"] > 1]
+    multi = t[t["devices"].isin([2, 4])]  # the targets' settings; N = 8 is reported
     infl = multi[multi["bw"].isin([10, 1000]) & multi["inflation"].notna()]
     worst = (infl["inflation"] - 1).abs().max() if not infl.empty else None
     out.append(("compute inflation within ±7 % (N = 2, 4; 10 and 1000 Mbit/s)",
@@ -98,6 +104,11 @@ def targets(t: pd.DataFrame) -> list[tuple[str, bool | None, str]]:
                     f"{r['speedup']:.2f}x of {r['ideal']:.2f}x = {r['of_ideal']:.2f}"))
         if n == 4:
             out.append(("astra N=4 >= 2.8x (paper 2.64x)", bool(r["speedup"] >= 2.8), f"{r['speedup']:.2f}x"))
+    a = t[(t["method"] == "astra") & (t["devices"] == 8) & (t["bw"] == 10)]
+    out.append(("astra N=8 reported, 10 Mbit/s (paper 3.98x at 20 Mbit/s)", None if a.empty else True,
+                "not measured" if a.empty else
+                f"{a.iloc[0]['speedup']:.2f}x of {a.iloc[0]['ideal']:.2f}x = {a.iloc[0]['of_ideal']:.2f}, "
+                f"inflation {a.iloc[0]['inflation']:.2f}, k = {a.iloc[0]['k']:.2f}"))
     # the formula charging the bytes the links carry (frames, not payload): what this network should take
     gap = multi["wire_gap"].abs().max() if multi["wire_gap"].notna().any() else None
     paper = multi["analytic_gap"].abs().max() if multi["analytic_gap"].notna().any() else None
@@ -121,14 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", nargs="*", default=[], help="more astra-bench overrides (a lever to try)")
     ap.add_argument("--methods", default=None, help="only these methods of the main job, e.g. single,astra")
     ap.add_argument("--bandwidths", default=None, help="only these bandwidths (Mbit/s), e.g. 10 or 10,1000")
+    ap.add_argument("--devices", default=None, help="only these sweeps' device counts, e.g. 2,4 (default 2,4,8)")
     args = ap.parse_args(argv)
+    try:
+        devices = [int(d) for d in args.devices.split(",")] if args.devices else None
+    except ValueError:
+        ap.error(f"--devices {args.devices}: give a comma list of 2, 4 and 8")
+    if devices is not None and not set(devices) <= {n for n, _ in SWEEPS}:
+        ap.error(f"--devices {args.devices}: the sweeps have 2, 4 and 8 devices")
     store = args.store
     if store is None:
         store = args.out
         methods = args.methods.split(",") if args.methods else None
         if methods is not None and not any(m in names for _, names in SWEEPS for m in methods):
             ap.error(f"--methods {args.methods} names none of the main job's methods (single, tp, sp, astra)")
-        run_sweeps(store, args.runs, args.extra, methods, args.bandwidths)
+        run_sweeps(store, args.runs, args.extra, methods, args.bandwidths, devices)
     t = table(load(store))
     print(t.to_markdown(index=False, floatfmt=".3g"))
     print()
