@@ -61,3 +61,36 @@ def test_targets_judge_n2_n4_and_report_n8():
     # a 2-device point inflated by 8 % fails the inflation target
     v = verdicts([*rows, row("sp", 2, 10, inflation=1.08)])
     assert v["compute inflation within ±7 % (N = 2, 4; 10 and 1000 Mbit/s)"] == (False, "worst 8.0% from 1")
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks/throttle
+tspec = importlib.util.spec_from_file_location("throttle_bench", Path(__file__).parents[1] / "benchmarks/throttle.py")
+throttle = importlib.util.module_from_spec(tspec)
+tspec.loader.exec_module(throttle)
+
+
+def test_throttle_configs_are_the_auto_quotas():
+    table = throttle.configs([1, 2, 4, 8], 5000, scaled=True, cores=2)
+    assert table[0] == ("unthrottled", 1.0, 5000, None)
+    labels = [t[0] for t in table]
+    assert "N=1" not in labels  # one device fits undilated: nothing to compare
+    by = {t[0]: t for t in table}
+    # k fits N one-core devices into 2 cores minus the 0.25-core reserve; the quota is the period / k
+    assert by["N=4"][1] == pytest.approx(4 / 1.75) and by["N=4"][3] == round(5000 * 1.75 / 4)
+    # --scaled-period keeps the quota per period at the unscaled period: the same share, longer slices
+    assert by["N=8, period x k"][2:] == (round(5000 * 8 / 1.75), 5000)
+
+
+def test_throttle_ratios_are_paired_per_round():
+    cpu = {"unthrottled": [1.0, 2.0, 1.0], "N=4": [1.2, 2.2, 1.1]}  # the machine twice as slow in round 2
+    rows = {r["config"]: r for r in throttle.summarize(cpu)}
+    assert rows["unthrottled"]["ratio"] == 1.0
+    assert rows["N=4"]["ratio"] == pytest.approx(1.1)  # median of 1.2, 1.1, 1.1: round 2's slowness cancels
+    assert (rows["N=4"]["ratio_lo"], rows["N=4"]["ratio_hi"]) == (pytest.approx(1.1), pytest.approx(1.2))
+    assert rows["N=4"]["median_ms"] == pytest.approx(1200)
+
+
+def test_throttle_refuses_bad_devices(capsys):
+    with pytest.raises(SystemExit) as e:
+        throttle.main(["--devices", "four"])
+    assert e.value.code == 2 and "--devices four: give a comma list" in capsys.readouterr().err

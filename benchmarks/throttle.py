@@ -1,0 +1,170 @@
+"""Throttle benchmark: what a dilated device's CPU quota costs the work it runs, on this machine.
+
+Time dilation holds a device of one virtual core to 1/k of a real core with a CFS quota, and reports real time ÷ k.
+That is exact only if a unit of work costs the same CPU time whether the thread runs unthrottled or in slices of its
+quota with gaps between them. This benchmark checks it: one single-thread torch worker (the matmuls of a ViT-Base
+block at 1024 tokens) sits in a cgroup of its own whose quota is switched between "none" and the quota each device
+count gets from ``device.dilation=auto`` (``harness.dilation``, the cpu1 device, this machine's cores), in shuffled
+order round after round, and each run's CPU time is read with ``thread_time``. Rounds pair the configurations
+minutes apart at most, so the machine's drift cancels in the per-round ratios.
+
+    sudo python benchmarks/throttle.py                          # 2, 4, 8 devices; 8 rounds (~3 min on 2 cores)
+    sudo python benchmarks/throttle.py --devices 4 --rounds 12 --scaled-period   # also the period scaled with k
+
+A ratio above 1 means the emulated device is slower than the core it claims to be, by that factor: speedups over
+``single`` (same k) cancel it, absolute latencies and the compute-to-network ratio do not. ``device.reference_ms``
+absorbs it (k is then set from the single-device latency measured on the quota).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import dilation  # noqa: E402
+from harness.spec import DeviceOptions  # noqa: E402
+
+WORKER = r"""
+import sys, time, torch
+torch.set_num_threads(1)
+x = torch.randn(1024, 768)
+w1 = [torch.randn(768, 3072) for _ in range(4)]
+w2 = [torch.randn(3072, 768) for _ in range(4)]
+def work():
+    for a, b in zip(w1, w2):
+        (x @ a).relu_() @ b
+work()
+print("ready", flush=True)
+for line in sys.stdin:
+    c0 = time.thread_time()
+    for _ in range(int(line)):
+        work()
+    print(time.thread_time() - c0, flush=True)
+"""
+
+
+def configs(devices: list[int], period_us: int, scaled: bool, cores: int | None = None) -> list[tuple]:
+    """(label, k, period_us, quota_us or None) for the unthrottled worker and each device count's auto quota."""
+    dev = DeviceOptions()
+    out = [("unthrottled", 1.0, period_us, None)]
+    for n in devices:
+        k = dilation.factor(dev, n, True, cores=cores)
+        if k <= 1.0:
+            continue
+        out.append((f"N={n}", k, period_us, round(period_us / k)))
+        if scaled:
+            out.append((f"N={n}, period x k", k, round(period_us * k), period_us))
+    return out
+
+
+def summarize(cpu: dict[str, list[float]], base: str = "unthrottled") -> list[dict]:
+    """Per configuration: median CPU seconds, its range, and the median of the per-round ratios to ``base``."""
+    rows = []
+    for label, vals in cpu.items():
+        ratios = [v / b for v, b in zip(vals, cpu[base])]
+        rows.append({"config": label, "median_ms": 1e3 * statistics.median(vals), "min_ms": 1e3 * min(vals),
+                     "max_ms": 1e3 * max(vals), "ratio": statistics.median(ratios),
+                     "ratio_lo": min(ratios), "ratio_hi": max(ratios)})
+    return rows
+
+
+class Cgroup:
+    """A cpu cgroup of our own (v1 ``cpu`` controller or v2 ``cpu.max``), removed on close."""
+
+    def __init__(self):
+        name = f"astra-throttle-{os.getpid()}"
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.exists() and "cpu" in v2.read_text().split():
+            self.path, self.v2 = Path("/sys/fs/cgroup") / name, True
+        elif Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").exists():
+            self.path, self.v2 = Path("/sys/fs/cgroup/cpu") / name, False
+        else:
+            raise SystemExit("throttle.py: no cpu cgroup controller under /sys/fs/cgroup: run it where Mininet's "
+                             "CPULimitedHost works")
+        self.path.mkdir()
+
+    def add(self, pid: int) -> None:
+        (self.path / ("cgroup.procs" if self.v2 else "tasks")).write_text(str(pid))
+
+    def limit(self, period_us: int, quota_us: int | None) -> None:
+        if self.v2:
+            (self.path / "cpu.max").write_text(f"{quota_us or 'max'} {period_us}")
+            return
+        (self.path / "cpu.cfs_quota_us").write_text("-1")  # a period below the current quota is refused otherwise
+        (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+        (self.path / "cpu.cfs_quota_us").write_text(str(quota_us or -1))
+
+    def close(self) -> None:
+        for _ in range(50):  # the worker's exit reaches the cgroup a moment later
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"throttle.py: could not remove {self.path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", default="2,4,8", help="device counts whose auto quota to test (comma list)")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--work", type=int, default=3, help="block-sized units of work per run (~0.15 s each)")
+    ap.add_argument("--period-us", type=int, default=DeviceOptions().cfs_period_us)
+    ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
+    args = ap.parse_args(argv)
+    try:
+        devices = [int(d) for d in args.devices.split(",")]
+    except ValueError:
+        ap.error(f"--devices {args.devices}: give a comma list of device counts, e.g. 2,4,8")
+    if args.rounds < 1 or args.work < 1:
+        ap.error("--rounds and --work must be at least 1")
+    if os.geteuid() != 0:
+        print("throttle.py: needs root (it creates a cpu cgroup): run it with sudo", file=sys.stderr)
+        return 2
+    table = configs(devices, args.period_us, args.scaled_period)
+    if len(table) == 1:
+        ap.error(f"--devices {args.devices}: every count fits this machine undilated (k = 1); nothing to compare")
+    cg = Cgroup()
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
+    try:
+        cg.add(worker.pid)
+        if worker.stdout.readline().strip() != "ready":
+            raise SystemExit("throttle.py: the torch worker did not start")
+        for r in range(args.rounds):
+            order = table[:]
+            random.shuffle(order)
+            for label, _k, period, quota in order:
+                cg.limit(period, quota)
+                worker.stdin.write(f"{args.work}\n")
+                worker.stdin.flush()
+                cpu[label].append(float(worker.stdout.readline()))
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    finally:
+        cg.limit(args.period_us, None)
+        worker.stdin.close()
+        worker.wait(timeout=30)
+        cg.close()
+    print(f"CPU time of {args.work} units of single-thread work per run, {args.rounds} shuffled rounds, "
+          f"{os.cpu_count()} cores")
+    print("| config | k | period us | quota us | CPU ms median [min-max] | ÷ unthrottled (per round) |")
+    print("|---|---|---|---|---|---|")
+    rows = {r["config"]: r for r in summarize(cpu)}
+    for label, k, period, quota in table:
+        r = rows[label]
+        print(f"| {label} | {k:.2f} | {period} | {quota if quota else 'none'} | {r['median_ms']:.0f} "
+              f"[{r['min_ms']:.0f}-{r['max_ms']:.0f}] | {r['ratio']:.3f} [{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}] |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
