@@ -44,10 +44,18 @@ def work():
 work()
 print("ready", flush=True)
 for line in sys.stdin:
-    c0 = time.thread_time()
+    c0, t0 = time.thread_time(), time.perf_counter()
     for _ in range(int(line)):
         work()
-    print(time.thread_time() - c0, flush=True)
+    print(time.thread_time() - c0, time.perf_counter() - t0, flush=True)
+"""
+
+# --keepers: one process per core that never lets the core idle but gives way at once (SCHED_IDLE, yielding)
+KEEPER = r"""
+import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    os.sched_yield()
 """
 
 
@@ -65,14 +73,17 @@ def configs(devices: list[int], period_us: int, scaled: bool, cores: int | None 
     return out
 
 
-def summarize(cpu: dict[str, list[float]], base: str = "unthrottled") -> list[dict]:
-    """Per configuration: median CPU seconds, its range, and the median of the per-round ratios to ``base``."""
+def summarize(cpu: dict[str, list[float]], base: str = "unthrottled",
+              share: dict[str, list[float]] | None = None) -> list[dict]:
+    """Per configuration: median CPU seconds, its range, the median of the per-round ratios to ``base``, and
+    (``share``: each run's CPU time ÷ (wall time × its quota's share of a core)) the median share it got."""
     rows = []
     for label, vals in cpu.items():
         ratios = [v / b for v, b in zip(vals, cpu[base])]
         rows.append({"config": label, "median_ms": 1e3 * statistics.median(vals), "min_ms": 1e3 * min(vals),
                      "max_ms": 1e3 * max(vals), "ratio": statistics.median(ratios),
-                     "ratio_lo": min(ratios), "ratio_hi": max(ratios)})
+                     "ratio_lo": min(ratios), "ratio_hi": max(ratios),
+                     "share": statistics.median(share[label]) if share else None})
     return rows
 
 
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=int, default=3, help="block-sized units of work per run (~0.15 s each)")
     ap.add_argument("--period-us", type=int, default=DeviceOptions().cfs_period_us)
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
+    ap.add_argument("--keepers", action="store_true",
+                    help="keep every core busy with a yielding SCHED_IDLE process (is it the cores' idling?)")
     args = ap.parse_args(argv)
     try:
         devices = [int(d) for d in args.devices.split(",")]
@@ -136,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
+    share: dict[str, list[float]] = {label: [] for label, *_ in table}
+    keepers = []
     try:
+        for core in range(os.cpu_count() or 1) if args.keepers else ():
+            keepers.append(subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", KEEPER]))
         cg.add(worker.pid)
         if worker.stdout.readline().strip() != "ready":
             raise SystemExit("throttle.py: the torch worker did not start")
@@ -147,22 +164,28 @@ def main(argv: list[str] | None = None) -> int:
                 cg.limit(period, quota)
                 worker.stdin.write(f"{args.work}\n")
                 worker.stdin.flush()
-                cpu[label].append(float(worker.stdout.readline()))
+                used, wall = map(float, worker.stdout.readline().split())
+                cpu[label].append(used)
+                share[label].append(used / (wall * (quota / period if quota else 1.0)))
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
     finally:
+        for k in keepers:  # ours, by PID
+            k.kill()
+            k.wait()
         cg.limit(args.period_us, None)
         worker.stdin.close()
         worker.wait(timeout=30)
         cg.close()
     print(f"CPU time of {args.work} units of single-thread work per run, {args.rounds} shuffled rounds, "
-          f"{os.cpu_count()} cores")
-    print("| config | k | period us | quota us | CPU ms median [min-max] | ÷ unthrottled (per round) |")
-    print("|---|---|---|---|---|---|")
-    rows = {r["config"]: r for r in summarize(cpu)}
+          f"{os.cpu_count()} cores{', cores kept busy by yielding SCHED_IDLE keepers' if keepers else ''}")
+    print("| config | k | period us | quota us | CPU ms median [min-max] | ÷ unthrottled (per round) | share got |")
+    print("|---|---|---|---|---|---|---|")
+    rows = {r["config"]: r for r in summarize(cpu, share=share)}
     for label, k, period, quota in table:
         r = rows[label]
         print(f"| {label} | {k:.2f} | {period} | {quota if quota else 'none'} | {r['median_ms']:.0f} "
-              f"[{r['min_ms']:.0f}-{r['max_ms']:.0f}] | {r['ratio']:.3f} [{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}] |")
+              f"[{r['min_ms']:.0f}-{r['max_ms']:.0f}] | {r['ratio']:.3f} [{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}] | "
+              f"{r['share']:.3f} |")
     return 0
 
 
