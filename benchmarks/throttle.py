@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", default="2,4,8", help="device counts whose auto quota to test (comma list)")
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--work", type=int, default=3, help="block-sized units of work per run (~0.15 s each)")
+    ap.add_argument("--work", type=int, default=3, help="units of work per run (4 ViT-Base MLP-sized matmul pairs, ~0.7 s each here)")
     ap.add_argument("--period-us", type=int, default=DeviceOptions().cfs_period_us)
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
     ap.add_argument("--keepers", action="store_true",
@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     table = configs(devices, args.period_us, args.scaled_period)
     if len(table) == 1:
         ap.error(f"--devices {args.devices}: every count fits this machine undilated (k = 1); nothing to compare")
-    cg = Cgroup()
-    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
     cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
     share: dict[str, list[float]] = {label: [] for label, *_ in table}
-    keepers = []
-    try:
+    keepers, worker = [], None
+    cg = Cgroup()
+    try:  # from here on the cgroup, the worker and the keepers are removed whatever happens
+        worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
         for core in range(os.cpu_count() or 1) if args.keepers else ():
             keepers.append(subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", KEEPER]))
         cg.add(worker.pid)
@@ -172,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in keepers:  # ours, by PID
             k.kill()
             k.wait()
-        cg.limit(args.period_us, None)
-        worker.stdin.close()
-        worker.wait(timeout=30)
+        if worker is not None:
+            cg.limit(args.period_us, None)
+            worker.stdin.close()
+            worker.wait(timeout=30)
         cg.close()
     print(f"CPU time of {args.work} units of single-thread work per run, {args.rounds} shuffled rounds, "
           f"{os.cpu_count()} cores{', cores kept busy by yielding SCHED_IDLE keepers' if keepers else ''}")
