@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", default="2,4,8", help="device counts whose auto quota to test (comma list)")
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--work", type=int, default=3, help="units of work per run (4 ViT-Base MLP-sized matmul pairs, ~0.7 s each here)")
+    ap.add_argument("--work", type=int, default=3,
+                    help="units of work per run (4 ViT-Base MLP-sized matmul pairs, ~0.7 s each here)")
     ap.add_argument("--period-us", type=int, default=DeviceOptions().cfs_period_us)
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
     ap.add_argument("--keepers", action="store_true",
