@@ -10,10 +10,12 @@ minutes apart at most, so the machine's drift cancels in the per-round ratios.
 
     sudo python benchmarks/throttle.py                          # 2, 4, 8 devices; 8 rounds (~3 min on 2 cores)
     sudo python benchmarks/throttle.py --devices 4 --rounds 12 --scaled-period   # also the period scaled with k
+    sudo python benchmarks/throttle.py --rounds 6 --poll-idle   # also each config with idle CPUs polling
 
 A ratio above 1 means the emulated device is slower than the core it claims to be, by that factor: speedups over
 ``single`` (same k) cancel it, absolute latencies and the compute-to-network ratio do not. ``device.reference_ms``
-absorbs it (k is then set from the single-device latency measured on the quota).
+absorbs it (k is then set from the single-device latency measured on the quota). On a VM whose idle vCPUs halt, most
+of it is the halting: ``--poll-idle`` shows what ``device.idle_poll`` (on by default as root) leaves of it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import dilation  # noqa: E402
+from harness import dilation, idle  # noqa: E402
 from harness.spec import DeviceOptions  # noqa: E402
 
 WORKER = r"""
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="units of work per run (4 ViT-Base MLP-sized matmul pairs, ~0.7 s each here)")
     ap.add_argument("--period-us", type=int, default=DeviceOptions().cfs_period_us)
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
+    ap.add_argument("--poll-idle", action="store_true",
+                    help="also each config with the CPUs held in the polling idle state (harness.idle), same rounds")
     ap.add_argument("--keepers", action="store_true",
                     help="keep every core busy with a yielding SCHED_IDLE process (is it the cores' idling?)")
     args = ap.parse_args(argv)
@@ -146,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     table = configs(devices, args.period_us, args.scaled_period)
     if len(table) == 1:
         ap.error(f"--devices {args.devices}: every count fits this machine undilated (k = 1); nothing to compare")
+    if args.poll_idle:
+        if not idle.available():
+            print(f"throttle.py: --poll-idle needs {idle.QOS}, which this kernel does not offer", file=sys.stderr)
+            return 2
+        table += [(f"{label} + poll", k, period, quota) for label, k, period, quota in table]
+    poll = idle.PollIdle()
     cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
     share: dict[str, list[float]] = {label: [] for label, *_ in table}
     keepers, worker = [], None
@@ -163,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             random.shuffle(order)
             for label, _k, period, quota in order:
                 cg.limit(period, quota)
+                poll.open() if label.endswith(" + poll") else poll.close()
                 worker.stdin.write(f"{args.work}\n")
                 worker.stdin.flush()
                 used, wall = map(float, worker.stdout.readline().split())
@@ -170,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 share[label].append(used / (wall * (quota / period if quota else 1.0)))
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
     finally:
+        poll.close()
         for k in keepers:  # ours, by PID
             k.kill()
             k.wait()

@@ -97,6 +97,10 @@ class DeviceOptions:
                                 "bandwidth", lo=1)
     cfs_period_us: int = opt(5000, "Mininet: the CFS period of the hosts' CPU quota (a short one bounds how long "
                              "a fractional device may run at full speed)", lo=1000, hi=1000000)
+    idle_poll: Any = opt("auto", "Mininet: while devices run, hold the machine's CPUs in the polling idle state (a "
+                         "zero-latency PM QoS request, harness.idle) so a throttled device's slices do not start on "
+                         "a vCPU the hypervisor took back; auto: where /dev/cpu_dma_latency is writable",
+                         kind="auto_bool")
 
 
 @dataclass
@@ -155,6 +159,7 @@ class RunSpec:
     stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
     stream_start_file: str | None = None  # set by the backend: rank 0 writes the stream's start time here
     dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
+    idle_poll: bool = False  # device.idle_poll resolved on this machine: the CPUs are held polling (harness.idle)
     quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
     quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
     shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
@@ -366,8 +371,9 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     quota = virt[0] / k if k is not None else dilation.reference_quota(dev, top.devices)
     quotas = [v / k for v in virt[:devices]] if k is not None and len(set(virt)) > 1 else []
     shares = token_shares(top.split, virt, top.tokens, devices, cls)
+    poll = resolve_idle_poll(dev.idle_poll, BACKENDS[network.name].enforces_cores)
     spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=k,
-                   quota_cores=quota, quotas=quotas, shares=shares,
+                   quota_cores=quota, quotas=quotas, shares=shares, idle_poll=poll,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
                                                     "solo_repeats", "solo_paired", "interleave", "stream_s")},
@@ -375,6 +381,21 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     if check_method:
         cls.check(spec)
     return spec
+
+
+def resolve_idle_poll(value, enforced: bool) -> bool:
+    """``device.idle_poll`` on this machine: True only on a backend that holds devices to CPU quotas."""
+    from . import idle
+
+    if value == "auto":
+        return enforced and idle.available()
+    if value and not enforced:
+        raise ConfigError("device.idle_poll=true holds the CPUs polling for Mininet's throttled devices: remove it, "
+                          "or use network=mininet")
+    if value and not idle.available():
+        raise ConfigError(f"device.idle_poll=true needs a writable {idle.QOS} (root, and a kernel with PM QoS): run "
+                          "as root, or set device.idle_poll=false")
+    return bool(value)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config", hydra_node: bool = False):
@@ -442,6 +463,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
             **({"pin_cores": spec.device.pin_cores} if spec.device.pin_cores else {}),  # absent: keys stay valid
+            **({"idle_poll": True} if spec.idle_poll else {}),  # points measured without it keep their keys
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
             "reference_ms": spec.device.reference_ms} if backend.enforces_cores else {})},
         "topology": spec.topology.name if backend.uses_topology else None,
@@ -498,6 +520,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     }
     out.update(spec.method_class.columns(spec))
     out["dilation"] = spec.dilation
+    out["idle_poll"] = spec.idle_poll if spec.backend_class.enforces_cores else None
     out["cpu_real_per_device"] = network.get("cpu_real_per_device")
     if network.get("cores_per_device"):  # heterogeneous devices: the virtual cores of every rank
         out["cores_per_device"] = network["cores_per_device"]

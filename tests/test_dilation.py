@@ -289,3 +289,37 @@ def test_paired_solo_runs_one_rank_after_every_repeat(tmp_path):
     (tmp_path / "b").mkdir()
     after = launch_local(spec.replace(solo_paired=False), tmp_path / "b", free_port())
     assert all(r["solo_paired_s"] is None and len(r["solo_compute_s"]) == 1 for r in after)
+
+
+# ------------------------------------------------------------------------------------------------ idle polling
+def test_idle_poll_resolution_and_refusals(monkeypatch):
+    from harness import idle
+    from harness.spec import build_spec, compose, resolve_idle_poll
+
+    monkeypatch.setattr(idle, "available", lambda: True)
+    assert resolve_idle_poll("auto", True) is True and resolve_idle_poll("auto", False) is False
+    assert resolve_idle_poll(False, True) is False
+    with pytest.raises(ConfigError, match="network=mininet"):
+        resolve_idle_poll(True, False)
+    spec = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny"]))
+    off = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny", "device.idle_poll=false"]))
+    assert spec.idle_poll is True and off.idle_poll is False
+    from harness.spec import point_key
+
+    assert point_key(spec) != point_key(off)  # a point measured without it is another point
+    monkeypatch.setattr(idle, "available", lambda: False)
+    assert resolve_idle_poll("auto", True) is False
+    with pytest.raises(ConfigError, match="cpu_dma_latency"):
+        resolve_idle_poll(True, True)
+    with pytest.raises(ConfigError, match="idle_poll=maybe"):
+        build_spec(compose(["network=mininet", "device.idle_poll=maybe"]))
+
+
+@pytest.mark.skipif(not __import__("harness.idle").idle.available(), reason="needs root and /dev/cpu_dma_latency")
+def test_poll_idle_holds_and_releases_the_request():
+    from harness import idle
+
+    before = idle.current_limit_us()
+    with idle.PollIdle() as p:
+        assert p.held and idle.current_limit_us() == 0
+    assert not p.held and idle.current_limit_us() == before != 0

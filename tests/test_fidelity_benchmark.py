@@ -94,3 +94,13 @@ def test_throttle_refuses_bad_devices(capsys):
     with pytest.raises(SystemExit) as e:
         throttle.main(["--devices", "four"])
     assert e.value.code == 2 and "--devices four: give a comma list" in capsys.readouterr().err
+
+
+def test_throttle_poll_idle_needs_the_qos_interface(monkeypatch, capsys):
+    from harness import idle
+
+    monkeypatch.setattr(throttle.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(idle, "available", lambda: False)
+    monkeypatch.setattr(throttle, "Cgroup", lambda: pytest.fail("nothing may be built before the refusal"))
+    assert throttle.main(["--poll-idle", "--rounds", "1"]) == 2
+    assert "--poll-idle needs /dev/cpu_dma_latency" in capsys.readouterr().err

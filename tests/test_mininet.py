@@ -295,6 +295,7 @@ def test_oversubscription_allowed_is_marked_and_pinned_devices(tmp_path):
 def test_dilated_four_devices_and_reference_device(tmp_path):
     """Four 1-core devices on this machine: k is chosen so they fit beside the reserve, links are shaped at B/k,
     times are reported ÷ k with the real ones kept, and every row carries its fidelity verdict."""
+    from harness import idle
     from harness.dilation import machine_cores
 
     before = worker_pids()
@@ -309,6 +310,8 @@ def test_dilated_four_devices_and_reference_device(tmp_path):
         assert row["latency_ms"] == pytest.approx(row["latency_real_ms"] / k)
         assert row["compute_ms"] == pytest.approx(row["compute_real_ms"] / k)
         assert isinstance(row["fidelity"], str) and row["fidelity"]
+        assert row["idle_poll"] is idle.available()  # device.idle_poll=auto: held wherever it can be
+    assert idle.current_limit_us() != 0  # the session's polling request ended with it
     assert astra["link_real_mbps"] == pytest.approx(10 / k)
     assert astra["compute_inflation"] is not None and astra["compute_inflation"] > 0
     assert astra["baseline_key"] == single["timing_key"]  # the baseline ran on the same dilated device

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
-from .. import dilation
+from .. import dilation, idle
 from ..dilation import check_links
 from ..errors import ConfigError, RunFailed, atomic_write
 from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
@@ -220,9 +220,10 @@ class Session:
 
     def __init__(self, topology: str, n: int, cores: float | list[float], threads: int, net: MininetOptions,
                  workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = (),
-                 cpus: str | None = None):
+                 cpus: str | None = None, idle_poll: bool = False):
         """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host. ``cpus``: a
-        cpuset every host is pinned to (``device.pin_cores``), or None."""
+        cpuset every host is pinned to (``device.pin_cores``), or None. ``idle_poll``: hold the CPUs in the polling
+        idle state for the session's life (``harness.idle``)."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -241,6 +242,7 @@ class Session:
         self.dropped_before = self.dropped_after = None
         self.burst_ms = float(net.htb_burst_ms)
         self.stock = bool(net.htb_stock)
+        self.poll = idle.PollIdle()
         cleanup_leftovers()
         CPULimitedHost.inited = True  # its mount check misreads /proc/mounts here; cgroups v1 are mounted
         topo = topos[topology](n=n, bw=None, hprefix=f"{PREFIX}h", sprefix=f"{PREFIX}s")
@@ -248,6 +250,8 @@ class Session:
                            ipBase="10.0.0.0/24", autoSetMacs=True, autoStaticArp=False, build=False,
                            waitConnected=False)
         try:
+            if idle_poll:
+                self.poll.open()
             self.net.build()
             self.hosts = [self.net.get(f"{PREFIX}h{i}") for i in range(1, n + 1)]
             self._save_state()
@@ -422,6 +426,7 @@ class Session:
         try:
             self.net.stop()
         finally:
+            self.poll.close()
             cleanup_leftovers()
             shutil.rmtree(self.workdir, ignore_errors=True)  # specs, reports, logs: a failure's message quotes its log
         return time.perf_counter() - t0
@@ -546,7 +551,7 @@ class MininetBackend(Backend):
         quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
-               pinned and pinned[0], net.htb_burst_ms, net.htb_stock,
+               pinned and pinned[0], spec.idle_poll, net.htb_burst_ms, net.htb_stock,
                net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
@@ -556,7 +561,8 @@ class MininetBackend(Backend):
             sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
             sess_dir.mkdir(parents=True)
             _SESSION = Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net, sess_dir,
-                               period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0])
+                               period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0],
+                               idle_poll=spec.idle_poll)
             self.setup_s = _SESSION.setup_s
         measured: dict = {}
         try:
@@ -610,7 +616,8 @@ def reference_single_ms(session: Session, spec) -> float:
                          budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0,
                          stream_s=None)
     key = json.dumps([spec.model.to_dict(), spec.tokens, spec.batch, spec.seed, spec.device.threads,
-                      round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.device.pin_cores, spec.model_state,
+                      round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.device.pin_cores, spec.idle_poll,
+                      spec.model_state,
                       spec.inputs_path],
                      sort_keys=True, default=str)
     if key not in _REFERENCE:
