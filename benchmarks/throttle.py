@@ -75,6 +75,21 @@ def configs(devices: list[int], period_us: int, scaled: bool, cores: int | None 
     return out
 
 
+def share_configs(table: list[tuple], cores: int) -> dict[str, int]:
+    """--share-core: for every device count's quota a config where the worker shares its core with peers, the
+    number of devices per core the auto quota packs (round(N / cores); counts that leave every device a core of its
+    own have none): label -> workers on the core."""
+    out = {}
+    for label, _k, _period, quota in table:
+        if quota and label.startswith("N=") and "period" not in label and round(int(label[2:]) / cores) >= 2:
+            out[f"{label}, {round(int(label[2:]) / cores)} on one core"] = round(int(label[2:]) / cores)
+    return out
+
+
+def start_worker() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
 def summarize(cpu: dict[str, list[float]], base: str = "unthrottled",
               share: dict[str, list[float]] | None = None) -> list[dict]:
     """Per configuration: median CPU seconds, its range, the median of the per-round ratios to ``base``, and
@@ -92,8 +107,8 @@ def summarize(cpu: dict[str, list[float]], base: str = "unthrottled",
 class Cgroup:
     """A cpu cgroup of our own (v1 ``cpu`` controller or v2 ``cpu.max``), removed on close."""
 
-    def __init__(self):
-        name = f"astra-throttle-{os.getpid()}"
+    def __init__(self, suffix: str = ""):
+        name = f"astra-throttle-{os.getpid()}{suffix}"
         v2 = Path("/sys/fs/cgroup/cgroup.controllers")
         if v2.exists() and "cpu" in v2.read_text().split():
             self.path, self.v2 = Path("/sys/fs/cgroup") / name, True
@@ -107,13 +122,18 @@ class Cgroup:
     def add(self, pid: int) -> None:
         (self.path / ("cgroup.procs" if self.v2 else "tasks")).write_text(str(pid))
 
-    def limit(self, period_us: int, quota_us: int | None) -> None:
+    def limit(self, period_us: int, quota_us: int | None, burst_us: int = 0) -> None:
+        burst_us = burst_us if quota_us else 0
         if self.v2:
+            (self.path / "cpu.max.burst").write_text("0")
             (self.path / "cpu.max").write_text(f"{quota_us or 'max'} {period_us}")
+            (self.path / "cpu.max.burst").write_text(str(burst_us))
             return
+        (self.path / "cpu.cfs_burst_us").write_text("0")  # the burst may not exceed the quota being replaced
         (self.path / "cpu.cfs_quota_us").write_text("-1")  # a period below the current quota is refused otherwise
         (self.path / "cpu.cfs_period_us").write_text(str(period_us))
         (self.path / "cpu.cfs_quota_us").write_text(str(quota_us or -1))
+        (self.path / "cpu.cfs_burst_us").write_text(str(burst_us))
 
     def close(self) -> None:
         for _ in range(50):  # the worker's exit reaches the cgroup a moment later
@@ -135,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
     ap.add_argument("--poll-idle", action="store_true",
                     help="also each config with the CPUs held in the polling idle state (harness.idle), same rounds")
+    ap.add_argument("--share-core", action="store_true",
+                    help="pin to one core and also run each quota beside round(N / cores) - 1 peers doing the same "
+                         "work in quota groups of their own on that core, as N devices time-share this machine")
+    ap.add_argument("--burst-pct", type=float, default=0.0,
+                    help="let each quota group carry this %% of its quota of unused time into the next period "
+                         "(the CFS burst, cpu.cfs_burst_us)")
     ap.add_argument("--keepers", action="store_true",
                     help="keep every core busy with a yielding SCHED_IDLE process (is it the cores' idling?)")
     args = ap.parse_args(argv)
@@ -150,33 +176,51 @@ def main(argv: list[str] | None = None) -> int:
     table = configs(devices, args.period_us, args.scaled_period)
     if len(table) == 1:
         ap.error(f"--devices {args.devices}: every count fits this machine undilated (k = 1); nothing to compare")
+    sharers = share_configs(table, os.cpu_count() or 1) if args.share_core else {}
+    quota_of = {label: rest for label, *rest in table}
+    table += [(label, *quota_of[label.split(",")[0]]) for label in sharers]  # "N=4, 2 on one core": N=4's quota
     if args.poll_idle:
         if not idle.available():
             print(f"throttle.py: --poll-idle needs {idle.QOS}, which this kernel does not offer", file=sys.stderr)
             return 2
+        sharers.update({f"{label} + poll": sharers[label] for label in list(sharers)})
         table += [(f"{label} + poll", k, period, quota) for label, k, period, quota in table]
     poll = idle.PollIdle()
     cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
     share: dict[str, list[float]] = {label: [] for label, *_ in table}
-    keepers, worker = [], None
+    keepers, worker, peers, peer_groups = [], None, [], []
     cg = Cgroup()
-    try:  # from here on the cgroup, the worker and the keepers are removed whatever happens
-        worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True)
+    try:  # from here on the cgroups, the workers and the keepers are removed whatever happens
+        worker = start_worker()
         for core in range(os.cpu_count() or 1) if args.keepers else ():
             keepers.append(subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", KEEPER]))
         cg.add(worker.pid)
-        if worker.stdout.readline().strip() != "ready":
-            raise SystemExit("throttle.py: the torch worker did not start")
+        for i in range(max(sharers.values(), default=1) - 1):
+            peer_groups.append(Cgroup(f"-peer{i + 1}"))
+            peers.append(start_worker())
+            peer_groups[-1].add(peers[-1].pid)
+        if sharers:
+            for proc in (worker, *peers):  # the last core: all on one
+                os.sched_setaffinity(proc.pid, {(os.cpu_count() or 1) - 1})
+        for proc in (worker, *peers):
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit("throttle.py: a torch worker did not start")
         for r in range(args.rounds):
             order = table[:]
             random.shuffle(order)
             for label, _k, period, quota in order:
-                cg.limit(period, quota)
                 poll.open() if label.endswith(" + poll") else poll.close()
-                worker.stdin.write(f"{args.work}\n")
-                worker.stdin.flush()
+                busy = peers[:sharers.get(label, 1) - 1]
+                burst = round(quota * args.burst_pct / 100) if quota else 0
+                cg.limit(period, quota, burst)
+                for proc, group in zip(busy, peer_groups):
+                    group.limit(period, quota, burst)
+                for proc in (*busy, worker):
+                    proc.stdin.write(f"{args.work}\n")
+                    proc.stdin.flush()
                 used, wall = map(float, worker.stdout.readline().split())
+                for proc in busy:
+                    proc.stdout.readline()
                 cpu[label].append(used)
                 share[label].append(used / (wall * (quota / period if quota else 1.0)))
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
@@ -185,13 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         for k in keepers:  # ours, by PID
             k.kill()
             k.wait()
-        if worker is not None:
-            cg.limit(args.period_us, None)
-            worker.stdin.close()
-            worker.wait(timeout=30)
-        cg.close()
+        for proc, group in zip((worker, *peers), (cg, *peer_groups)):
+            if proc is not None:
+                group.limit(args.period_us, None)
+                proc.stdin.close()
+                proc.wait(timeout=30)
+        for group in (cg, *peer_groups):
+            group.close()
     print(f"CPU time of {args.work} units of single-thread work per run, {args.rounds} shuffled rounds, "
-          f"{os.cpu_count()} cores{', cores kept busy by yielding SCHED_IDLE keepers' if keepers else ''}")
+          f"{os.cpu_count()} cores{', cores kept busy by yielding SCHED_IDLE keepers' if keepers else ''}"
+          f"{', all on the last core (--share-core)' if sharers else ''}")
     print("| config | k | period us | quota us | CPU ms median [min-max] | ÷ unthrottled (per round) | share got |")
     print("|---|---|---|---|---|---|---|")
     rows = {r["config"]: r for r in summarize(cpu, share=share)}

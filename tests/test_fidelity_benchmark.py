@@ -104,3 +104,9 @@ def test_throttle_poll_idle_needs_the_qos_interface(monkeypatch, capsys):
     monkeypatch.setattr(throttle, "Cgroup", lambda: pytest.fail("nothing may be built before the refusal"))
     assert throttle.main(["--poll-idle", "--rounds", "1"]) == 2
     assert "--poll-idle needs /dev/cpu_dma_latency" in capsys.readouterr().err
+
+
+def test_throttle_share_core_packs_devices_per_core():
+    table = throttle.configs([2, 4, 8], 5000, True, cores=2)
+    assert throttle.share_configs(table, 2) == {"N=4, 2 on one core": 2, "N=8, 4 on one core": 4}
+    assert throttle.share_configs(throttle.configs([2], 5000, False, cores=2), 2) == {}  # a core each: none
