@@ -2,15 +2,16 @@
 
 Time dilation holds a device of one virtual core to 1/k of a real core with a CFS quota, and reports real time ÷ k.
 That is exact only if a unit of work costs the same CPU time whether the thread runs unthrottled or in slices of its
-quota with gaps between them. This benchmark checks it: one single-thread torch worker (the matmuls of a ViT-Base
-block at 1024 tokens) sits in a cgroup of its own whose quota is switched between "none" and the quota each device
-count gets from ``device.dilation=auto`` (``harness.dilation``, the cpu1 device, this machine's cores), in shuffled
-order round after round, and each run's CPU time is read with ``thread_time``. Rounds pair the configurations
-minutes apart at most, so the machine's drift cancels in the per-round ratios.
+quota with gaps between them. This benchmark checks it: one single-thread torch worker (by default the MLP matmuls
+of a ViT-Base block at 1024 tokens; ``--kind``) sits in a cgroup of its own whose quota is switched between "none"
+and the quota each device count gets from ``device.dilation=auto`` (``harness.dilation``, the cpu1 device, this
+machine's cores), in shuffled order round after round, and each run's CPU time is read with ``thread_time``.
+Rounds pair the configurations minutes apart at most, so the machine's drift cancels in the per-round ratios.
 
     sudo python benchmarks/throttle.py                          # 2, 4, 8 devices; 8 rounds (~3 min on 2 cores)
     sudo python benchmarks/throttle.py --devices 4 --rounds 12 --scaled-period   # also the period scaled with k
     sudo python benchmarks/throttle.py --rounds 6 --poll-idle   # also each config with idle CPUs polling
+    sudo python benchmarks/throttle.py --poll-idle --share-core --kind attention   # beside peers on one core
 
 A ratio above 1 means the emulated device is slower than the core it claims to be, by that factor: speedups over
 ``single`` (same k) cancel it, absolute latencies and the compute-to-network ratio do not. ``device.reference_ms``
@@ -37,12 +38,18 @@ from harness.spec import DeviceOptions  # noqa: E402
 WORKER = r"""
 import sys, time, torch
 torch.set_num_threads(1)
-x = torch.randn(1024, 768)
-w1 = [torch.randn(768, 3072) for _ in range(4)]
-w2 = [torch.randn(3072, 768) for _ in range(4)]
-def work():
-    for a, b in zip(w1, w2):
-        (x @ a).relu_() @ b
+if sys.argv[1] == "mlp":  # a ViT-Base block's MLP matmuls at 1024 tokens: weights streamed from memory
+    x = torch.randn(1024, 768)
+    w1 = [torch.randn(768, 3072) for _ in range(4)]
+    w2 = [torch.randn(3072, 768) for _ in range(4)]
+    def work():
+        for a, b in zip(w1, w2):
+            (x @ a).relu_() @ b
+else:  # attention of 256 queries over 1024 keys, 12 heads: K, V and the scores (~7 MB) stay in the caches
+    q, k, v = torch.randn(12, 256, 64), torch.randn(12, 1024, 64), torch.randn(12, 1024, 64)
+    def work():
+        for _ in range(40):
+            torch.softmax(q @ k.transpose(1, 2) / 8, -1) @ v
 work()
 print("ready", flush=True)
 for line in sys.stdin:
@@ -86,8 +93,9 @@ def share_configs(table: list[tuple], cores: int) -> dict[str, int]:
     return out
 
 
-def start_worker() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def start_worker(kind: str = "mlp") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
 
 
 def summarize(cpu: dict[str, list[float]], base: str = "unthrottled",
@@ -150,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", default="2,4,8", help="device counts whose auto quota to test (comma list)")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--work", type=int, default=3,
-                    help="units of work per run (4 ViT-Base MLP-sized matmul pairs, ~0.7 s each here)")
+                    help="units of work per run (see --kind)")
+    ap.add_argument("--kind", choices=("mlp", "attention"), default="mlp",
+                    help="the work: mlp streams a ViT-Base MLP's weights from memory (~0.4 s a unit here); attention "
+                         "works in the caches (12 heads, 256 queries x 1024 keys, 40 times: ~0.6 s a unit)")
     ap.add_argument("--period-us", type=int, default=DeviceOptions().cfs_period_us)
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
     ap.add_argument("--poll-idle", action="store_true",
@@ -191,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     keepers, worker, peers, peer_groups = [], None, [], []
     cg = Cgroup()
     try:  # from here on the cgroups, the workers and the keepers are removed whatever happens
-        worker = start_worker()
+        worker = start_worker(args.kind)
         for core in range(os.cpu_count() or 1) if args.keepers else ():
             keepers.append(subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", KEEPER]))
         cg.add(worker.pid)
         for i in range(max(sharers.values(), default=1) - 1):
             peer_groups.append(Cgroup(f"-peer{i + 1}"))
-            peers.append(start_worker())
+            peers.append(start_worker(args.kind))
             peer_groups[-1].add(peers[-1].pid)
         if sharers:
             for proc in (worker, *peers):  # the last core: all on one
