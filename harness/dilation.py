@@ -124,6 +124,21 @@ def pinned_cpus(dev, cores: int | None = None) -> tuple[str, int] | None:
     return (str(first) if pin == 1 else f"{first}-{cores - 1}"), pin
 
 
+def placement(quotas: list[float], cores: int) -> list[int] | None:
+    """A core for every device (``device.spread``): the largest quota first, each onto the core with the most room
+    left, so that no core holds more than it has. None when they cannot be packed (a device above one core, or
+    more load than the cores hold)."""
+    load = [0.0] * cores
+    where = [0] * len(quotas)
+    for i in sorted(range(len(quotas)), key=lambda i: -quotas[i]):
+        c = min(range(cores), key=lambda c: (load[c], c))
+        if load[c] + quotas[i] > 1.0 + 1e-9:
+            return None
+        load[c] += quotas[i]
+        where[i] = c
+    return where
+
+
 def reference_quota(dev, devices: int, cores: int | None = None) -> float:
     """Real cores per device in reference mode: the auto fit, but never more than one device's virtual cores."""
     cores = machine_cores() if cores is None else cores

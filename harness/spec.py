@@ -97,6 +97,10 @@ class DeviceOptions:
                                 "bandwidth", lo=1)
     cfs_period_us: int = opt(5000, "Mininet: the CFS period of the hosts' CPU quota (a short one bounds how long "
                              "a fractional device may run at full speed)", lo=1000, hi=1000000)
+    spread: Any = opt("auto", "Mininet: pin every device to one core (largest quota first onto the core with the "
+                      "most room), so a device keeps one core's caches instead of migrating and shares them with "
+                      "the fewest others; auto: when the devices can be packed so (not with pin_cores or "
+                      "reference_ms); false: devices float over the cores", kind="auto_bool")
     idle_poll: Any = opt("auto", "Mininet: while devices run, hold the machine's CPUs in the polling idle state (a "
                          "zero-latency PM QoS request, harness.idle) so a throttled device's slices do not start on "
                          "a vCPU the hypervisor took back; auto: where /dev/cpu_dma_latency is writable",
@@ -159,6 +163,7 @@ class RunSpec:
     stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
     stream_start_file: str | None = None  # set by the backend: rank 0 writes the stream's start time here
     dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
+    cores_of_ranks: list[int] | None = None  # device.spread resolved: each rank's core (Mininet), else None
     idle_poll: bool = False  # device.idle_poll resolved on this machine: the CPUs are held polling (harness.idle)
     quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
     quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
@@ -372,8 +377,10 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     quotas = [v / k for v in virt[:devices]] if k is not None and len(set(virt)) > 1 else []
     shares = token_shares(top.split, virt, top.tokens, devices, cls)
     poll = resolve_idle_poll(dev.idle_poll, BACKENDS[network.name].enforces_cores)
+    spread = resolve_spread(dev, BACKENDS[network.name].enforces_cores, k,
+                            [v / k for v in virt[:devices]] if k is not None else [quota] * devices)
     spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=k,
-                   quota_cores=quota, quotas=quotas, shares=shares, idle_poll=poll,
+                   quota_cores=quota, quotas=quotas, shares=shares, idle_poll=poll, cores_of_ranks=spread,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
                                                     "solo_repeats", "solo_paired", "interleave", "stream_s")},
@@ -381,6 +388,29 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     if check_method:
         cls.check(spec)
     return spec
+
+
+def resolve_spread(dev, enforced: bool, k: float | None, quotas: list[float]) -> list[int] | None:
+    """``device.spread`` on this machine: each rank's core, or None (devices float over the cores)."""
+    from . import dilation
+
+    if dev.spread is False or (dev.spread == "auto" and (not enforced or dev.pin_cores is not None
+                                                         or dev.reference_ms is not None)):
+        return None
+    if not enforced:
+        raise ConfigError("device.spread=true pins Mininet's devices to cores: remove it, or use network=mininet")
+    if dev.pin_cores is not None:
+        raise ConfigError(f"device.spread=true gives each device a core, device.pin_cores={dev.pin_cores} puts them "
+                          "all on the same ones: remove one of them")
+    if dev.reference_ms is not None:
+        raise ConfigError("device.spread=true needs each device's quota before the run, device.reference_ms "
+                          "measures it during the run: remove one of them")
+    where = dilation.placement(quotas, dilation.machine_cores())
+    if where is None and dev.spread is True:
+        raise ConfigError(f"device.spread=true: {len(quotas)} devices of {max(quotas):.3g} real cores (k={k:.3g}) "
+                          f"cannot each be given a core of this machine's {dilation.machine_cores()} without "
+                          "overfilling one: use device.spread=auto or false")
+    return where
 
 
 def resolve_idle_poll(value, enforced: bool) -> bool:
@@ -463,7 +493,8 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
             **({"pin_cores": spec.device.pin_cores} if spec.device.pin_cores else {}),  # absent: keys stay valid
-            **({"idle_poll": True} if spec.idle_poll else {}),  # points measured without it keep their keys
+            **({"idle_poll": True} if spec.idle_poll else {}),
+            **({"spread": True} if spec.cores_of_ranks else {}),  # the cores follow from the quotas  # points measured without it keep their keys
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
             "reference_ms": spec.device.reference_ms} if backend.enforces_cores else {})},
         "topology": spec.topology.name if backend.uses_topology else None,
@@ -521,6 +552,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     out.update(spec.method_class.columns(spec))
     out["dilation"] = spec.dilation
     out["idle_poll"] = spec.idle_poll if spec.backend_class.enforces_cores else None
+    out["spread"] = bool(spec.cores_of_ranks) if spec.backend_class.enforces_cores else None
     out["cpu_real_per_device"] = network.get("cpu_real_per_device")
     if network.get("cores_per_device"):  # heterogeneous devices: the virtual cores of every rank
         out["cores_per_device"] = network["cores_per_device"]

@@ -323,3 +323,35 @@ def test_poll_idle_holds_and_releases_the_request():
     with idle.PollIdle() as p:
         assert p.held and idle.current_limit_us() == 0
     assert not p.held and idle.current_limit_us() == before != 0
+
+
+# ------------------------------------------------------------------------------------------------ spread devices
+def test_placement_packs_devices_onto_cores():
+    assert dilation.placement([0.4375] * 4, 2) == [0, 1, 0, 1]
+    assert dilation.placement([0.875, 0.875], 2) == [0, 1]
+    assert dilation.placement([0.6, 0.5, 0.3, 0.3], 2) == [0, 1, 1, 0]  # largest first, onto the emptiest core
+    assert dilation.placement([0.5833] * 3, 2) is None  # two of them would overfill a core
+    assert dilation.placement([1.5], 2) is None  # a device above one core cannot have one core
+    assert dilation.placement([0.4375], 2) == [0]
+
+
+def test_spread_resolution_and_refusals(monkeypatch):
+    from harness.spec import build_spec, compose, point_key
+
+    monkeypatch.setattr(dilation, "machine_cores", lambda: 2)
+    four = build_spec(compose(["network=mininet", "method=sp", "devices=4", "model=vit_tiny"]))
+    assert four.cores_of_ranks == [0, 1, 0, 1]
+    single = build_spec(compose(["network=mininet", "method=single", "devices=4", "model=vit_tiny"]))
+    assert single.cores_of_ranks == [0]  # the baseline keeps one core, as each device does
+    off = build_spec(compose(["network=mininet", "method=sp", "devices=4", "model=vit_tiny", "device.spread=false"]))
+    assert off.cores_of_ranks is None and point_key(off) != point_key(four)
+    assert build_spec(compose(["network=loopback", "method=sp", "devices=2", "model=vit_tiny"])).cores_of_ranks is None
+    three = ["network=mininet", "method=sp", "devices=3", "model=vit_tiny"]
+    assert build_spec(compose(three)).cores_of_ranks is None  # 3 x 0.58 cores cannot be packed on 2: they float
+    for extra, needle in ((["device.spread=true"], "overfilling"),
+                          (["device.spread=true", "device.pin_cores=1"], "pin_cores=1"),
+                          (["device.spread=true", "device.reference_ms=100"], "reference_ms")):
+        with pytest.raises(ConfigError, match=needle):
+            build_spec(compose([*three, *extra]))
+    with pytest.raises(ConfigError, match="network=mininet"):
+        build_spec(compose(["network=loopback", "method=sp", "devices=2", "model=vit_tiny", "device.spread=true"]))

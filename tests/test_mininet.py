@@ -312,6 +312,8 @@ def test_dilated_four_devices_and_reference_device(tmp_path):
         assert isinstance(row["fidelity"], str) and row["fidelity"]
         assert row["idle_poll"] is idle.available()  # device.idle_poll=auto: held wherever it can be
     assert idle.current_limit_us() != 0  # the session's polling request ended with it
+    # device.spread=auto: every device pinned to one core, two per core, and the baseline to one
+    assert astra["spread"] is True and single["spread"] is True and single["cpus"] == "0"
     assert astra["link_real_mbps"] == pytest.approx(10 / k)
     assert astra["compute_inflation"] is not None and astra["compute_inflation"] > 0
     assert astra["baseline_key"] == single["timing_key"]  # the baseline ran on the same dilated device

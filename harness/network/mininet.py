@@ -220,10 +220,11 @@ class Session:
 
     def __init__(self, topology: str, n: int, cores: float | list[float], threads: int, net: MininetOptions,
                  workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = (),
-                 cpus: str | None = None, idle_poll: bool = False):
+                 cpus: str | None = None, idle_poll: bool = False, spread: list[int] | None = None):
         """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host. ``cpus``: a
         cpuset every host is pinned to (``device.pin_cores``), or None. ``idle_poll``: hold the CPUs in the polling
-        idle state for the session's life (``harness.idle``)."""
+        idle state for the session's life (``harness.idle``). ``spread``: the core each host is pinned to
+        (``device.spread``), or None."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -261,6 +262,8 @@ class Session:
                 h.setCPUFrac(c / (os.cpu_count() or 1))
                 if cpus is not None:
                     pin_host(h, cpus)
+                elif spread:
+                    pin_host(h, str(spread[self.hosts.index(h)]))
             self.net.start()
             if topology == "mesh":
                 configure_mesh(self.net, self.hosts)
@@ -551,7 +554,7 @@ class MininetBackend(Backend):
         quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
-               pinned and pinned[0], spec.idle_poll, net.htb_burst_ms, net.htb_stock,
+               pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, net.htb_burst_ms, net.htb_stock,
                net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
@@ -562,7 +565,7 @@ class MininetBackend(Backend):
             sess_dir.mkdir(parents=True)
             _SESSION = Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net, sess_dir,
                                period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0],
-                               idle_poll=spec.idle_poll)
+                               idle_poll=spec.idle_poll, spread=spec.cores_of_ranks)
             self.setup_s = _SESSION.setup_s
         measured: dict = {}
         try:
