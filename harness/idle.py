@@ -72,15 +72,3 @@ def current_limit_us() -> int | None:
     finally:
         os.close(fd)
 
-
-def idle_residency() -> dict[str, float]:
-    """Seconds all CPUs have spent in each cpuidle state since boot (state name -> s); empty where not offered."""
-    out: dict[str, float] = {}
-    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*"):
-        for st in (cpu / "cpuidle").glob("state[0-9]*"):
-            try:
-                name = (st / "name").read_text().strip()
-                out[name] = out.get(name, 0.0) + int((st / "time").read_text()) / 1e6
-            except (OSError, ValueError):
-                continue
-    return out

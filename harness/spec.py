@@ -493,8 +493,10 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "device": {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
             **({"pin_cores": spec.device.pin_cores} if spec.device.pin_cores else {}),  # absent: keys stay valid
+            # absent when off, so points measured before these knobs keep their keys; spread's cores follow from the
+            # quotas, so the single baseline of a spread sweep (one core) is the point its speedups name
             **({"idle_poll": True} if spec.idle_poll else {}),
-            **({"spread": True} if spec.cores_of_ranks else {}),  # the cores follow from the quotas  # points measured without it keep their keys
+            **({"spread": True} if spec.cores_of_ranks else {}),
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
             "reference_ms": spec.device.reference_ms} if backend.enforces_cores else {})},
         "topology": spec.topology.name if backend.uses_topology else None,

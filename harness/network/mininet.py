@@ -554,8 +554,8 @@ class MininetBackend(Backend):
         quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
-               pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, net.htb_burst_ms, net.htb_stock,
-               net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
+               pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, net.htb_burst_ms,
+               net.htb_stock, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
             close_session()
