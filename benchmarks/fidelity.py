@@ -6,7 +6,8 @@ one table per store with, for every point: the dilation k, the latency and its r
 the single device, the compute-bound ideal speedup (single ÷ the slowest rank's compute alone), the compute
 inflation, link goodput ÷ shaped rate during bulk transfers, the machine's idle cores, the analytic formula fed with
 the point's own compute and its gap to the measured latency (``analytic_gap`` on payload bits as the paper charges
-them, ``wire_gap`` on the frames the links carry), and the verdict. Then each target with pass/fail.
+them, ``wire_gap`` on the frames the links carry), the time in collectives split into waiting for peers (``skew_ms``)
+and the collectives themselves (``collective_ms``), and the verdict. Then each target with pass/fail.
 
     python benchmarks/fidelity.py                                    # main job's sweeps + N = 8 (root, ~18 min)
     python benchmarks/fidelity.py --store results/main/results.parquet
@@ -74,6 +75,9 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     ok["analytic_gap"] = ok["latency_ms"] / ok["analytic_ms"] - 1
     wire = ok["analytic_wire_ms"] if "analytic_wire_ms" in ok.columns else pd.Series(float("nan"), index=ok.index)
     ok["wire_gap"] = ok["latency_ms"] / wire - 1
+    for col in ("comm_skew_ms", "comm_collective_ms"):  # absent in stores made before the columns
+        if col not in ok.columns:
+            ok[col] = float("nan")
     g = ok.groupby("point_key")
     rows = g.agg(method=("method", "first"), devices=("devices", "first"), bw=("bw", "first"),
                  k=("dilation", "first"), runs=("latency_ms", "size"), latency_ms=("latency_ms", "median"),
@@ -82,6 +86,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
                  inflation=("compute_inflation", "median"), goodput=("goodput_ratio", "median"),
                  idle=("idle_cores", "median"), analytic_ms=("analytic_ms", "median"),
                  analytic_gap=("analytic_gap", "median"), wire_gap=("wire_gap", "median"),
+                 skew_ms=("comm_skew_ms", "median"), collective_ms=("comm_collective_ms", "median"),
                  repeats=("repeats", "median"),
                  fidelity=("fidelity", lambda s: "; ".join(sorted(set(map(str, s))))))
     return rows.sort_values(["devices", "method", "bw"], na_position="first").reset_index(drop=True)

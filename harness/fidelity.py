@@ -22,7 +22,10 @@ which monitors that every host got its CPU share and every link its rate).
 Two more columns put the point beside its ideals: ``solo_compute_ms`` (the slowest rank's compute alone, ÷ k: the
 compute-bound latency) and ``analytic_ms`` (the paper's size ÷ bandwidth formula fed with that same compute);
 ``analytic_wire_ms`` charges the bytes the links really carry, TCP/IP framing included (× 1514/1448): the
-formula's prediction for this network, the one the emulation is held to.
+formula's prediction for this network, the one the emulation is held to. Two split the last timed inference's
+time in collectives (÷ k): ``comm_skew_ms``, the mean time a rank waited for the last one to enter (imbalance, a
+throttled or descheduled peer), and ``comm_collective_ms``, the time from the last entry to the last exit summed
+over collectives (the transfers and their per-message costs) — what the formula's wire time should be held to.
 """
 
 from __future__ import annotations
@@ -119,6 +122,30 @@ def goodput_ratio(reports: list[dict], link_mbps: list[float] | None) -> float |
     return statistics.median(ratios) if ratios else None
 
 
+def comm_split(reports: list[dict]) -> tuple[float, float] | None:
+    """Where the last timed inference's time in collectives went, in real seconds: (the mean over ranks of the time
+    each waited for the last rank to enter a collective, the sum over collectives of the time from the last rank's
+    entry to the last rank's exit). The first is skew between the ranks (compute imbalance, a throttled or
+    descheduled peer); the second is the collective itself (transfers and per-message costs). None without start
+    times or with one rank."""
+    if len(reports) < 2:
+        return None
+    recs = [r.get("records") or [] for r in reports]
+    count = len(recs[0])
+    if count == 0 or any(len(rr) != count for rr in recs):
+        return None
+    wait, transfer = 0.0, 0.0
+    for i in range(count):
+        ranks = [rr[i] for rr in recs]
+        if any(len(rec) < 6 or rec[5] is None for rec in ranks):
+            return None
+        last_in = max(rec[5] for rec in ranks)
+        last_out = max(rec[5] + rec[3] for rec in ranks)
+        wait += sum(last_in - rec[5] for rec in ranks) / len(ranks)
+        transfer += max(0.0, last_out - last_in)
+    return wait, transfer
+
+
 def verdict(cols: dict) -> str:
     """``ok`` or the violated invariants of a row's fidelity columns."""
     bad = []
@@ -172,6 +199,9 @@ def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | N
     cols["solo_compute_ms"] = None if solo is None else solo / k
     cols["analytic_ms"] = analytic_ms(reports, bandwidth_mbps, k)
     cols["analytic_wire_ms"] = analytic_ms(reports, bandwidth_mbps, k, TCP_FRAMING)
+    split = comm_split(reports)
+    cols["comm_skew_ms"] = None if split is None else 1e3 * split[0] / k
+    cols["comm_collective_ms"] = None if split is None else 1e3 * split[1] / k
     return cols
 
 

@@ -355,3 +355,19 @@ def test_spread_resolution_and_refusals(monkeypatch):
             build_spec(compose([*three, *extra]))
     with pytest.raises(ConfigError, match="network=mininet"):
         build_spec(compose(["network=loopback", "method=sp", "devices=2", "model=vit_tiny", "device.spread=true"]))
+
+
+def test_comm_split_separates_waiting_for_peers_from_the_collective():
+    # two collectives, two ranks: rank 1 enters each 3 s / 1 s after rank 0; both leave together
+    r0 = {"rank": 0, "records": [["all_gather", "a", 8, 5.0, None, 0.0], ["all_gather", "b", 8, 2.0, None, 10.0]]}
+    r1 = {"rank": 1, "records": [["all_gather", "a", 8, 2.0, None, 3.0], ["all_gather", "b", 8, 1.0, None, 11.0]]}
+    wait, transfer = fidelity.comm_split([r0, r1])
+    assert wait == pytest.approx((3 + 0) / 2 + (1 + 0) / 2)  # the mean rank waited 2 s in all
+    assert transfer == pytest.approx(2.0 + 1.0)  # from the last entry to the last exit
+    cols = fidelity.assess([{**r0, "latency_s": [6.0], "comm_s": [7.0]}, {**r1, "latency_s": [6.0],
+                                                                           "comm_s": [3.0]}], False, None, k=2.0)
+    assert cols["comm_skew_ms"] == pytest.approx(1000) and cols["comm_collective_ms"] == pytest.approx(1500)
+    assert fidelity.comm_split([r0]) is None  # one rank: nothing to wait for
+    assert fidelity.comm_split([r0, {"rank": 1, "records": r1["records"][:1]}]) is None  # mismatched sequences
+    old = {"rank": 1, "records": [rec[:5] for rec in r1["records"]]}  # records without start times
+    assert fidelity.comm_split([r0, old]) is None
