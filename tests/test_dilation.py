@@ -229,7 +229,7 @@ def test_verdict_names_every_violation():
     cols = fidelity.assess([report(0, [1.0], [0.0], solo=[0.5], idle=1.0)], False, None)
     assert cols == {"compute_inflation": 2.0, "idle_cores": 1.0, "goodput_ratio": None,
                     "fidelity": "compute inflated +100%", "solo_compute_ms": 500.0, "analytic_ms": None,
-                    "analytic_wire_ms": None}
+                    "analytic_wire_ms": None, "comm_skew_ms": None, "comm_collective_ms": None}  # one rank
 
 
 def test_analytic_formula_fed_with_the_points_own_compute():
