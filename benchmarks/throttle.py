@@ -132,16 +132,19 @@ class Cgroup:
 
     def limit(self, period_us: int, quota_us: int | None, burst_us: int = 0) -> None:
         burst_us = burst_us if quota_us else 0
+        burst = self.path / ("cpu.max.burst" if self.v2 else "cpu.cfs_burst_us")  # kernels >= 5.14
+        if not burst.exists() and burst_us:
+            raise SystemExit(f"throttle.py: --burst-pct needs {burst.name}, which this kernel does not have")
+        if burst.exists():
+            burst.write_text("0")  # the burst may not exceed the quota being replaced
         if self.v2:
-            (self.path / "cpu.max.burst").write_text("0")
             (self.path / "cpu.max").write_text(f"{quota_us or 'max'} {period_us}")
-            (self.path / "cpu.max.burst").write_text(str(burst_us))
-            return
-        (self.path / "cpu.cfs_burst_us").write_text("0")  # the burst may not exceed the quota being replaced
-        (self.path / "cpu.cfs_quota_us").write_text("-1")  # a period below the current quota is refused otherwise
-        (self.path / "cpu.cfs_period_us").write_text(str(period_us))
-        (self.path / "cpu.cfs_quota_us").write_text(str(quota_us or -1))
-        (self.path / "cpu.cfs_burst_us").write_text(str(burst_us))
+        else:
+            (self.path / "cpu.cfs_quota_us").write_text("-1")  # a period below the current quota is refused otherwise
+            (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota_us or -1))
+        if burst_us:
+            burst.write_text(str(burst_us))
 
     def close(self) -> None:
         for _ in range(50):  # the worker's exit reaches the cgroup a moment later
