@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 busy = peers[:sharers.get(label, 1) - 1]
                 burst = round(quota * args.burst_pct / 100) if quota else 0
                 cg.limit(period, quota, burst)
-                for proc, group in zip(busy, peer_groups):
+                for group in peer_groups[:len(busy)]:
                     group.limit(period, quota, burst)
                 for proc in (*busy, worker):
                     proc.stdin.write(f"{args.work}\n")

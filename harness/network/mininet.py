@@ -257,13 +257,13 @@ class Session:
             self.hosts = [self.net.get(f"{PREFIX}h{i}") for i in range(1, n + 1)]
             self._save_state()
             per_host = list(cores) if isinstance(cores, (list, tuple)) else [cores] * n
-            for h, c in zip(self.hosts, per_host):
+            for i, (h, c) in enumerate(zip(self.hosts, per_host)):
                 h.period_us = int(period_us)  # CPULimitedHost's CFS period (its quota = period x fraction x cores)
                 h.setCPUFrac(c / (os.cpu_count() or 1))
                 if cpus is not None:
                     pin_host(h, cpus)
                 elif spread:
-                    pin_host(h, str(spread[self.hosts.index(h)]))
+                    pin_host(h, str(spread[i]))
             self.net.start()
             if topology == "mesh":
                 configure_mesh(self.net, self.hosts)
