@@ -105,6 +105,10 @@ class DeviceOptions:
                          "zero-latency PM QoS request, harness.idle) so a throttled device's slices do not start on "
                          "a vCPU the hypervisor took back; auto: where /dev/cpu_dma_latency is writable",
                          kind="auto_bool")
+    tick_us: Any = opt("auto", "Mininet: a real-time thread per core wakes every this many µs (cyclictest, "
+                       "harness.tick), so the devices' CPU quotas and preemption act at this granularity instead of "
+                       "the kernel's 4 ms timer tick; 0: off; auto: 500 where cyclictest can run (root, rt-tests)",
+                       lo=0, hi=100000, kind="auto_number")
 
 
 @dataclass
@@ -165,6 +169,7 @@ class RunSpec:
     dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
     cores_of_ranks: list[int] | None = None  # device.spread resolved: each rank's core (Mininet), else None
     idle_poll: bool = False  # device.idle_poll resolved on this machine: the CPUs are held polling (harness.idle)
+    tick_us: int = 0  # device.tick_us resolved on this machine: the ticker's interval (harness.tick), 0 when off
     quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
     quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
     shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
@@ -377,10 +382,12 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     quotas = [v / k for v in virt[:devices]] if k is not None and len(set(virt)) > 1 else []
     shares = token_shares(top.split, virt, top.tokens, devices, cls)
     poll = resolve_idle_poll(dev.idle_poll, BACKENDS[network.name].enforces_cores)
+    tick_us = resolve_tick(dev.tick_us, BACKENDS[network.name].enforces_cores)
     spread = resolve_spread(dev, BACKENDS[network.name].enforces_cores, k,
                             [v / k for v in virt[:devices]] if k is not None else [quota] * devices)
     spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=k,
-                   quota_cores=quota, quotas=quotas, shares=shares, idle_poll=poll, cores_of_ranks=spread,
+                   quota_cores=quota, quotas=quotas, shares=shares, idle_poll=poll, tick_us=tick_us,
+                   cores_of_ranks=spread,
                    **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
                                                     "timeout_s", "collectives", "cache_dir", "budget_s",
                                                     "solo_repeats", "solo_paired", "interleave", "stream_s")},
@@ -426,6 +433,27 @@ def resolve_idle_poll(value, enforced: bool) -> bool:
         raise ConfigError(f"device.idle_poll=true needs a writable {idle.QOS} (root, and a kernel with PM QoS): run "
                           "as root, or set device.idle_poll=false")
     return bool(value)
+
+
+def resolve_tick(value, enforced: bool) -> int:
+    """``device.tick_us`` on this machine: the ticker's interval in µs, 0 when off (and always off on a backend
+    that does not hold devices to CPU quotas)."""
+    from . import tick
+
+    if value == "auto":
+        return tick.DEFAULT_US if enforced and tick.available() else 0
+    if value == 0:
+        return 0
+    if value != int(value) or not tick.MIN_US <= value <= tick.MAX_US:
+        raise ConfigError(f"device.tick_us={value:g} is not valid: use 0 (off), auto, or whole µs from {tick.MIN_US} "
+                          f"to {tick.MAX_US}")
+    if not enforced:
+        raise ConfigError("device.tick_us ticks for Mininet's CPU quotas: set device.tick_us=0, or use "
+                          "network=mininet")
+    if not tick.available():
+        raise ConfigError(f"device.tick_us={int(value)} needs cyclictest with a real-time priority (package rt-tests, "
+                          "run as root): install rt-tests (scripts/setup.sh does), or set device.tick_us=0")
+    return int(value)
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config", hydra_node: bool = False):
@@ -497,6 +525,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
             # quotas, so the single baseline of a spread sweep (one core) is the point its speedups name
             **({"idle_poll": True} if spec.idle_poll else {}),
             **({"spread": True} if spec.cores_of_ranks else {}),
+            **({"tick_us": spec.tick_us} if spec.tick_us else {}),
             "dilation": None if spec.dilation is None else round(spec.dilation, 6),
             "reference_ms": spec.device.reference_ms} if backend.enforces_cores else {})},
         "topology": spec.topology.name if backend.uses_topology else None,
@@ -555,6 +584,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     out["dilation"] = spec.dilation
     out["idle_poll"] = spec.idle_poll if spec.backend_class.enforces_cores else None
     out["spread"] = bool(spec.cores_of_ranks) if spec.backend_class.enforces_cores else None
+    out["tick_us"] = spec.tick_us if spec.backend_class.enforces_cores else None
     out["cpu_real_per_device"] = network.get("cpu_real_per_device")
     if network.get("cores_per_device"):  # heterogeneous devices: the virtual cores of every rank
         out["cores_per_device"] = network["cores_per_device"]

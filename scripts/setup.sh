@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="mininet bridge-utils iperf3 ethtool iputils-ping iproute2 nftables"
+APT_PACKAGES="mininet bridge-utils iperf3 ethtool iputils-ping iproute2 nftables rt-tests"
 TORCH_PIN="torch==2.13.0"
 
 if [ "${ASTRA_SKIP_APT:-0}" != "1" ]; then

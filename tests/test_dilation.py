@@ -325,6 +325,64 @@ def test_poll_idle_holds_and_releases_the_request():
     assert not p.held and idle.current_limit_us() == before != 0
 
 
+# ------------------------------------------------------------------------------------------------ finer tick
+def test_tick_resolution_and_refusals(monkeypatch):
+    from harness import tick
+    from harness.spec import build_spec, compose, identity, point_key, resolve_tick
+
+    monkeypatch.setattr(tick, "available", lambda: True)
+    assert resolve_tick("auto", True) == tick.DEFAULT_US and resolve_tick("auto", False) == 0
+    assert resolve_tick(0, True) == 0 and resolve_tick(0.0, False) == 0 and resolve_tick(250.0, True) == 250
+    for bad in (50, 250.5, 100_001):
+        with pytest.raises(ConfigError, match="whole µs from 100"):
+            resolve_tick(bad, True)
+    with pytest.raises(ConfigError, match="network=mininet"):
+        resolve_tick(500, False)
+    spec = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny"]))
+    off = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny", "device.tick_us=0"]))
+    assert spec.tick_us == tick.DEFAULT_US and off.tick_us == 0
+    assert point_key(spec) != point_key(off)  # a point measured without it is another point
+    assert "tick_us" not in identity(off)["device"]  # absent when off: keys measured before it stay valid
+    assert build_spec(compose(["network=loopback"])).tick_us == 0
+    monkeypatch.setattr(tick, "available", lambda: False)
+    assert resolve_tick("auto", True) == 0
+    with pytest.raises(ConfigError, match="rt-tests"):
+        resolve_tick(500, True)
+    with pytest.raises(ConfigError, match="device.tick_us=soon"):
+        build_spec(compose(["network=mininet", "device.tick_us=soon"]))
+
+
+def test_ticker_refuses_bad_arguments():
+    from harness import tick
+
+    with pytest.raises(ValueError, match="at least one CPU"):
+        tick.Ticker([], 500)
+    with pytest.raises(ValueError, match="outside"):
+        tick.Ticker([0], 50)
+
+
+@pytest.mark.skipif(not __import__("harness.tick").tick.available(), reason="needs cyclictest (rt-tests) and root")
+def test_ticker_runs_a_fifo_thread_per_cpu_and_stops():
+    import os
+    import time
+
+    from harness import tick
+
+    cpus = list(range(min(2, dilation.machine_cores())))
+    with tick.Ticker(cpus, 500) as t:
+        tids = t._fifo_threads()
+        assert len(tids) == len(cpus)
+        assert sorted(min(os.sched_getaffinity(x)) for x in tids) == cpus  # one pinned thread per CPU
+        assert all(os.sched_getparam(x).sched_priority == tick.PRIORITY for x in tids)
+        pid = t.proc.pid
+        time.sleep(0.3)
+    assert not t.running and not os.path.exists(f"/proc/{pid}/status")  # reaped, nothing left running
+    assert set(t.stats) == set(cpus)
+    assert all(v["cycles"] >= 100 for v in t.stats.values())  # ~600 wake-ups in 0.3 s at 500 µs
+    with pytest.raises(RuntimeError, match="cyclictest exited at start"):
+        tick.Ticker([dilation.machine_cores() + 5], 500).start()
+
+
 # ------------------------------------------------------------------------------------------------ spread devices
 def test_placement_packs_devices_onto_cores():
     assert dilation.placement([0.4375] * 4, 2) == [0, 1, 0, 1]

@@ -295,7 +295,7 @@ def test_oversubscription_allowed_is_marked_and_pinned_devices(tmp_path):
 def test_dilated_four_devices_and_reference_device(tmp_path):
     """Four 1-core devices on this machine: k is chosen so they fit beside the reserve, links are shaped at B/k,
     times are reported ÷ k with the real ones kept, and every row carries its fidelity verdict."""
-    from harness import idle
+    from harness import idle, tick
     from harness.dilation import machine_cores
 
     before = worker_pids()
@@ -311,6 +311,7 @@ def test_dilated_four_devices_and_reference_device(tmp_path):
         assert row["compute_ms"] == pytest.approx(row["compute_real_ms"] / k)
         assert isinstance(row["fidelity"], str) and row["fidelity"]
         assert row["idle_poll"] is idle.available()  # device.idle_poll=auto: held wherever it can be
+        assert row["tick_us"] == (tick.DEFAULT_US if tick.available() else 0)  # device.tick_us=auto likewise
     assert idle.current_limit_us() != 0  # the session's polling request ended with it
     # device.spread=auto: every device pinned to one core, two per core, and the baseline to one
     assert astra["spread"] is True and single["spread"] is True and single["cpus"] == "0"

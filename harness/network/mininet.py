@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
-from .. import dilation, idle
+from .. import dilation, idle, tick
 from ..dilation import check_links
 from ..errors import ConfigError, RunFailed, atomic_write
 from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
@@ -204,6 +204,17 @@ class JobHandle:
         return (True, "") if msg.get("ok") else (False, f"failed: {msg.get('error')}")
 
 
+def cpu_list(cpus: str | None) -> list[int]:
+    """The CPUs of a cpuset string such as ``3`` or ``2-3`` (``device.pin_cores``); None: every CPU of the machine."""
+    if cpus is None:
+        return list(range(dilation.machine_cores()))
+    out = []
+    for part in cpus.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
 def pin_host(host, cpus: str) -> None:
     """Pin a host's cgroup (and so every process it starts) to ``cpus``. Done here rather than with
     CPULimitedHost.setCPUs, which reads the cpuset back as an integer and so cannot check a range."""
@@ -220,11 +231,13 @@ class Session:
 
     def __init__(self, topology: str, n: int, cores: float | list[float], threads: int, net: MininetOptions,
                  workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = (),
-                 cpus: str | None = None, idle_poll: bool = False, spread: list[int] | None = None):
+                 cpus: str | None = None, idle_poll: bool = False, spread: list[int] | None = None,
+                 tick_us: int = 0):
         """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host. ``cpus``: a
         cpuset every host is pinned to (``device.pin_cores``), or None. ``idle_poll``: hold the CPUs in the polling
         idle state for the session's life (``harness.idle``). ``spread``: the core each host is pinned to
-        (``device.spread``), or None."""
+        (``device.spread``), or None. ``tick_us``: run a ticker on the hosts' cores at this interval for the
+        session's life (``harness.tick``), 0: none."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -244,6 +257,7 @@ class Session:
         self.burst_ms = float(net.htb_burst_ms)
         self.stock = bool(net.htb_stock)
         self.poll = idle.PollIdle()
+        self.ticker = tick.Ticker(cpu_list(cpus), tick_us) if tick_us else None
         cleanup_leftovers()
         CPULimitedHost.inited = True  # its mount check misreads /proc/mounts here; cgroups v1 are mounted
         topo = topos[topology](n=n, bw=None, hprefix=f"{PREFIX}h", sprefix=f"{PREFIX}s")
@@ -265,6 +279,12 @@ class Session:
                 elif spread:
                     pin_host(h, str(spread[i]))
             self.net.start()
+            if self.ticker is not None:
+                try:
+                    self.ticker.start()
+                except RuntimeError as exc:
+                    raise RunFailed(f"device.tick_us={tick_us}: {exc}; set device.tick_us=0 to run without it") \
+                        from None
             if topology == "mesh":
                 configure_mesh(self.net, self.hosts)
             for h in self.hosts:
@@ -430,6 +450,8 @@ class Session:
             self.net.stop()
         finally:
             self.poll.close()
+            if self.ticker is not None:
+                self.ticker.close()
             cleanup_leftovers()
             shutil.rmtree(self.workdir, ignore_errors=True)  # specs, reports, logs: a failure's message quotes its log
         return time.perf_counter() - t0
@@ -554,7 +576,7 @@ class MininetBackend(Backend):
         quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
-               pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, net.htb_burst_ms,
+               pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, spec.tick_us, net.htb_burst_ms,
                net.htb_stock, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
         self.setup_s = 0.0
         if _SESSION is not None and (_SESSION.key != key or not net.reuse):
@@ -565,7 +587,7 @@ class MininetBackend(Backend):
             sess_dir.mkdir(parents=True)
             _SESSION = Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net, sess_dir,
                                period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0],
-                               idle_poll=spec.idle_poll, spread=spec.cores_of_ranks)
+                               idle_poll=spec.idle_poll, spread=spec.cores_of_ranks, tick_us=spec.tick_us)
             self.setup_s = _SESSION.setup_s
         measured: dict = {}
         try:
@@ -620,6 +642,7 @@ def reference_single_ms(session: Session, spec) -> float:
                          stream_s=None)
     key = json.dumps([spec.model.to_dict(), spec.tokens, spec.batch, spec.seed, spec.device.threads,
                       round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.device.pin_cores, spec.idle_poll,
+                      spec.tick_us,
                       spec.model_state,
                       spec.inputs_path],
                      sort_keys=True, default=str)
