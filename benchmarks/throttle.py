@@ -12,6 +12,7 @@ Rounds pair the configurations minutes apart at most, so the machine's drift can
     sudo python benchmarks/throttle.py --devices 4 --rounds 12 --scaled-period   # also the period scaled with k
     sudo python benchmarks/throttle.py --rounds 6 --poll-idle   # also each config with idle CPUs polling
     sudo python benchmarks/throttle.py --poll-idle --share-core --kind attention   # beside peers on one core
+    sudo python benchmarks/throttle.py --poll-idle --tick     # also each config with the finer tick (device.tick_us)
 
 A ratio above 1 means the emulated device is slower than the core it claims to be, by that factor: speedups over
 ``single`` (same k) cancel it, absolute latencies and the compute-to-network ratio do not. ``device.reference_ms``
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import dilation, idle  # noqa: E402
+from harness import dilation, idle, tick  # noqa: E402
 from harness.spec import DeviceOptions  # noqa: E402
 
 WORKER = r"""
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaled-period", action="store_true", help="also each quota with the period scaled by k")
     ap.add_argument("--poll-idle", action="store_true",
                     help="also each config with the CPUs held in the polling idle state (harness.idle), same rounds")
+    ap.add_argument("--tick", action="store_true",
+                    help=f"also each config with a real-time wake-up per core every {tick.DEFAULT_US} µs "
+                         "(harness.tick, device.tick_us=auto), same rounds")
     ap.add_argument("--share-core", action="store_true",
                     help="pin to one core and also run each quota beside round(N / cores) - 1 peers doing the same "
                          "work in quota groups of their own on that core, as N devices time-share this machine")
@@ -199,7 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         sharers.update({f"{label} + poll": sharers[label] for label in list(sharers)})
         table += [(f"{label} + poll", k, period, quota) for label, k, period, quota in table]
+    if args.tick:
+        if not tick.available():
+            print("throttle.py: --tick needs cyclictest (package rt-tests) with a real-time priority",
+                  file=sys.stderr)
+            return 2
+        sharers.update({f"{label} + tick": sharers[label] for label in list(sharers)})
+        table += [(f"{label} + tick", k, period, quota) for label, k, period, quota in table]
     poll = idle.PollIdle()
+    ticker = tick.Ticker(list(range(os.cpu_count() or 1)))
     cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
     share: dict[str, list[float]] = {label: [] for label, *_ in table}
     keepers, worker, peers, peer_groups = [], None, [], []
@@ -223,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             order = table[:]
             random.shuffle(order)
             for label, _k, period, quota in order:
-                poll.open() if label.endswith(" + poll") else poll.close()
+                poll.open() if " + poll" in label else poll.close()
+                ticker.start() if label.endswith(" + tick") else ticker.close()
                 busy = peers[:sharers.get(label, 1) - 1]
                 burst = round(quota * args.burst_pct / 100) if quota else 0
                 cg.limit(period, quota, burst)
@@ -240,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
     finally:
         poll.close()
+        ticker.close()
         for k in keepers:  # ours, by PID
             k.kill()
             k.wait()
