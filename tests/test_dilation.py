@@ -352,6 +352,18 @@ def test_tick_resolution_and_refusals(monkeypatch):
         build_spec(compose(["network=mininet", "device.tick_us=soon"]))
 
 
+def test_session_refuses_to_time_without_its_ticker():
+    import types
+
+    from harness.errors import RunFailed
+    from harness.network import mininet as mn
+
+    session = mn.Session.__new__(mn.Session)  # the state a running session has, without building a network
+    session.ticker = types.SimpleNamespace(running=False, interval_us=500)
+    with pytest.raises(RunFailed, match="tick_us=500 ticker .* no longer running"):
+        session.run(spec=None, port=None)
+
+
 def test_ticker_refuses_bad_arguments():
     from harness import tick
 

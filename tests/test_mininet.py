@@ -64,7 +64,22 @@ def worker_pids() -> set[int]:
     return out
 
 
+def ticker_pids() -> set[int]:
+    """Our device.tick_us tickers: cyclictest processes writing their statistics into an astra-tick- folder."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"cyclictest" in argv and b"astra-tick-" in argv:
+                out.add(int(d.name))
+    return out
+
+
 def assert_nothing_left(before_workers: set[int]) -> None:
+    assert not ticker_pids(), "ticker (cyclictest) left running"
     left = our_objects()
     assert left["interfaces"] == [], f"interfaces left behind: {left['interfaces']}"
     assert left["host_shells"] == [], f"host shells (namespaces) left behind: {left['host_shells']}"

@@ -390,6 +390,9 @@ class Session:
         """Send the point to every worker (or to the first ``ranks``), supervise the answers, return the reports.
         ``follower`` changes the links on a trace's schedule while the jobs run (stopped before anything else
         touches the hosts' shells)."""
+        if self.ticker is not None and not self.ticker.running:  # e.g. killed from outside: never time without it
+            raise RunFailed(f"the device.tick_us={self.ticker.interval_us} ticker (cyclictest) is no longer running: "
+                            "rerun the point, or set device.tick_us=0")
         self.jobs += 1
         port = port or 29500 + (self.jobs % 2000)
         job_dir = self.workdir / f"job{self.jobs}"
