@@ -110,3 +110,37 @@ def test_throttle_share_core_packs_devices_per_core():
     table = throttle.configs([2, 4, 8], 5000, True, cores=2)
     assert throttle.share_configs(table, 2) == {"N=4, 2 on one core": 2, "N=8, 4 on one core": 4}
     assert throttle.share_configs(throttle.configs([2], 5000, False, cores=2), 2) == {}  # a core each: none
+
+
+def test_throttle_tick_needs_cyclictest(monkeypatch, capsys):
+    from harness import tick
+
+    monkeypatch.setattr(throttle.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(tick, "available", lambda: False)
+    monkeypatch.setattr(throttle, "Cgroup", lambda: pytest.fail("nothing may be built before the refusal"))
+    assert throttle.main(["--tick", "--rounds", "1"]) == 2
+    assert "--tick needs cyclictest" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks/exchange
+espec = importlib.util.spec_from_file_location("exchange_bench", Path(__file__).parents[1] / "benchmarks/exchange.py")
+exchange = importlib.util.module_from_spec(espec)
+espec.loader.exec_module(exchange)
+
+
+def test_exchange_window_runs_from_the_last_arrival_to_the_last_departure():
+    def rnd(t0, t1, thr=0.0, cpu=0.001):
+        return {"t0": t0, "t1": t1, "throttled": thr, "cpu": cpu}
+
+    ranks = [[rnd(0.0, 0.012), rnd(1.000, 1.002)],  # round 1: rank 0 early, out when the last one's shard came
+             [rnd(0.010, 0.013, thr=0.002, cpu=0.003), rnd(1.001, 1.003)]]  # rank 1 last in, throttled 2 ms
+    s = exchange.summarize(ranks)
+    assert s["median_ms"] == pytest.approx(2.5)  # 3 ms and 2 ms windows; rank 0's own 12 ms wait is not counted
+    assert s["throttled_frac"] == 0.5 and s["throttled_ms"] == pytest.approx(1.0)
+    assert s["cpu_ms"] == pytest.approx(2.0)  # the last arrival's CPU in each round: 3 and 1 ms
+
+
+def test_exchange_refuses_bad_lists(capsys):
+    with pytest.raises(SystemExit) as e:
+        exchange.main(["--ticks", "fast"])
+    assert e.value.code == 2 and "comma lists of numbers" in capsys.readouterr().err
