@@ -45,6 +45,7 @@ def rank_main(cfg: dict) -> None:
     import torch.distributed as dist
 
     from harness.comm import DistComm
+    from harness.cpustat import throttled_from_text
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=300))
@@ -52,8 +53,7 @@ def rank_main(cfg: dict) -> None:
     fd = cfg["stat_fds"][comm.rank]
 
     def throttled_s() -> float:
-        stats = dict(line.split() for line in os.pread(fd, 4096, 0).decode().splitlines() if line.strip())
-        return int(stats["throttled_time"]) / 1e9 if "throttled_time" in stats else int(stats["throttled_usec"]) / 1e6
+        return throttled_from_text(os.pread(fd, 4096, 0).decode()) or 0.0
 
     a, shard, out = torch.randn(256, 256), torch.ones(SHARD_FLOATS), []
     rng = random.Random(comm.rank)
@@ -110,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         computes = [float(c) for c in args.compute_ms.split(",")]
     except ValueError:
         ap.error("--ticks and --compute-ms take comma lists of numbers, e.g. --ticks 0,500 --compute-ms 0,60")
+    from harness import dilation, idle, tick
+
     if args.hosts < 2 or args.repeats < 2:
         ap.error("--hosts and --repeats must be at least 2")
+    bad = [t for t in ticks if t and not tick.MIN_US <= t <= tick.MAX_US]
+    if bad or any(c < 0 for c in computes):
+        ap.error(f"--ticks takes 0 (off) or {tick.MIN_US}..{tick.MAX_US} µs, --compute-ms numbers >= 0")
     if os.geteuid() != 0:
         print("exchange.py: needs root (Mininet): run it with sudo", file=sys.stderr)
         return 2
 
-    from harness import dilation, idle, tick
     from harness.launch import rank_env
     from harness.network import mininet as mn
     from harness.network.host_state import acquire_lock
@@ -141,25 +145,32 @@ def main(argv: list[str] | None = None) -> int:
             session.apply(opts, [args.mbps / k] * args.hosts)
             fds = [os.open(f"{mn.CGROUP_CPU}/{h.name}/cpu.stat", os.O_RDONLY) for h in session.hosts]
             for n, (compute, every) in enumerate([(c, t) for c in computes for t in ticks]):
-                ticker = tick.Ticker(mn.cpu_list(None), every) if every else None
+                ticker = tick.Ticker(dilation.cpuset_cpus(None), every) if every else None
+                procs = []
                 try:
                     if ticker is not None:
-                        ticker.start()
-                    procs = []
+                        try:
+                            ticker.start()
+                        except RuntimeError as exc:
+                            raise SystemExit(f"exchange.py: {exc}") from None
                     for r, h in enumerate(session.hosts):
                         env = rank_env(r, args.hosts, session.hosts[0].IP(), 29800 + n, f"{h.name}-eth0", 1)
                         cfg = {"repeats": args.repeats, "compute_ms": compute, "stat_fds": fds,
                                "out": f"{wd}/r{r}-{n}.json"}
-                        procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env,
-                                             pass_fds=fds))
-                    for p in procs:  # ours, by handle
-                        try:
-                            p.wait(timeout=600)
-                        except Exception:  # noqa: BLE001
+                        with open(f"{wd}/r{r}-{n}.log", "wb") as log:
+                            procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env,
+                                                 pass_fds=fds, stdout=log, stderr=log))
+                    for r, p in enumerate(procs):
+                        if p.wait(timeout=600):
+                            tail = Path(f"{wd}/r{r}-{n}.log").read_text(errors="replace").strip().splitlines()
+                            raise SystemExit(f"exchange.py: rank {r} failed: {tail[-1] if tail else 'no output'}")
+                    if ticker is not None and not ticker.running:
+                        raise SystemExit(f"exchange.py: the {every} µs ticker stopped during its measurement")
+                finally:
+                    for p in procs:  # ours, by handle: none outlives a failure
+                        if p.poll() is None:
                             p.kill()
                             p.wait()
-                            raise
-                finally:
                     if ticker is not None:
                         ticker.close()
                 per_rank = [json.loads(Path(f"{wd}/r{r}-{n}.json").read_text()) for r in range(args.hosts)]

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         sharers.update({f"{label} + tick": sharers[label] for label in list(sharers)})
         table += [(f"{label} + tick", k, period, quota) for label, k, period, quota in table]
     poll = idle.PollIdle()
-    ticker = tick.Ticker(list(range(os.cpu_count() or 1)))
+    ticker = tick.Ticker(dilation.cpuset_cpus(None))
     cpu: dict[str, list[float]] = {label: [] for label, *_ in table}
     share: dict[str, list[float]] = {label: [] for label, *_ in table}
     keepers, worker, peers, peer_groups = [], None, [], []
@@ -236,7 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             random.shuffle(order)
             for label, _k, period, quota in order:
                 poll.open() if " + poll" in label else poll.close()
-                ticker.start() if label.endswith(" + tick") else ticker.close()
+                if label.endswith(" + tick"):
+                    try:
+                        ticker.start()
+                    except RuntimeError as exc:
+                        raise SystemExit(f"throttle.py: {exc}") from None
+                else:
+                    ticker.close()
                 busy = peers[:sharers.get(label, 1) - 1]
                 burst = round(quota * args.burst_pct / 100) if quota else 0
                 cg.limit(period, quota, burst)
@@ -248,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                 used, wall = map(float, worker.stdout.readline().split())
                 for proc in busy:
                     proc.stdout.readline()
+                if label.endswith(" + tick") and not ticker.running:
+                    raise SystemExit(f"throttle.py: the ticker stopped during {label!r}")
                 cpu[label].append(used)
                 share[label].append(used / (wall * (quota / period if quota else 1.0)))
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)

@@ -59,8 +59,17 @@ def throttled_seconds(path: Path | None) -> float | None:
     if path is None:
         return None
     try:
-        stats = dict(line.split() for line in path.read_text().splitlines() if line.strip())
-    except (OSError, ValueError):
+        return throttled_from_text(path.read_text())
+    except OSError:
+        return None
+
+
+def throttled_from_text(text: str) -> float | None:
+    """Throttled time in a ``cpu.stat`` file's text, in seconds (v1 ``throttled_time`` in ns, v2 ``throttled_usec``);
+    None if it has neither or does not parse."""
+    try:
+        stats = dict(line.split() for line in text.splitlines() if line.strip())
+    except ValueError:
         return None
     if "throttled_time" in stats:  # v1: ns
         return int(stats["throttled_time"]) / 1e9

@@ -124,6 +124,18 @@ def pinned_cpus(dev, cores: int | None = None) -> tuple[str, int] | None:
     return (str(first) if pin == 1 else f"{first}-{cores - 1}"), pin
 
 
+def cpuset_cpus(cpus: str | None) -> list[int]:
+    """The CPUs of a cpuset string such as ``3``, ``2-3`` or ``0,2-3`` (``pinned_cpus``); None: every CPU this
+    process may run on."""
+    if cpus is None:
+        return sorted(os.sched_getaffinity(0))
+    out: list[int] = []
+    for part in cpus.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
 def placement(quotas: list[float], cores: int) -> list[int] | None:
     """A core for every device (``device.spread``): the largest quota first, each onto the core with the most room
     left, so that no core holds more than it has. None when they cannot be packed (a device above one core, or

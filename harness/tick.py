@@ -5,22 +5,23 @@ scheduling events and at the timer tick. This VM's kernel ticks at 250 Hz (``CON
 computes without pause overruns its quota by up to 4 ms and then stays throttled until the debt is paid: its CPU
 arrives in bursts of about 4 ms on and 5 ms off whatever ``cfs_period_us`` is. Compute averages out; a message
 does not. A device that ends its compute in debt cannot send or answer until its next burst, and a peer's woken
-communication thread waits for the device computing on its core. ASTRA's small all-gathers at 4 devices took
-6-8 ms of real time each (``benchmarks/fidelity.py``'s ``comm_collective_ms``), where the same exchange between
-idle hosts takes 1 ms.
+communication thread waits for the device computing on its core. A 320-byte all-gather right after compute took
+5-7 ms of real time between 4 such devices (``benchmarks/exchange.py``), where the same exchange between idle hosts
+takes 0.3 ms.
 
 A real-time thread per core that wakes every ``interval_us`` forces a scheduling event at that rate: the running
 task's time is charged (so its quota is enforced within one interval), and the fair scheduler picks again (so a
 woken thread with its share left runs within one interval). We use ``cyclictest`` (rt-tests), the standard tool for
 exactly such periodic real-time wake-ups, at SCHED_FIFO priority 1, one thread pinned to each core the devices use.
 Each wake-up costs about 20 µs of CPU on this VM (a timer exit to the hypervisor): about 4 % of each core at 500 µs,
-taken from ``device.reserve_cores``. cyclictest's own PM QoS request is switched off (``--default-system``):
-``device.idle_poll`` decides that.
+taken from ``device.reserve_cores`` (or, with ``device.pin_cores``, from the pinned cores' idle time). cyclictest's
+own PM QoS request is switched off (``--default-system``): ``device.idle_poll`` decides that. It is started under
+``setpriv --pdeathsig`` so that it dies with the thread that started it (the controller's main thread), and its
+PID goes into the Mininet state file, so a run after a SIGKILLed controller stops an orphan.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
@@ -31,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+TICK_MARK = "astra-tick-"  # the statistics folder's prefix, on every ticker's command line (host_state finds orphans)
 DEFAULT_US = 500  # device.tick_us=auto: measured best on this VM (README, "A finer scheduling tick")
 MIN_US, MAX_US = 100, 100_000
 PRIORITY = 1  # the lowest real-time priority: above every fair-class task, below the kernel's own RT threads
@@ -40,23 +42,29 @@ def binary() -> str | None:
     return shutil.which("cyclictest")
 
 
+def command(cpus: list[int], interval_us: int, json_path: str, loops: int | None = None) -> list[str]:
+    """cyclictest's command line: one thread per CPU, pinned in order, all at ``PRIORITY``, every ``interval_us``
+    (``--distance=0``: no per-thread offset), statistics to ``json_path`` at exit, no PM QoS request of its own."""
+    cmd = [binary() or "cyclictest", f"--affinity={','.join(map(str, cpus))}", f"--threads={len(cpus)}",
+           f"--priority={PRIORITY}", f"--interval={interval_us}", "--distance=0", "--quiet", "--default-system",
+           f"--json={json_path}"]
+    return cmd + ([f"--loops={loops}"] if loops else [])
+
+
 @functools.lru_cache(maxsize=1)
 def available() -> bool:
-    """Whether a ticker can run here: cyclictest is installed, and it may take a real-time priority (root, and a
-    cgroup with real-time runtime). Probed once per process with a single one-loop run."""
-    exe = binary()
-    if exe is None or os.geteuid() != 0:
+    """Whether a ticker can run here: cyclictest is installed and takes our options, and it may take a real-time
+    priority (root, and a cgroup with real-time runtime). Probed once per process with a one-loop run of the same
+    command line."""
+    if binary() is None or os.geteuid() != 0:
         return False
-    try:
-        out = subprocess.run([exe, "-t", "1", "-p", str(PRIORITY), "-i", "1000", "-l", "1", "-q", "--default-system"],
-                             capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no ticker outlives us
+    with tempfile.TemporaryDirectory(prefix=TICK_MARK) as d:
+        try:
+            out = subprocess.run(command([min(os.sched_getaffinity(0))], 1000, f"{d}/probe.json", loops=1),
+                                 capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return out.returncode == 0 and Path(f"{d}/probe.json").is_file()
 
 
 class Ticker:
@@ -75,40 +83,53 @@ class Ticker:
         self._dir: str | None = None
 
     def start(self, timeout_s: float = 5.0) -> "Ticker":
-        if self.proc is not None:
+        """Starts cyclictest and returns once each of its measuring threads holds its real-time priority; a
+        RuntimeError (nothing left running) if it cannot."""
+        if self.running:
             return self
-        exe = binary()
-        if exe is None:
+        self.close()  # a ticker that died since: its statistics and folder go, a new one starts
+        if binary() is None:
             raise RuntimeError("cyclictest is not installed (package rt-tests; scripts/setup.sh installs it)")
-        self._dir = tempfile.mkdtemp(prefix="astra-tick-")
-        cmd = [exe, "-a", ",".join(map(str, self.cpus)), "-t", str(len(self.cpus)), "-p", str(PRIORITY),
-               "-i", str(self.interval_us), "-d", "0", "-q", "--default-system", "--json", f"{self._dir}/stats.json"]
-        err = open(f"{self._dir}/stderr", "wb")
         try:
+            self._launch(timeout_s)
+        except OSError as exc:
+            self.close()
+            raise RuntimeError(f"cyclictest could not be started: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _launch(self, timeout_s: float) -> None:
+        self._dir = tempfile.mkdtemp(prefix=TICK_MARK)
+        cmd = command(self.cpus, self.interval_us, f"{self._dir}/stats.json")
+        setpriv = shutil.which("setpriv")  # util-linux: the death signal is set after fork, with no Python in between
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+        with open(f"{self._dir}/stderr", "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
-        finally:
-            err.close()
-        # running once every measuring thread holds its real-time priority; an early exit is a refusal
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None:  # an early exit is a refusal: say why in one line
                 msg = Path(f"{self._dir}/stderr").read_text(errors="replace").strip().splitlines()
-                self.close()
                 raise RuntimeError(f"cyclictest exited at start: {msg[-1] if msg else 'no message'}")
             if len(self._fifo_threads()) >= len(self.cpus):
-                return self
+                return
             time.sleep(0.01)
-        self.close()
         raise RuntimeError(f"cyclictest did not start its {len(self.cpus)} real-time threads within {timeout_s:g} s")
 
     def _fifo_threads(self) -> list[int]:
+        """The measuring threads holding the real-time priority (not the main thread, which takes it briefly while
+        checking its privileges)."""
         out = []
         try:
             tids = os.listdir(f"/proc/{self.proc.pid}/task")
         except OSError:
             return out
         for tid in tids:
+            if int(tid) == self.proc.pid:
+                continue
             try:
                 if os.sched_getscheduler(int(tid)) == os.SCHED_FIFO:
                     out.append(int(tid))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -376,6 +378,7 @@ def test_ticker_refuses_bad_arguments():
 @pytest.mark.skipif(not __import__("harness.tick").tick.available(), reason="needs cyclictest (rt-tests) and root")
 def test_ticker_runs_a_fifo_thread_per_cpu_and_stops():
     import os
+    import signal
     import time
 
     from harness import tick
@@ -386,16 +389,55 @@ def test_ticker_runs_a_fifo_thread_per_cpu_and_stops():
         assert len(tids) == len(cpus)
         assert sorted(min(os.sched_getaffinity(x)) for x in tids) == cpus  # one pinned thread per CPU
         assert all(os.sched_getparam(x).sched_priority == tick.PRIORITY for x in tids)
-        pid = t.proc.pid
+        pid, folder = t.proc.pid, t._dir
         time.sleep(0.3)
     assert not t.running and not os.path.exists(f"/proc/{pid}/status")  # reaped, nothing left running
     assert set(t.stats) == set(cpus)
     assert all(v["cycles"] >= 100 for v in t.stats.values())  # ~600 wake-ups in 0.3 s at 500 µs
+    assert not os.path.exists(folder)  # its statistics folder is gone too
     with pytest.raises(RuntimeError, match="cyclictest exited at start"):
         tick.Ticker([dilation.machine_cores() + 5], 500).start()
+    # a ticker killed from outside is seen as stopped, and start() runs a new one
+    t = tick.Ticker(cpus[:1], 500).start()
+    try:
+        old = t.proc.pid
+        os.kill(old, signal.SIGKILL)
+        t.proc.wait()
+        assert not t.running
+        assert t.start().running and t.proc.pid != old
+    finally:
+        t.close()
+
+
+@pytest.mark.skipif(not __import__("harness.tick").tick.available(), reason="needs cyclictest (rt-tests) and root")
+def test_ticker_dies_with_the_process_that_started_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    # a controller that starts a ticker, says its PID and is then SIGKILLed (no cleanup of its own runs)
+    code = ("import os, signal, sys; from harness import tick; t = tick.Ticker([0], 500).start(); "
+            "print(t.proc.pid, t._dir, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    pid, folder = int(out.stdout.split()[0]), out.stdout.split()[1]
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(folder, ignore_errors=True)  # the SIGKILLed process could not remove it
+    assert not os.path.exists(f"/proc/{pid}"), "the ticker outlived the process that started it"
 
 
 # ------------------------------------------------------------------------------------------------ spread devices
+def test_cpuset_cpus_reads_cpuset_strings():
+    import os
+
+    assert dilation.cpuset_cpus("3") == [3] and dilation.cpuset_cpus("2-3") == [2, 3]
+    assert dilation.cpuset_cpus("0,2-4") == [0, 2, 3, 4]
+    assert dilation.cpuset_cpus(None) == sorted(os.sched_getaffinity(0))
+
+
 def test_placement_packs_devices_onto_cores():
     assert dilation.placement([0.4375] * 4, 2) == [0, 1, 0, 1]
     assert dilation.placement([0.875, 0.875], 2) == [0, 1]

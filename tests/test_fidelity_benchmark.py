@@ -97,8 +97,9 @@ def test_throttle_refuses_bad_devices(capsys):
 
 
 def test_throttle_poll_idle_needs_the_qos_interface(monkeypatch, capsys):
-    from harness import idle
+    from harness import dilation, idle
 
+    monkeypatch.setattr(dilation, "machine_cores", lambda: 2)  # the default counts need dilating on any machine
     monkeypatch.setattr(throttle.os, "geteuid", lambda: 0)
     monkeypatch.setattr(idle, "available", lambda: False)
     monkeypatch.setattr(throttle, "Cgroup", lambda: pytest.fail("nothing may be built before the refusal"))
@@ -113,8 +114,9 @@ def test_throttle_share_core_packs_devices_per_core():
 
 
 def test_throttle_tick_needs_cyclictest(monkeypatch, capsys):
-    from harness import tick
+    from harness import dilation, tick
 
+    monkeypatch.setattr(dilation, "machine_cores", lambda: 2)
     monkeypatch.setattr(throttle.os, "geteuid", lambda: 0)
     monkeypatch.setattr(tick, "available", lambda: False)
     monkeypatch.setattr(throttle, "Cgroup", lambda: pytest.fail("nothing may be built before the refusal"))
@@ -144,3 +146,6 @@ def test_exchange_refuses_bad_lists(capsys):
     with pytest.raises(SystemExit) as e:
         exchange.main(["--ticks", "fast"])
     assert e.value.code == 2 and "comma lists of numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused before anything is built, root or not
+        exchange.main(["--ticks", "0,50"])
+    assert e.value.code == 2 and "--ticks takes 0 (off) or 100..100000" in capsys.readouterr().err

@@ -8,11 +8,14 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..tick import TICK_MARK
 
 PREFIX = "astr"
 STATE_DIR = Path(os.environ.get("ASTRA_STATE_DIR", "/run/astra-bench"))
@@ -26,7 +29,8 @@ def _ours(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
-    return f"mininet:{PREFIX}h" in cmd or f"mininet:{PREFIX}s" in cmd or "harness.worker" in cmd
+    return (f"mininet:{PREFIX}h" in cmd or f"mininet:{PREFIX}s" in cmd or "harness.worker" in cmd
+            or ("cyclictest" in cmd and TICK_MARK in cmd))  # a device.tick_us ticker (harness.tick)
 
 
 def cleanup_leftovers() -> list[str]:
@@ -51,6 +55,10 @@ def cleanup_leftovers() -> list[str]:
         if OUR_IFACE.match(name):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
             removed.append(name)
+    for d in Path(tempfile.gettempdir()).glob(f"{TICK_MARK}*"):  # a ticker that ended without its owner's clean-up
+        if (d / "stats.json").is_file():  # (a running one has not written its statistics yet)
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
     for ctl in ("cpu", "cpuacct", "cpuset", "cpu,cpuacct"):
         base = Path("/sys/fs/cgroup") / ctl
         for d in base.glob(f"{PREFIX}[hs]*") if base.is_dir() else []:

@@ -204,17 +204,6 @@ class JobHandle:
         return (True, "") if msg.get("ok") else (False, f"failed: {msg.get('error')}")
 
 
-def cpu_list(cpus: str | None) -> list[int]:
-    """The CPUs of a cpuset string such as ``3`` or ``2-3`` (``device.pin_cores``); None: every CPU of the machine."""
-    if cpus is None:
-        return list(range(dilation.machine_cores()))
-    out = []
-    for part in cpus.split(","):
-        lo, _, hi = part.partition("-")
-        out += range(int(lo), int(hi or lo) + 1)
-    return out
-
-
 def pin_host(host, cpus: str) -> None:
     """Pin a host's cgroup (and so every process it starts) to ``cpus``. Done here rather than with
     CPULimitedHost.setCPUs, which reads the cpuset back as an integer and so cannot check a range."""
@@ -257,7 +246,7 @@ class Session:
         self.burst_ms = float(net.htb_burst_ms)
         self.stock = bool(net.htb_stock)
         self.poll = idle.PollIdle()
-        self.ticker = tick.Ticker(cpu_list(cpus), tick_us) if tick_us else None
+        self.ticker = tick.Ticker(dilation.cpuset_cpus(cpus), tick_us) if tick_us else None
         cleanup_leftovers()
         CPULimitedHost.inited = True  # its mount check misreads /proc/mounts here; cgroups v1 are mounted
         topo = topos[topology](n=n, bw=None, hprefix=f"{PREFIX}h", sprefix=f"{PREFIX}s")
@@ -285,6 +274,7 @@ class Session:
                 except RuntimeError as exc:
                     raise RunFailed(f"device.tick_us={tick_us}: {exc}; set device.tick_us=0 to run without it") \
                         from None
+                self._save_state()  # a SIGKILLed controller's ticker is stopped by the next run
             if topology == "mesh":
                 configure_mesh(self.net, self.hosts)
             for h in self.hosts:
@@ -330,6 +320,8 @@ class Session:
     def _save_state(self) -> None:
         pids = [h.pid for h in self.net.hosts if getattr(h, "pid", None)] + [w.proc.pid for w in self.workers]
         pids += [s.pid for s in self.net.switches if getattr(s, "pid", None)]
+        if self.ticker is not None and self.ticker.running:
+            pids.append(self.ticker.proc.pid)
         save_state(pids)
 
     def apply(self, net: MininetOptions, bw: list[float], first: bool = False) -> None:
@@ -390,9 +382,7 @@ class Session:
         """Send the point to every worker (or to the first ``ranks``), supervise the answers, return the reports.
         ``follower`` changes the links on a trace's schedule while the jobs run (stopped before anything else
         touches the hosts' shells)."""
-        if self.ticker is not None and not self.ticker.running:  # e.g. killed from outside: never time without it
-            raise RunFailed(f"the device.tick_us={self.ticker.interval_us} ticker (cyclictest) is no longer running: "
-                            "rerun the point, or set device.tick_us=0")
+        self._check_ticker()
         self.jobs += 1
         port = port or 29500 + (self.jobs % 2000)
         job_dir = self.workdir / f"job{self.jobs}"
@@ -412,9 +402,15 @@ class Session:
         finally:
             if follower is not None:
                 follower.stop()
+        self._check_ticker()  # it must have run for the whole point, not only at its start
         self.throttled_after = [host_throttled_s(h.name) for h in self.hosts]
         self.dropped_after = self.dropped()
         return [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(world)]
+
+    def _check_ticker(self) -> None:
+        if self.ticker is not None and not self.ticker.running:  # e.g. killed from outside: never time without it
+            raise RunFailed(f"the device.tick_us={self.ticker.interval_us} ticker (cyclictest) is no longer running: "
+                            "rerun the point, or set device.tick_us=0")
 
     def throttled_per_inference_ms(self, inferences: int) -> float | None:
         """The most any host's CPU cgroup was throttled during the last job, per inference it ran (warm-up,
@@ -452,9 +448,11 @@ class Session:
         try:
             self.net.stop()
         finally:
-            self.poll.close()
-            if self.ticker is not None:
-                self.ticker.close()
+            try:
+                self.poll.close()
+            finally:
+                if self.ticker is not None:
+                    self.ticker.close()
             cleanup_leftovers()
             shutil.rmtree(self.workdir, ignore_errors=True)  # specs, reports, logs: a failure's message quotes its log
         return time.perf_counter() - t0
