@@ -116,6 +116,17 @@ class Timing:
         c["solo_s"][-1] = self.solo() if self.paired else None
         self.turn += 1
 
+    def fill_solo(self) -> None:
+        """After a point's last repeat: the ranks whose turn never came (fewer repeats than ranks, e.g. a
+        comm-bound point timed once within its budget) take their solo sample now, paired with that last repeat,
+        so that the point's compute inflation pools every rank instead of resting on one rank's one sample."""
+        c = self.cols
+        while self.paired and c["solo_s"] and self.turn < self.comm.world:
+            took = self.solo()
+            if took is not None:
+                c["solo_s"][-1] = took
+            self.turn += 1
+
     def solo(self) -> float | None:
         """``solo_paired``: the rank whose turn it is runs its share alone (``alone``) while the others wait;
         its compute on that rank, None on the others."""
@@ -156,11 +167,13 @@ class Timing:
                 self.untimed()
             for _ in range(spec.repeats):
                 self.timed()
+            self.fill_solo()
             return
         start = time.perf_counter()
         first = agree(self.timed(pair=False))
         if first >= budget:
             self.paired_runs()
+            self.fill_solo()
             return
         self.drop_last()  # it was a warm-up (nothing paired with it)
         self.warmups, last = 1, first
@@ -172,6 +185,7 @@ class Timing:
             last = agree(time.perf_counter() - t0)  # the repeat with its interleaved baseline and solo sample
             n = len(self.cols["latency_s"])
             if n >= spec.repeats or agree(time.perf_counter() - start) + last > budget:
+                self.fill_solo()
                 return
 
     def run_stream(self) -> None:

@@ -293,6 +293,21 @@ def test_paired_solo_runs_one_rank_after_every_repeat(tmp_path):
     assert all(r["solo_paired_s"] is None and len(r["solo_compute_s"]) == 1 for r in after)
 
 
+def test_every_rank_gets_a_paired_sample_when_repeats_are_fewer_than_ranks(tmp_path):
+    """3 ranks, 2 repeats: rank 2's turn never comes in the repeats, so it runs alone after the last one, paired
+    with it; the inflation then pools all three ranks."""
+    from harness.launch import free_port, launch_local
+    from harness.spec import make_spec, model_from_conf
+
+    mc = model_from_conf("vit_tiny", 32)
+    spec = make_spec(mc, {"name": "sp"}, devices=3, tokens=32, repeats=2, warmup=1, solo_repeats=1,
+                     solo_paired=True, results={"path": str(tmp_path / "r.parquet")})
+    reports = launch_local(spec, tmp_path, free_port())
+    turns = [[s is not None for s in r["solo_paired_s"]] for r in reports]
+    assert turns == [[True, False], [False, True], [False, True]]
+    assert len(fidelity.paired(reports)) == 3
+
+
 # ------------------------------------------------------------------------------------------------ idle polling
 def test_idle_poll_resolution_and_refusals(monkeypatch):
     from harness import idle
