@@ -107,7 +107,8 @@ class DeviceOptions:
                          kind="auto_bool")
     tick_us: Any = opt("auto", "Mininet: a real-time thread per core wakes every this many µs (cyclictest, "
                        "harness.tick), so the devices' CPU quotas and preemption act at this granularity instead of "
-                       "the kernel's timer tick (4 ms at HZ=250); 0: off; auto: 500 where cyclictest can run (root, rt-tests)",
+                       "the kernel's timer tick (4 ms at HZ=250); 0: off; auto: 500 where cyclictest can run (root, "
+                       "rt-tests)",
                        lo=0, hi=100000, kind="auto_number")
 
 

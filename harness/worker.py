@@ -159,6 +159,11 @@ class Timing:
             v.pop()
 
     def run(self) -> None:
+        self.repeat()
+        self.fill_solo()
+
+    def repeat(self) -> None:
+        """Warm-ups and timed repeats, within the budget when there is one (see the class docstring)."""
         spec, budget, agree = self.spec, self.spec.budget_s, self.comm.agree_max
         if spec.method_class.is_baseline:
             budget = None  # every speedup of the sweep divides its latency: always warmup + repeats
@@ -167,13 +172,11 @@ class Timing:
                 self.untimed()
             for _ in range(spec.repeats):
                 self.timed()
-            self.fill_solo()
             return
         start = time.perf_counter()
         first = agree(self.timed(pair=False))
         if first >= budget:
             self.paired_runs()
-            self.fill_solo()
             return
         self.drop_last()  # it was a warm-up (nothing paired with it)
         self.warmups, last = 1, first
@@ -185,7 +188,6 @@ class Timing:
             last = agree(time.perf_counter() - t0)  # the repeat with its interleaved baseline and solo sample
             n = len(self.cols["latency_s"])
             if n >= spec.repeats or agree(time.perf_counter() - start) + last > budget:
-                self.fill_solo()
                 return
 
     def run_stream(self) -> None:
