@@ -233,7 +233,7 @@ class Session:
         from mininet.node import CPULimitedHost
         from mininet.nodelib import LinuxBridge
 
-        from topologies.star import configure_mesh, topos
+        from topologies.star import TOPOLOGIES, configure_mesh
 
         setLogLevel("error")
         t0 = time.perf_counter()
@@ -249,7 +249,7 @@ class Session:
         self.ticker = tick.Ticker(dilation.cpuset_cpus(cpus), tick_us) if tick_us else None
         cleanup_leftovers()
         CPULimitedHost.inited = True  # its mount check misreads /proc/mounts here; cgroups v1 are mounted
-        topo = topos[topology](n=n, bw=None, hprefix=f"{PREFIX}h", sprefix=f"{PREFIX}s")
+        topo = TOPOLOGIES[topology](n=n, bw=None, hprefix=f"{PREFIX}h", sprefix=f"{PREFIX}s")
         self.net = Mininet(topo=topo, switch=LinuxBridge, controller=None, link=Link, host=CPULimitedHost,
                            ipBase="10.0.0.0/24", autoSetMacs=True, autoStaticArp=False, build=False,
                            waitConnected=False)
