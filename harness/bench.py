@@ -156,6 +156,7 @@ def failed_row(cfg: DictConfig, error: str) -> tuple[dict, str | None]:
 
 def row_from_config(c: dict, error: str) -> dict:
     """A failed row from a config that does not even make a spec: its plain settings, the error, and ids."""
+    from .provenance import provenance
     from .results import COLUMNS, new_ids
 
     def get(group, key):
@@ -164,8 +165,12 @@ def row_from_config(c: dict, error: str) -> dict:
 
     return {**dict.fromkeys(COLUMNS), "model": get("model", "name"), "method": get("method", "name"),
             "devices": c.get("devices"), "tokens": c.get("tokens"), "network": get("network", "name"),
-            "repeats": c.get("repeats"), "status": "failed", "error": error, **new_ids(),
-            "config": json.dumps(c, sort_keys=True, default=str)}
+            "repeats": 0, "status": "failed", "error": error, **new_ids(),
+            "config": json.dumps(c, sort_keys=True, default=str), **provenance()}
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def summary(r: dict) -> str:
@@ -176,8 +181,8 @@ def summary(r: dict) -> str:
     k = r.get("dilation") or 1.0
     dil = f", dilated k={k:.3g} (real {r['latency_real_ms']:.0f} ms)" if k != 1.0 else ""
     fid = f"; fidelity: {r['fidelity']}" if r.get("fidelity") else ""
-    runs = (f"{r['repeats']} requests, {r['requests']} served in {r['stream_s']:g} s" if r.get("stream_s")
-            else f"{r['repeats']} repeats")
+    runs = (f"{plural(r['repeats'], 'request')}, {r['requests']} served in {r['stream_s']:g} s" if r.get("stream_s")
+            else plural(r["repeats"], "repeat"))
     return (f"{r['model']} {r['method']} N={r['devices']} T={r['tokens']} {r['network']}{bw}: latency "
             f"{r['latency_ms']:.1f} ms (compute {r['compute_ms']:.1f}, comm {r['comm_ms']:.1f}; {runs}{dil}), "
             f"payload {r['payload_bytes']} B{err}{fid}")

@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as HydraRayLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .progress import REMOTE_ENV, fmt
+from .progress import REMOTE_ENV, TALLY, fmt, shown
 
 
 def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd: str) -> JobReturn:
@@ -46,6 +46,25 @@ def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd
     finally:
         if "harness.network.mininet" in sys.modules:  # a Ray worker may be killed at any time: no session kept
             sys.modules["harness.network.mininet"].close_session()
+
+
+def point_of(cfg: DictConfig) -> str | None:
+    """The point key of a job's config (None where the config does not make a point: the job will say why)."""
+    from .errors import ConfigError
+    from .spec import build_spec, point_key
+
+    try:
+        return point_key(build_spec(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), in_sweep=True))
+    except ConfigError:
+        return None
+
+
+def repeated(ret: JobReturn, cfg: DictConfig) -> JobReturn:
+    """The return of a job whose point an earlier job of the sweep measured: that job's row, marked skipped."""
+    value = ret._return_value
+    if ret.status == JobStatus.COMPLETED and isinstance(value, dict) and value.get("status") == "ok":
+        value = {**value, "skipped": True}
+    return JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=cfg, status=ret.status, _return_value=value)
 
 
 class AstraRayLauncher(HydraRayLauncher):
@@ -104,40 +123,57 @@ class AstraRayLauncher(HydraRayLauncher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         cluster = self._start()
         remote = ray.remote(_remote_job)
-        refs, configs, names = [], [], {}
+        configs, names, texts = [], {}, []
+        first: dict[str, int] = {}  # point key -> the job that measures it
+        same: dict[int, int] = {}  # a job repeating an earlier job's point -> that job
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(cfg):
                 cfg.hydra.job.id = f"ray_{idx}"
                 cfg.hydra.job.num = idx
+            configs.append(cfg)
+            texts.append(shown(filter_overrides(overrides), cfg))  # the point as the user names it
+            key = point_of(cfg)
+            if key in first:  # e.g. the single baseline named by every device count: measured once
+                same[i] = first[key]
+                continue
+            if key is not None:
+                first[key] = i
             opts = self.options(cfg, cluster)
             ref = remote.options(**opts).remote(self.hydra_context, cfg, self.task_function, Singleton.get_state(),
                                                 os.getcwd())
-            refs.append(ref)
-            configs.append(cfg)
-            names[ref] = (i, " ".join(filter_overrides(overrides)))
-        total = len(refs) + initial_job_idx
+            names[ref] = i
+        total = len(job_overrides) + initial_job_idx
         out: dict[int, JobReturn] = {}
-        pending, t0 = list(refs), time.monotonic()
+        pending, t0 = list(names), time.monotonic()
+
+        def report(i: int, ret: JobReturn, status: str) -> None:
+            out[i] = ret
+            TALLY.add(ret._return_value if ret.status == JobStatus.COMPLETED else None, texts[i])
+            n = initial_job_idx + len(out)
+            elapsed = time.monotonic() - t0
+            eta = f" | ETA {fmt(elapsed / len(out) * (total - n))}" if total > n else ""
+            print(f"[astra-bench] point {n}/{total} finished ({status}) | elapsed {fmt(elapsed)}{eta} | "
+                  f"{' '.join(texts[i])}",
+                  file=sys.stderr, flush=True)
+
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                i, text = names[ref]
+                i = names[ref]
                 try:
                     ret = ray.get(ref)
                     status = "ok" if ret.status == JobStatus.COMPLETED else "error"
                 except Exception as exc:  # noqa: BLE001 - the worker died, retries spent: record it, sweep on
                     ret = self._failed(configs[i], exc)
                     status = "failed"
-                out[i] = ret
                 self._deliver(configs[i], ret)
-                n = initial_job_idx + len(out)
-                elapsed = time.monotonic() - t0
-                eta = f" | ETA {fmt(elapsed / len(out) * (total - n))}" if total > n else ""
-                print(f"[astra-bench] point {n}/{total} finished ({status}) | elapsed {fmt(elapsed)}{eta} | {text}",
-                      file=sys.stderr, flush=True)
-        return [out[i] for i in range(len(refs))]
+                report(i, ret, status)
+                for j in [j for j, f in same.items() if f == i]:
+                    other = " ".join(o for o in texts[i] if o not in texts[j])
+                    report(j, repeated(ret, configs[j]), f"skipped: the same point as {other}")
+        return [out[i] for i in range(len(job_overrides))]
 
     def _failed(self, cfg: DictConfig, exc: Exception) -> JobReturn:
         """A job whose worker died every time: recorded as a failed row (unless failures are not recorded, or the

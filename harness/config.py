@@ -75,8 +75,7 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
         try:
             parsed.append(parser.parse_overrides([text])[0])
         except HydraException as exc:
-            raise ConfigError(f"cannot read the override '{text}' ({str(exc).splitlines()[0]}): write key=value, "
-                              "e.g. devices=4 or \"network.bandwidth_mbps=[10,100]\"") from None
+            raise ConfigError(unreadable(text, str(exc).splitlines()[0], parsed)) from None
     groups = APP_GROUPS[config_name]
     chosen: dict[str, list[str]] = {}
     for ov in parsed:
@@ -101,6 +100,10 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             from None
     plain = OmegaConf.to_container(cfg, resolve=False)
     sweeper = (plain.get("hydra") or {}).get("sweeper", {}).get("params") or {}
+    if sweeper and not multirun and chosen.get("experiment", ["null"])[0] != "null":
+        name = chosen["experiment"][0]
+        raise ConfigError(f"experiment={name} is a sweep over {', '.join(k.lstrip('+') for k in sweeper)}: run it with -m "
+                          f"(astra-bench -m experiment={name} ...)")
     plain.pop("hydra", None)
     known = set(_leaf_keys(plain))
     nodes = {k for k in known if isinstance(OmegaConf.select(OmegaConf.create(plain), k), DictConfig)}
@@ -159,7 +162,33 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             raise ConfigError(f"unknown key '{key}'{did_you_mean(key, cands)}: see --help for the settings")
         if ov.type == OverrideType.ADD:
             raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
+    if config_name == "config":  # a store that cannot take rows refuses the whole run (or sweep) before it starts
+        from .results import check_store
+
+        given = [_values(ov) for ov in parsed if ov.key_or_group.lstrip("+") == "results.path"]
+        for path in given[-1] if given else [str(plain["results"]["path"])]:
+            check_store(path)
     return out
+
+
+def unreadable(text: str, reason: str, before: list) -> str:
+    """The one line for an override Hydra cannot read. A bare value right after ``key=value`` is most likely a
+    second value meant for a sweep (``network.bandwidth_mbps=10 100``): name the sweep syntax, and what a list
+    means for keys that take one."""
+    if "=" not in text and before:
+        key, value = before[-1].key_or_group, ",".join(_values(before[-1]))
+        hint = f"'{text}' is not key=value: to sweep {key} over several values write {key}={value},{text} with -m"
+        return hint + LIST_MEANS.get(key, "")
+    return f"cannot read the override '{text}' ({reason}): write key=value, e.g. devices=4"
+
+
+# What a list means for keys that take one, said where a user likely meant a sweep.
+LIST_MEANS = {
+    "network.bandwidth_mbps": " (network.bandwidth_mbps=[a,b] is not a sweep but one point with a rate per device: "
+                              "device 1 at a Mbit/s, device 2 at b)",
+    "device.cores": " (device.cores=[a,b] is not a sweep but one point with a speed per device)",
+    "split": " (split=[a,b] is not a sweep but one point's token counts per device)",
+}
 
 
 def _check_values(key: str, values: list[str], chosen: dict[str, list[str]]) -> None:
@@ -275,3 +304,6 @@ def run_hydra_app(prog: str, config_name: str, job, doc: str | None = None) -> N
     import hydra
 
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)(job)()
+    from .progress import TALLY
+
+    sys.exit(TALLY.exit_status())  # a -m sweep with a failed point: 1 (results.allow_failures=true: 0)

@@ -30,16 +30,33 @@ def opt(default: Any = _MISSING, help: str = "", *, lo: float | None = None, hi:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """``' (did you mean x?)'`` for the closest candidate (by the whole key, its last part, or that part's words),
-    or ''."""
-    def score(cand: str) -> float:
+    """``' (did you mean x?)'`` for the closest candidate, or ''. A candidate one edit (a typo: a letter added,
+    dropped, changed or two swapped) from the whole word comes first (``modle`` -> ``model``); else the best match
+    by the whole key, its last part, or that part's words, ties going to the closer whole key."""
+    candidates = list(candidates)
+    near = [c for c in candidates if one_edit(word, c)]
+    if near:
+        return f" (did you mean {sorted(near)[0]}?)"
+
+    def score(cand: str) -> tuple[float, float]:
         tail = cand.rsplit(".", 1)[-1]
         wtail = word.rsplit(".", 1)[-1]
         forms = [(word, cand), (wtail, tail), *((wtail, part) for part in tail.split("_") if len(part) > 3)]
-        return max(difflib.SequenceMatcher(None, a, b).ratio() for a, b in forms)
+        return (max(difflib.SequenceMatcher(None, a, b).ratio() for a, b in forms),
+                difflib.SequenceMatcher(None, word, cand).ratio())
 
     best = max(candidates, key=score, default=None)
-    return f" (did you mean {best}?)" if best is not None and score(best) >= 0.75 else ""
+    return f" (did you mean {best}?)" if best is not None and score(best)[0] >= 0.75 else ""
+
+
+def one_edit(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter added, dropped, changed, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if len(a) == len(b):
+        return a[i + 1:] == b[i + 1:] or (a[i + 2:] == b[i + 2:] and a[i:i + 2] == b[i:i + 2][::-1])
+    return a[i:] == b[i + 1:] if len(b) > len(a) else a[i + 1:] == b[i:]
 
 
 def _describe_range(meta: dict) -> str:

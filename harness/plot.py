@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .provenance import describe
 from .results import _read, load
 from .stream import is_side_table, side_path
 
@@ -319,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     pts = latest_points(df)
     print(markdown_table(pts))
+    for line in describe(pts):
+        print(f"astra-plot: {line}", file=sys.stderr)
     src = Path(args.results)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
     written = plot_all(pts, out, note=lambda msg: print(f"astra-plot: {msg}", file=sys.stderr))

@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import paper
 from .plot import latest_points
+from .provenance import describe
 from .results import load
 
 TOLERANCE = 0.05
@@ -307,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as exc:
         print(f"astra-report: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    for line in describe(our_points(args.results)):
+        print(f"astra-report: {line}", file=sys.stderr)
     if summ.empty:
         print("astra-report: no ViT-Base points of ours match the paper's (run e.g. astra-bench -m "
               "experiment=paper_fig1); wrote the paper's tables alone", file=sys.stderr)

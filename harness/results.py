@@ -1,7 +1,12 @@
 """The results store: one tidy row per experiment point, parquet or CSV by file extension, or a dataset.
 
 A store file: appends are atomic (read, concatenate, write a temporary file, ``os.replace``) under an exclusive
-lock file, so a crash mid-write never loses earlier rows and concurrent writers on one machine do not interleave.
+lock, so a crash mid-write never loses earlier rows and concurrent writers on one machine do not interleave. The
+lock is a hidden file beside the store (``.<name>.lock``) that exists only while a writer holds it.
+
+A file is only ever appended to if it already is a store of that kind: it carries the kind's identifying columns
+(``RESULT_KEYS`` for astra-bench's rows). Anything else (a paper table, a user's CSV) is refused before any work and
+left byte for byte as it was.
 
 A dataset (``results.path`` names a folder: no suffix) is for many writers (sweeps spread over a cluster, jobs on
 several machines): every job writes its rows to its own part, ``part-<job>.parquet``, all at once (a temporary
@@ -21,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, atomic_write
-from .stream import is_side_table, side_path
+from .stream import SIDE_KEYS, is_side_table, side_path
 
 # The contract (design.md): at least these columns, in this order first.
 COLUMNS = [
@@ -29,6 +34,10 @@ COLUMNS = [
     "latency_ms", "latency_p90_ms", "compute_ms", "comm_ms", "payload_bytes", "wire_bytes", "max_abs_err",
     "cpu_per_device", "oversubscribed", "status", "error", "run_id", "timestamp", "config",
 ]
+
+
+# The columns that make a file a results store: every row astra-bench writes, ok or failed, has them.
+RESULT_KEYS = ("model", "method", "status", "run_id", "timestamp")
 
 
 def new_ids() -> dict:
@@ -85,15 +94,36 @@ def cpu_list(cpus: list[int]) -> str | None:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or None
 
 
+def lock_path(path: Path) -> Path:
+    """The lock of the store at ``path``: a hidden file beside it, present only while a writer holds it."""
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextmanager
 def _locked(path: Path):
+    """Hold the store's exclusive lock. The last holder removes the lock file on leaving; a writer that locked a
+    file someone removed meanwhile (its inode is no longer the path's) takes the lock again on the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = lock_path(path)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking: a waiter then sees its file gone and starts over
+        os.close(fd)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -118,9 +148,10 @@ def _check_suffix(path: Path, name: str = "results.path") -> None:
                           "folder without a suffix, for a dataset)")
 
 
-def check_store(path: str | os.PathLike, name: str = "results.path") -> None:
+def check_store(path: str | os.PathLike, name: str = "results.path", keys=RESULT_KEYS) -> None:
     """Refuse, before anything runs, a store path the point's row could not be appended to: a wrong suffix, a
-    directory, an existing file that is not a readable store (it is left untouched), an unwritable folder."""
+    directory, an existing file that is not a store of this kind (it lacks ``keys``; it is left untouched), a
+    folder that cannot be made or written."""
     path = Path(path)
     if is_dataset(path):  # a dataset: a folder (made on the first write) of parts, each one a store
         if path.exists() and not path.is_dir():
@@ -132,23 +163,51 @@ def check_store(path: str | os.PathLike, name: str = "results.path") -> None:
     if path.is_dir():
         raise ConfigError(f"{name}={path} is a directory: name a .parquet or .csv file")
     if path.exists():
-        try:
-            _read(path)
-        except Exception as exc:  # noqa: BLE001 - any reader error means: not a store we can append to
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"{name}={path} exists but is not a readable {path.suffix[1:]} store ({reason}): "
-                              "pass another path or move that file away") from None
+        check_columns(path, _read_or_refuse(path, name), keys, name)
+    side = side_path(path)
+    if keys == RESULT_KEYS and side.is_file():  # request streams append to the side table beside the store
+        check_columns(side, _read_or_refuse(side, name), SIDE_KEYS, name)
     check_writable(path.parent, name, shown=path)
 
 
+def _read_or_refuse(path: Path, name: str) -> pd.DataFrame:
+    try:
+        return _read(path)
+    except Exception as exc:  # noqa: BLE001 - any reader error means: not a store we can append to
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{name}={path} exists but is not a readable {path.suffix[1:]} store ({reason}): "
+                          "pass another path or move that file away") from None
+
+
+def check_columns(path: Path, df: pd.DataFrame, keys, name: str = "results.path") -> None:
+    """An existing file is appended to only if it carries the identifying columns ``keys`` of its kind of store."""
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise ConfigError(f"{name}={path} exists but is not an astra-bench store (no {', '.join(missing)} column"
+                          f"{'s' if len(missing) > 1 else ''}), so it is left untouched: pass a new file or an "
+                          "existing store")
+
+
 def check_writable(folder: str | os.PathLike, name: str, shown=None) -> None:
-    """``folder`` is, or can be made as, a directory we can write in (its nearest existing ancestor is a writable
-    directory); else one line naming the setting."""
+    """``folder`` is, or can be made as, a directory we can write in: made (and removed again if it was new), and a
+    file created in it; else one line naming the setting."""
+    import tempfile
+
     folder = Path(folder)
-    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"{name}={shown or folder}: {parent} is not a writable directory: pass a path you can "
-                          "write to")
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".astra-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={shown or folder}: cannot write in {folder} ({exc.strerror or exc}): pass a path "
+                          "you can write to") from None
+    finally:
+        for p in made:  # deepest first: leave nothing behind for a point that may still be refused
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
@@ -157,8 +216,9 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
 
 
 def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | None = None,
-                replace: bool = False) -> None:
+                replace: bool = False, keys=RESULT_KEYS) -> None:
     """Atomically append ``rows`` to the store at ``path`` (columns in ``order`` first; default: the bench's).
+    An existing file without the identifying columns ``keys`` is refused (ConfigError) and left as it was.
     ``replace``: write them as the file's whole content instead (a job's part of a dataset: no other writer, and a
     retry must not add to its earlier attempt)."""
     path = Path(path)
@@ -178,7 +238,12 @@ def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | No
         write(new)
         return
     with _locked(path):
-        write(pd.concat([_read(path), new], ignore_index=True) if path.exists() else new)
+        if not path.exists():
+            write(new)
+            return
+        old = _read_or_refuse(path, "store")
+        check_columns(path, old, keys, "store")
+        write(pd.concat([old, new], ignore_index=True))
 
 
 def record(path: str | os.PathLike, rows: list[dict], job: str, order: list[str] | None = None,
@@ -187,7 +252,7 @@ def record(path: str | os.PathLike, rows: list[dict], job: str, order: list[str]
     dataset (``job`` names it; a retry replaces it); ``side``: in the side table beside that file
     (``stream.side_path``). Returns the file written."""
     target = side_path(part_path(path, job)) if side else part_path(path, job)
-    append_rows(target, rows, order, replace=is_dataset(path))
+    append_rows(target, rows, order, replace=is_dataset(path), keys=SIDE_KEYS if side else RESULT_KEYS)
     return target
 
 
@@ -212,11 +277,16 @@ def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
 def load(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
     path = Path(path)
-    files = _files(path) if path.is_dir() else [path]
-    if not files or not all(f.exists() for f in files):
+    if not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
+        frame = _read_or_refuse(path, "results")
+        check_columns(path, frame, RESULT_KEYS, "results")
+        return with_speedup(frame)
+    frames = [f for f in (_read(f) for f in _files(path)) if all(k in f.columns for k in RESULT_KEYS)]
+    if not frames:  # a folder's other tables (the paper's, accuracy rows) are not results
         raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
-    df = pd.concat([_read(f) for f in files], ignore_index=True)
-    return with_speedup(df)
+    return with_speedup(pd.concat(frames, ignore_index=True))
 
 
 def _files(folder: Path) -> list[Path]:

@@ -131,6 +131,8 @@ class ResultsOptions:
                                kind="auto_bool")
     skip_existing: Any = opt("auto", "skip points already in the store with status ok (auto: inside a -m sweep)",
                              kind="auto_bool")
+    allow_failures: bool = opt(False, "a -m sweep with a failed point still exits 0 (long unattended grids; the "
+                               "failed rows and the sweep's last line say which points failed)")
 
 
 @dataclass
@@ -563,13 +565,14 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     ``measured`` columns (``dilation`` there is the k measured in reference mode), the fidelity verdict, or
     ``error``."""
     from . import dilation, fidelity
+    from .provenance import provenance
     from .results import new_ids, summarize
 
     out = {
         "model": spec.model.name, "method": spec.method.name, "devices": spec.devices, "tokens": spec.tokens,
         "network": network["network"], "bandwidth_mbps": network.get("bandwidth_mbps"),
         "bandwidth_per_device": network.get("bandwidth_per_device"),
-        "groups": None, "codebook_size": None, "repeats": spec.repeats,
+        "groups": None, "codebook_size": None, "repeats": spec.repeats if error is None else 0,  # timed inferences
         "latency_ms": None, "latency_p90_ms": None, "compute_ms": None, "comm_ms": None, "payload_bytes": None,
         "wire_bytes": None, "max_abs_err": None,
         "cpu_per_device": network.get("cpu_per_device", float(spec.device.threads)),
@@ -579,7 +582,7 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         "batch": spec.batch, "threads": spec.device.threads, "seed": spec.seed, "vq": None,
         "topology": network.get("topology"), "device": spec.device.name, "setup_s": None,
         "point_key": point_key(spec), "timing_key": timing_key(spec), "baseline_key": baseline_key(spec),
-        "settings": json.dumps(identity(spec), sort_keys=True), "wall_s": None,
+        "settings": json.dumps(identity(spec), sort_keys=True), "wall_s": None, **provenance(),
     }
     out.update(spec.method_class.columns(spec))
     out["dilation"] = spec.dilation

@@ -15,6 +15,8 @@ SIDE_SUFFIX = ".requests"
 SIDE_COLUMNS = ["run_id", "point_key", "model", "method", "devices", "tokens", "groups", "trace", "kind", "request",
                 "time_s", "latency_ms", "mbps", "served", "mbps_per_host"]
 
+SIDE_KEYS = ("run_id", "point_key", "kind")  # the columns that make a file a side table
+
 
 def side_path(results_path: str | Path) -> Path:
     """``results/x.parquet`` -> ``results/x.requests.parquet`` (the same format as the store)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,9 +29,12 @@ from typing import Callable
 import pandas as pd
 import pytest
 
-from harness.results import COLUMNS, append_row, cpu_list, load
+from harness.errors import ConfigError
+from harness.results import COLUMNS, append_row, append_rows, check_store, cpu_list, load, lock_path
 
 REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "results" / "paper"
+USER_CSV = "name,score\nalice,3\nbob,5\n"  # somebody's own table, named by mistake as the results store
 POINT_TIMEOUT_S = 180  # one point takes ~3-8 s alone; generous for a loaded 2-core machine
 SWEEP_TIMEOUT_S = 300
 POOL_SIZE = 2  # concurrent CPU-bound CLI cases (the machine has 2 cores)
@@ -248,6 +252,11 @@ BAD = {
     "results-path-txt": (["results.path={dir}/out.txt"], [".parquet or .csv"]),
     "results-path-not-a-store": (["results.path={dir}/broken.parquet"], ["not a readable parquet store"]),
     "results-path-directory": (["results.path={dir}/bucket.parquet"], ["is a directory"]),
+    "results-path-paper-table": (["results.path={dir}/fig1_speedup.csv"], ["not an astra-bench store", "untouched"]),
+    "results-path-user-csv": (["results.path={dir}/mine.csv"], ["not an astra-bench store", "run_id"]),
+    "results-path-unwritable": (["results.path=/proc/astra/out.parquet"], ["cannot write in /proc/astra"]),
+    "results-path-sweep-user-csv": (["-m", "method=sp,tp", "results.path={dir}/mine.csv"], ["not an astra-bench"]),
+    "experiment-without-m": (["experiment=quickstart"], ["experiment=quickstart is a sweep", "-m"]),
     "cache-dir-file": (["cache_dir={dir}/afile"], ["cache_dir", "is a file"]),
     "checkpoint-missing": (["method=astra", "method.checkpoint={dir}/nothing"], ["does not exist"]),
     "typo-method-key": (["method.group=4"], ["method.group", "did you mean groups"]),
@@ -304,6 +313,8 @@ def build_cases() -> dict[str, Callable[[Path], Run | None]]:
             except ImportError:
                 return None  # the test skips
         (d / "broken.parquet").write_text("not a parquet file\n")
+        shutil.copy(PAPER / "fig1_speedup.csv", d / "fig1_speedup.csv")
+        (d / "mine.csv").write_text(USER_CSV)
         (d / "bucket.parquet").mkdir()
         (d / "afile").write_text("")
         return run_cli(d, [a.format(dir=d) for a in BAD[key][0]], timeout=120)
@@ -498,6 +509,9 @@ def test_bad_input_fails_cleanly(runs, case):
     assert "Traceback" not in run.stderr
     assert_nothing_written(run)
     assert (run.dir / "broken.parquet").read_text() == "not a parquet file\n", "a broken store was touched"
+    assert (run.dir / "fig1_speedup.csv").read_bytes() == (PAPER / "fig1_speedup.csv").read_bytes()
+    assert (run.dir / "mine.csv").read_text() == USER_CSV
+    assert not [p.name for p in run.dir.iterdir() if p.name.endswith(".lock")], "a lock file was left"
     assert not list((run.dir / "bucket.parquet").iterdir()) and (run.dir / "afile").read_text() == ""
 
 
@@ -667,3 +681,62 @@ def test_load_missing_store(tmp_path):
         load(tmp_path / "nothing.parquet")
     with pytest.raises(FileNotFoundError):
         load(tmp_path)  # an empty directory
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PAPER.iterdir() if p.suffix == ".csv") + ["mine.csv"])
+def test_a_file_that_is_not_a_store_is_refused_and_untouched(tmp_path, name):
+    path = tmp_path / name
+    if name == "mine.csv":
+        path.write_text(USER_CSV)
+    else:
+        shutil.copy(PAPER / name, path)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="is not an astra-bench store .* left untouched"):
+        check_store(path)
+    with pytest.raises(ConfigError, match="is not an astra-bench store"):
+        append_row(path, store_row())
+    with pytest.raises(ConfigError, match="is not an astra-bench store"):
+        load(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "nothing beside it either (lock, temporary file)"
+
+
+def test_a_folder_of_stores_and_other_tables_loads_only_the_stores(tmp_path):
+    shutil.copy(PAPER / "fig1_speedup.csv", tmp_path / "fig1_speedup.csv")
+    (tmp_path / "mine.csv").write_text(USER_CSV)
+    append_row(tmp_path / "r.parquet", store_row(run_id="a"))
+    assert list(load(tmp_path)["run_id"]) == ["a"]
+
+
+def test_the_lock_is_hidden_and_gone_when_the_writer_leaves(tmp_path):
+    from harness.results import _locked
+
+    path = tmp_path / "r.parquet"
+    assert lock_path(path).name == ".r.parquet.lock"
+    with _locked(path):
+        assert lock_path(path).exists()
+    append_row(path, store_row())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet"]
+
+
+def test_unwritable_store_folder_is_refused_and_nothing_is_made(tmp_path):
+    with pytest.raises(ConfigError, match="cannot write in /proc/astra"):
+        check_store("/proc/astra/out.parquet")
+    check_store(tmp_path / "new" / "deeper" / "r.parquet")  # can be made: made to try, then removed again
+    assert not list(tmp_path.iterdir())
+
+
+def test_accuracy_and_side_stores_keep_their_own_keys(tmp_path):
+    from harness.stream import SIDE_KEYS
+    from harness.train.evaluate import ACC_COLUMNS, ACC_KEYS
+
+    acc = tmp_path / "acc.parquet"
+    append_rows(acc, [{"task": "digits", "metric": "top1", "value": 0.9, "run_id": "a", "timestamp": "t"}],
+                ACC_COLUMNS, keys=ACC_KEYS)
+    check_store(acc, "results_path", keys=ACC_KEYS)
+    with pytest.raises(ConfigError, match="not an astra-bench store"):
+        check_store(acc)  # an accuracy store is not a results store
+    side = tmp_path / "r.requests.parquet"
+    append_rows(side, [{"run_id": "a", "point_key": "p", "kind": "request"}], keys=SIDE_KEYS)
+    with pytest.raises(ConfigError, match="not an astra-bench store"):
+        append_rows(side, [store_row()])

@@ -251,7 +251,22 @@ def test_ray_records_a_point_whose_worker_keeps_dying(tmp_path, ray_cluster):
     folder = tmp_path / "runs"
     r = ray_sweep(tmp_path, ray_cluster, "method=single,sp", f"results.path={folder}",
                   f"fault.kill_job_once={tmp_path}/killed", "hydra.launcher.max_retries=0")
-    assert r.returncode == 0, r.stderr[-3000:]  # the sweep goes on
+    assert r.returncode == 1, r.stderr[-3000:]  # the sweep goes on, and its exit status says a point failed
     df = load(folder).sort_values("status")
     assert list(df["status"]) == ["failed", "ok"] and "Ray could not finish this point" in df["error"].iloc[0]
     assert "finished (failed)" in r.stderr
+    assert "[astra-bench] sweep finished: 1 ok, 1 failed (method=" in r.stderr
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_sweep_measures_a_point_named_by_several_jobs_once(tmp_path, ray_cluster):
+    """The single baseline named by every device count of the sweep is one point: one row, as with the basic
+    launcher; the other jobs report it skipped."""
+    store = tmp_path / "r.parquet"
+    r = ray_sweep(tmp_path, ray_cluster, "method=single,sp", "devices=2,3", f"results.path={store}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = load(store)
+    assert sorted(df["method"]) == ["single", "sp", "sp"] and df["point_key"].is_unique
+    assert "finished (skipped: the same point as devices=2)" in r.stderr
+    assert "[astra-bench] sweep finished: 3 ok, 0 failed, 1 skipped" in r.stderr

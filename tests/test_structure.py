@@ -5,6 +5,7 @@ harness/parallel/ knows a method by name, the results store never merges differe
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,16 @@ def test_sweep_knob_of_some_methods_is_passed_on_as_force_add():
     (["experiment=mian"], "did you mean main"),
     (["~model"], "~model"),
     (["a=[1,"], "cannot read the override"),
+    # a group name one typo away comes before a key that merely ends like it (network.collective_model)
+    (["-m", "modle=vit_tiny,vit_base"], "(did you mean model?)"),
+    (["-m", "network=analytic", "network.bandwidth_mbps=10", "100"],
+     "write network.bandwidth_mbps=10,100 with -m (network.bandwidth_mbps=[a,b] is not a sweep but one point with a "
+     "rate per device"),
+    (["experiment=paper_fig1"], "experiment=paper_fig1 is a sweep over method, method.codebook_size, method.groups, "
+                                "method.retained, network.bandwidth_mbps, devices: run it with -m"),
+    (["experiment=main", "devices=2"], "run it with -m (astra-bench -m experiment=main ...)"),
+    (["results.path=/proc/astra/out.parquet"], "results.path=/proc/astra/out.parquet: cannot write in /proc/astra"),
+    (["-m", "method=sp,tp", "results.path=/proc/astra/out.parquet"], "cannot write in /proc/astra"),
 ])
 def test_argv_check_refuses(argv, needle):
     with pytest.raises(ConfigError, match=None) as exc:
@@ -90,6 +101,47 @@ def test_argv_check_refuses(argv, needle):
 def test_did_you_mean():
     assert did_you_mean("bandwith", ["batch", "network.bandwidth_mbps"]) == " (did you mean network.bandwidth_mbps?)"
     assert did_you_mean("zzz", ["batch"]) == ""
+    assert did_you_mean("modle", ["network.collective_model", "model"]) == " (did you mean model?)"
+    assert did_you_mean("mdoel", ["network.collective_model", "model", "method"]) == " (did you mean model?)"
+
+
+@pytest.mark.parametrize("a,b,near", [("modle", "model", True), ("mode", "model", True), ("models", "model", True),
+                                      ("madel", "model", True), ("model", "model", False), ("mxdxl", "model", False),
+                                      ("mod", "model", False), ("lmode", "model", False)])
+def test_one_edit(a, b, near):
+    from harness.options import one_edit
+
+    assert one_edit(a, b) is near and one_edit(b, a) is near
+
+
+def test_progress_shows_a_point_as_the_user_names_it():
+    from harness.progress import shown
+
+    task = ["method=sp", "++method.groups=1", "++method.codebook_size=1024", "network.bandwidth_mbps=10"]
+    assert shown(task, {"method": {"name": "sp"}}) == ["method=sp", "network.bandwidth_mbps=10"]
+    task[0] = "method=astra"
+    assert shown(task, {"method": {"name": "astra"}}) == \
+        ["method=astra", "method.groups=1", "method.codebook_size=1024", "network.bandwidth_mbps=10"]
+
+
+def test_sweep_tally_counts_and_sets_the_exit_status():
+    from harness.progress import Tally
+
+    t = Tally()
+    assert t.exit_status() == 0  # not a sweep
+    t.start("r.parquet", allow_failures=False)
+    t.add({"status": "ok"}, ["tokens=8", "method=sp", "devices=4"])
+    t.add({"status": "ok", "skipped": True}, ["tokens=8", "method=single", "devices=4"])
+    assert t.exit_status() == 0
+    t.add({"status": "failed"}, ["tokens=8", "method=tp", "devices=5"])
+    t.add(None, ["tokens=8", "method=astra", "devices=4"])  # a job that returned nothing failed too
+    assert t.exit_status() == 1
+    # failed points named by what sets them apart (tokens=8 is every point's)
+    assert t.line() == ("[astra-bench] sweep finished: 1 ok, 2 failed (method=tp devices=5; method=astra "
+                        "devices=4), 1 skipped (already measured) | results: r.parquet")
+    t.start("r.parquet", allow_failures=True)
+    t.add({"status": "failed"}, ["method=tp", "devices=5"])
+    assert t.exit_status() == 0 and t.line().startswith("[astra-bench] sweep finished: 0 ok, 1 failed (method=tp")
 
 
 # ----------------------------------------------------------------------------------------------------- structure
@@ -235,6 +287,8 @@ def test_a_refused_point_in_a_sweep_is_recorded(tmp_path):
     cfg = compose(["model=vit_tiny", "method=tp", "devices=3", f"results.path={store}"])
     out, path = failed_row(cfg, "tp splits heads over devices ...")
     assert path == str(store) and out["status"] == "failed" and out["method"] == "tp" and out["devices"] == 3
+    # the settings it was asked to run, and no timed inference: it never ran
+    assert out["repeats"] == 0 and json.loads(out["settings"])["repeats"] == 5
     bad = compose(["seed=abc", f"results.path={store}"])
     out, path = failed_row(bad, "seed=abc is not an integer")
     assert path == str(store) and out["status"] == "failed" and out["error"].startswith("seed=abc")

@@ -30,6 +30,7 @@ ACC_COLUMNS = ["task", "model", "method", "groups", "codebook_size", "devices", 
                "dct", "split", "noise_cov", "ema_decay", "metric", "eval_split", "value", "bits_per_token",
                "train_wall_s", "eval_wall_s", "variant", "checkpoint", "checkpoint_status", "checkpoint_step", "seed",
                "run_id", "timestamp"]
+ACC_KEYS = ("task", "metric", "value", "run_id", "timestamp")  # the columns that make a file an accuracy store
 
 
 def bits_per_token(mc: ModelConfig, groups: int | None, k: int | None) -> int:
@@ -329,6 +330,6 @@ def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[di
     for r in rows:
         r["run_id"] = run_id
     if rows:
-        append_rows(cfg.results_path, rows, ACC_COLUMNS)
+        append_rows(cfg.results_path, rows, ACC_COLUMNS, keys=ACC_KEYS)
     log(f"evaluate: {n_new} new and {len(reused)} reused rows -> {cfg.results_path}")
     return rows

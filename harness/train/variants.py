@@ -71,9 +71,10 @@ class VariantOptions:
 def results_path_check(path) -> None:
     """The accuracy store: .parquet/.csv, not a directory, and if it exists a readable store (left untouched)."""
     from ..results import check_store
+    from .evaluate import ACC_KEYS
 
     try:
-        check_store(str(path), "results_path")
+        check_store(str(path), "results_path", keys=ACC_KEYS)
     except ConfigError as exc:
         raise TrainError(str(exc)) from None
 

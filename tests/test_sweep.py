@@ -1,0 +1,55 @@
+"""How a ``-m`` sweep ends: one summary line (points ok / failed / skipped, the store), exit 1 when a point failed
+(0 with ``results.allow_failures=true``), failed rows carrying the settings they were asked to run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.results import load
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["network=analytic", "model=vit_tiny", "tokens=16", "repeats=1", "warmup=0", "solo_repeats=0"]
+
+
+def sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "harness.bench", "-m", *TINY, f"results.path={tmp_path / 'r.parquet'}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def last_line(p: subprocess.CompletedProcess) -> str:
+    return [ln for ln in p.stderr.splitlines() if ln.strip()][-1]
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_failed_point_says_so_and_exits_1(tmp_path):
+    # tp needs a head per device: devices=5 fails (vit_tiny has 4); single at devices=5 is the devices=2 point again
+    p = sweep(tmp_path, "method=tp,single", "devices=2,5")
+    assert p.returncode == 1, p.stderr[-3000:]
+    store = tmp_path / "r.parquet"
+    assert last_line(p) == f"[astra-bench] sweep finished: 2 ok, 1 failed (method=tp devices=5), 1 skipped (already " \
+                           f"measured) | results: {store}"
+    df = load(store)
+    failed = df[df["status"] == "failed"].iloc[0]
+    assert (failed["method"], failed["devices"], failed["repeats"]) == ("tp", 5, 0)  # asked for 5; ran none
+    assert json.loads(failed["settings"])["devices"] == 5 and "at most 4 devices" in failed["error"]
+    assert len(df) == 3 and sorted(df["status"]) == ["failed", "ok", "ok"]
+    # the progress lines name each point as the user would: no knobs of other methods
+    assert "++" not in p.stderr
+
+    again = sweep(tmp_path, "method=tp,single", "devices=2,5", "results.allow_failures=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert last_line(again).startswith("[astra-bench] sweep finished: 0 ok, 1 failed (method=tp devices=5), 3 skipped")
+
+
+@pytest.mark.slow
+def test_a_clean_sweep_exits_0_with_its_summary(tmp_path):
+    p = sweep(tmp_path, "method=single,sp", "devices=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert last_line(p).startswith("[astra-bench] sweep finished: 2 ok, 0 failed, 0 skipped")
+    assert "1 repeat)" in p.stderr and "1 repeats" not in p.stderr
