@@ -189,7 +189,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 def draw_panels(table: pd.DataFrame, x: str, panel: str, src: str | None, plt, logx: bool = False):
     """One panel per value of ``panel``, the speedup against ``x`` per curve: the paper dashed, ours (``src``)
     solid, the 1x line, log y (and log x with plain tick labels when ``logx``). Returns the figure."""
-    from .plot import plain_log_ticks
+    from .style import plain_log_axis
 
     panels = sorted(table[panel].unique())
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 4.2), squeeze=False,
@@ -210,7 +210,7 @@ def draw_panels(table: pd.DataFrame, x: str, panel: str, src: str | None, plt, l
         ax.set_yscale("log")
         if logx:
             ax.set_xscale("log")
-            plain_log_ticks(ax.xaxis, part[x])
+            plain_log_axis(ax.xaxis, part[x])
         ax.set_title(f"{p:g} Mbps" if panel == "bandwidth_mbps" else f"{p} {panel}")
         ax.set_xlabel("bandwidth (Mbps)" if x == "bandwidth_mbps" else x)
         ax.grid(True, which="both", alpha=0.3)
