@@ -1,6 +1,6 @@
-"""What a reader relies on in the figures of astra-plot: one colour per method, the same in every figure; legends
-inside the figure and off the data; plain tick labels; 95 % intervals of the median latency, propagated to the
-speedup; latency shares on a linear axis; byte sizes in binary units."""
+"""What a reader relies on in the figures of astra-plot and astra-report: one colour per method, the same in every
+figure; legends inside the figure and off the data; plain tick labels; 95 % intervals of the median latency,
+propagated to the speedup; latency shares on a linear axis; byte sizes in binary units."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from harness import dilation, plot, style  # noqa: E402
+from harness import dilation, plot, report, style  # noqa: E402
 from harness.results import median_ci, summarize, with_speedup  # noqa: E402
 
 STEMS = {"speedup_vs_bandwidth", "speedup_vs_devices", "latency_breakdown", "bytes_per_method"}
@@ -101,6 +101,23 @@ def check_legends(fig, name: str) -> None:
 
 def one_x_lines(fig) -> list[Line2D]:
     return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == style.ONE_X["label"]]
+
+
+def report_store(tmp_path):
+    """Paper-compute points of Fig. 1 and Fig. 3 (no profiling: seconds)."""
+    from harness.bench import run_point
+    from harness.spec import build_spec, compose
+
+    path = tmp_path / "paper.parquet"
+    base = ["model=vit_base", "network=analytic", "network.compute=paper", "network.collective_model=paper",
+            "network.mbps_unit=1048576", "repeats=1", "warmup=0", "solo_repeats=0", "tokens=1024",
+            f"results.path={path}"]
+    run_point(build_spec(compose([*base, "method=single"])), sweep=False)
+    for knobs in (["method=astra", "method.groups=1"], ["method=astra", "method.groups=16"], ["method=tp"],
+                  ["method=sp"], ["method=bp_ag", "method.retained=1"]):
+        for bw in (10, 100):
+            run_point(build_spec(compose([*base, *knobs, "devices=4", f"network.bandwidth_mbps={bw}"])), sweep=False)
+    return path
 
 
 def test_median_ci_is_a_reproducible_bootstrap_interval():
@@ -223,3 +240,36 @@ def test_method_colours_are_fixed_and_distinct():
     assert style.method_color("newmethod") == style.method_color("newmethod")  # a name outside the registry
     assert style.method_color("newmethod") not in cs.values()
     assert style.ONE_X["color"] not in cs.values()
+
+
+def test_report_figures_and_readme(tmp_path):
+    path = report_store(tmp_path)
+    tables, summ, written = report.build(path, tmp_path / "rep")
+    readme = (tmp_path / "rep" / "README.md").read_text()
+    assert "](fig1.png)" in readme and "](fig3.png)" in readme
+    assert "## Figure 7" not in readme and "## Figure 8" not in readme  # no points of ours there
+    assert "[Figure 7](fig7.md)" in readme
+    assert "nan" not in readme
+
+    ours = {c for cs in colours(figures(store())["speedup_vs_bandwidth"]).values() for c in cs}
+    plot_colours = {m: next(iter(cs)) for m, cs in colours(figures(store())["speedup_vs_bandwidth"]).items()}
+    fig1 = report.draw_panels(tables["fig1"], "bandwidth_mbps", "devices", "paper-compute", plt, logx=True)
+    fig3 = report.breakdown_figure(tables["fig3"], plt)
+    for name, fig in (("fig1", fig1), ("fig3", fig3)):
+        check_legends(fig, name)
+        got = colours(fig)
+        assert all(len(cs) == 1 for cs in got.values()), got
+        for method, cs in got.items():  # the same colour as in astra-plot's figures
+            assert cs == {style.method_color(method)}
+            if method in plot_colours:
+                assert cs == {plot_colours[method]}
+    assert {"astra", "tp", "sp", "bp_ag"} <= set(colours(fig1))
+    ones = one_x_lines(fig1)
+    assert ones and matplotlib.colors.to_hex(ones[0].get_color()) not in ours | {c for cs in colours(fig1).values()
+                                                                                  for c in cs}
+    ticks = [t.get_text() for t in fig1.axes[0].get_yticklabels() if t.get_text()]
+    assert all(SPEEDUP_TICK.match(t) for t in ticks), ticks
+    assert [t.get_text() for t in fig1.axes[0].get_xticklabels()] == [
+        style.plain(b) for b in sorted(tables["fig1"]["bandwidth_mbps"].unique())]
+    plt.close(fig1)
+    plt.close(fig3)
