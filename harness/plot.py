@@ -21,7 +21,8 @@ import pandas as pd
 
 from .results import _read, load
 from .stream import is_side_table, side_path
-from .style import ONE_X, bytes_axis, human_bytes, method_color, plain, plain_log_axis, speedup_axis, variant_styles
+from .style import (ONE_X, bytes_axis, human_bytes, log_axis, method_color, plain, plain_log_axis, speedup_axis,
+                    variant_styles)
 
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
@@ -188,10 +189,7 @@ def plot_streams(rows: pd.DataFrame, side: pd.DataFrame, out: Path) -> list[Path
                         gid=r["method"], label=f"{r['label']}: {int(r['requests'])} served in {r['stream_s']:g} s",
                         **styles[r["label"]])
         bottom.set_yscale("log")
-        from matplotlib.ticker import FuncFormatter
-
-        bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        bottom.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        log_axis(bottom.yaxis)
         bottom.set_xlabel("request start, emulated s")
         bottom.set_ylabel("request latency, s")
         bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the data, not on it

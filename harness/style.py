@@ -4,11 +4,12 @@ Each method has one colour everywhere, fixed by the method registry: the baselin
 methods take a colour-blind-safe palette (Okabe & Ito) in name order, and a name outside the registry a colour of
 its own derived from the name. Variants of a method (G, K, Nb ...) differ by marker and line style, never colour.
 The 1× line is black and dotted, a colour no method has. Log axes are labelled in plain numbers (``0.1×``,
-``100``, ``64 KiB``), never powers of ten.
+``100``, ``32 KiB``), never powers of ten.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import numpy as np
@@ -53,8 +54,6 @@ def variant_styles(labels) -> dict[str, dict]:
 
 def _natural(label: str):
     """Sort key that puts G=2 before G=16."""
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(label))]
 
 
@@ -65,20 +64,25 @@ def plain(v: float) -> str:
 
 def human_bytes(b: float) -> str:
     """Bytes in binary units: 512 B, 1.5 KiB, 72.1 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(b) < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB"):
+        if abs(b) < 1024:
             return f"{b:.3g} {unit}"
         b /= 1024
-    raise AssertionError  # unreachable: the loop returns at GiB
+    return f"{b:.3g} GiB"
 
 
-def speedup_axis(axis) -> None:
-    """Log speedup axis ticked at 1, 2, 5 per decade, labelled 0.1×, 1×, 2× ..."""
+def log_axis(axis, unit: str = "") -> None:
+    """Log axis ticked at 1, 2 and 5 per decade, labelled as plain numbers (0.01, 0.1, 2) followed by ``unit``."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
     axis.set_minor_locator(NullLocator())
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{plain(v)}×"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{plain(v)}{unit}"))
+
+
+def speedup_axis(axis) -> None:
+    """Log speedup axis: 0.1×, 0.2×, 0.5×, 1×, 2× ..."""
+    log_axis(axis, "×")
 
 
 def plain_log_axis(axis, values) -> None:
