@@ -206,11 +206,15 @@ def check_links(k: float, bandwidths: list[float]) -> list[float]:
 
 
 def scale_row(row: dict, k: float) -> dict:
-    """Report times of the emulated system: latency, compute and communication ÷ k, keeping the real ones. CPU
-    time, run-queue wait and throttled time stay real (they describe the host, and CPU time is not dilated)."""
+    """Report times of the emulated system: latency (and its interval), compute and communication ÷ k, keeping the
+    real ones. CPU time, run-queue wait and throttled time stay real (they describe the host, and CPU time is not
+    dilated)."""
     out = {"dilation": k}
     for col in ("latency_ms", "latency_p90_ms", "compute_ms", "comm_ms"):
         real = row.get(col)
         out[col.replace("_ms", "_real_ms")] = real
         out[col] = None if real is None else real / k
+    for col in ("latency_ci_low_ms", "latency_ci_high_ms"):  # the interval follows its latency
+        if row.get(col) is not None:
+            out[col] = row[col] / k
     return out

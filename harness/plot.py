@@ -2,9 +2,12 @@
 
     astra-plot results/results.parquet --out results/plots
 
-Prints a markdown table (one row per point, latest run of each) and writes PNG and PDF figures:
-``speedup_vs_bandwidth`` (log-x, one panel per device count, a line at 1x; only for shaped networks),
-``speedup_vs_devices`` and ``latency_breakdown`` (stacked compute / communication per point).
+Prints a markdown table (one row per point, latest run of each) and writes PNG and PDF figures per scene (model,
+tokens, network; ``scene_figures`` builds them without saving): ``speedup_vs_bandwidth`` (log-log, one panel per
+device count; only for shaped networks), ``speedup_vs_devices`` (one panel per bandwidth), both with 95 % interval
+bars and the 1x line; ``latency_breakdown`` (compute and communication as shares of each point's latency, linear,
+the absolute times printed) and ``bytes_per_method`` (payload per device, binary units). Colours, markers and tick
+labels come from ``harness.style``: one colour per method in every figure.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .provenance import describe
 from .results import _read, load
 from .stream import is_side_table, side_path
+from .style import (ONE_X, bytes_axis, human_bytes, log_axis, method_color, plain, plain_log_axis, speedup_axis,
+                    variant_styles)
 
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
@@ -100,7 +106,7 @@ def mark_unfaithful(ax, df: pd.DataFrame, x: str) -> None:
     """Cross out points whose fidelity check failed (their numbers depend on the host machine)."""
     bad = df[unfaithful(df)]
     if not bad.empty:
-        ax.scatter(bad[x], bad["speedup"], marker="x", s=90, color="red", zorder=5,
+        ax.scatter(bad[x], bad["speedup"], marker="x", s=90, color="black", zorder=5,
                    label="fidelity check failed (see table)")
 
 
@@ -109,19 +115,6 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     for p in paths:
         fig.savefig(p, bbox_inches="tight", dpi=130)
     return paths
-
-
-def plain_log_ticks(axis, values) -> None:
-    """Log axis ticked at the data's own values, printed as plain numbers (10, 100, not 10^1)."""
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
-
-    vals = sorted({float(v) for v in values if pd.notna(v) and v > 0})
-    if vals:
-        axis.set_major_locator(FixedLocator(vals))
-    axis.set_minor_locator(NullLocator())
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    axis.set_major_formatter(fmt)
 
 
 def scene_title(df: pd.DataFrame, head: str) -> str:
@@ -180,7 +173,8 @@ def plot_streams(rows: pd.DataFrame, side: pd.DataFrame, out: Path) -> list[Path
     for n, (_, part) in enumerate(groups):
         named = part["trace"].dropna() if "trace" in part.columns else pd.Series(dtype=object)
         trace = Path(str(named.iloc[0])).name if not named.empty else "fixed"
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[1, 2.2])
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[1, 2.2],
+                                          layout="constrained")
         steps = side[(side["kind"] == "trace") & side["run_id"].isin(part["run_id"])]
         if not steps.empty:
             first = steps[steps["run_id"] == steps["run_id"].iloc[0]].sort_values("time_s")
@@ -189,123 +183,194 @@ def plot_streams(rows: pd.DataFrame, side: pd.DataFrame, out: Path) -> list[Path
         top.set_ylabel("link Mbit/s")
         top.set_title(f"request stream, {scene_title(part, str(trace if trace != 'fixed' else 'fixed links'))}",
                       fontsize=9)
+        styles = _styles(part)
         for _, r in part.sort_values("label").iterrows():
             req = side[(side["kind"] == "request") & (side["run_id"] == r["run_id"])].sort_values("time_s")
-            bottom.plot(req["time_s"], req["latency_ms"] / 1e3, marker="o", ms=3,
-                        label=f"{r['label']}: {int(r['requests'])} served in {r['stream_s']:g} s")
+            bottom.plot(req["time_s"], req["latency_ms"] / 1e3, ms=3, color=method_color(r["method"]),
+                        gid=r["method"], label=f"{r['label']}: {int(r['requests'])} served in {r['stream_s']:g} s",
+                        **styles[r["label"]])
         bottom.set_yscale("log")
-        from matplotlib.ticker import FuncFormatter
-
-        bottom.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        bottom.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        log_axis(bottom.yaxis)
         bottom.set_xlabel("request start, emulated s")
         bottom.set_ylabel("request latency, s")
-        bottom.legend(fontsize=8)
+        bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the data, not on it
         written += _save(fig, out, "stream" if len(groups) == 1 else f"stream_{n + 1}")
         plt.close(fig)
     return written
 
 
-def speedup_spread(g: pd.DataFrame):
-    """Down-error of each speedup: its value at the 90th-percentile latency (repeats > 1), else none."""
-    if "latency_p90_ms" not in g.columns or not (pd.to_numeric(g.get("repeats"), errors="coerce") > 1).any():
+def _styles(df: pd.DataFrame) -> dict[str, dict]:
+    """Marker and line style of every label: variants of a method differ in them, never in colour."""
+    out: dict[str, dict] = {}
+    for _, g in df.groupby("method"):
+        out.update(variant_styles(g["label"].unique()))
+    return out
+
+
+def speedup_bars(g: pd.DataFrame):
+    """Error bars of the speedups: the rows' 95 % intervals (``results.with_speedup``); None without any."""
+    if "speedup_ci_low" not in g.columns or g["speedup_ci_low"].isna().all():
         return None
-    low = g["single_latency_ms"] / pd.to_numeric(g["latency_p90_ms"], errors="coerce")
-    down = (g["speedup"] - low).clip(lower=0).fillna(0)
-    return [down.to_numpy(), [0] * len(g)]
+    low = pd.to_numeric(g["speedup_ci_low"], errors="coerce")
+    high = pd.to_numeric(g["speedup_ci_high"], errors="coerce")
+    return [(g["speedup"] - low).clip(lower=0).to_numpy(), (high - g["speedup"]).clip(lower=0).to_numpy()]
 
 
-def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt, note=None) -> list[Path]:
+def shared_legend(fig, axes, handles=()):
+    """One legend for all panels, below them (every label once, in the order first drawn; ``handles`` last)."""
+    entries: dict = {}
+    for h in [h for ax in axes for h in ax.get_legend_handles_labels()[0]] + list(handles):
+        entries.setdefault(h.get_label(), h)
+    ncols = max(1, min(len(entries), int(fig.get_figwidth() // 2)))  # about 2 inches a column: no wider than the figure
+    return fig.legend(entries.values(), entries.keys(), loc="outside lower center", fontsize="small", ncols=ncols)
+
+
+def speedup_figure(df: pd.DataFrame, x: str, panel: str, title: str, plt):
+    """The speedup against ``x``, one panel per value of ``panel`` (NaN: the unshaped network), one line per label:
+    the method's colour, the variant's marker, 95 % interval bars where the rows have them, the 1x line."""
+    keys = df[panel].fillna(-1)
+    panels = sorted(keys.unique())
+    styles = _styles(df)
+    fig = plt.figure(figsize=(3.6 * len(panels) + 1.4, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True, sharex=True)[0]
+    drew_bars = False
+    for ax, p in zip(axes, panels):
+        part = df[keys == p]
+        for (method, lab), g in part.groupby(["method", "label"]):
+            g = g.sort_values(x)
+            color = method_color(method)
+            ax.plot(g[x], g["speedup"], color=color, ms=5, label=lab, gid=method, **styles[lab])
+            bars = speedup_bars(g)
+            if bars is not None:
+                drew_bars = True
+                ax.errorbar(g[x], g["speedup"], yerr=bars, fmt="none", ecolor=color, elinewidth=1, capsize=2.5)
+        mark_unfaithful(ax, part, x)
+        ax.axhline(1.0, **ONE_X)
+        ax.set_yscale("log")
+        speedup_axis(ax.yaxis)
+        if x == "bandwidth_mbps":
+            ax.set_xscale("log")
+            plain_log_axis(ax.xaxis, df[x])
+            ax.set_xlabel("bandwidth (Mbit/s)")
+        else:
+            ax.set_xticks(sorted(df[x].unique()))
+            ax.set_xlabel(x)
+        ax.grid(True, which="major", alpha=0.3)
+        if panel == "devices":
+            ax.set_title(f"{int(p)} devices", fontsize="medium")
+        else:
+            ax.set_title("unshaped network" if p < 0 else f"{plain(p)} Mbit/s", fontsize="medium")
+    axes[0].set_ylabel("speedup over single device" + ("\n(bars: 95 % CI, from both latencies' CIs)"
+                                                       if drew_bars else ""))
+    shared_legend(fig, axes)
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def _ms(v: float) -> str:
+    return f"{v / 1e3:.3g} s" if v >= 1000 else f"{v:.3g} ms"
+
+
+def breakdown_figure(done: pd.DataFrame, title: str, plt):
+    """Each point's latency split into compute and communication as shares of its end-to-end latency (linear),
+    the absolute latencies printed on the right; compute solid, communication hatched, in the method's colour."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+
+    rows = done.assign(_bw=done["bandwidth_mbps"].fillna(np.inf)).sort_values(["_bw", "devices", "method", "label"])
+    compute = pd.to_numeric(rows["compute_ms"], errors="coerce").to_numpy(dtype=float)
+    comm = pd.to_numeric(rows["comm_ms"], errors="coerce").fillna(0).to_numpy(dtype=float)
+    total = compute + comm
+    colors = [method_color(m) for m in rows["method"]]
+    light = [to_rgba(c, 0.3) for c in colors]
+    names = [f"{r.label}, N={r.devices}" + (f", {plain(r.bandwidth_mbps)} Mbit/s"
+                                            if pd.notna(r.bandwidth_mbps) and _communicates(r.method) else "")
+             for r in rows.itertuples()]
+    fig = plt.figure(figsize=(8.5, 1.4 + 0.3 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    solid = ax.barh(y, 100 * compute / total, color=colors, height=0.7)
+    for bar, method in zip(solid, rows["method"]):
+        bar.set_gid(method)
+    ax.barh(y, 100 * comm / total, left=100 * compute / total, color=light, edgecolor=colors, hatch="////",
+            linewidth=0, height=0.7)
+    ax.set_yticks(y, labels=names, fontsize="small")
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of end-to-end latency (%, linear)")
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(y, labels=[f"{_ms(t)} = {_ms(c)} + {_ms(m)}" for t, c, m in zip(total, compute, comm)],
+                     fontsize="small")
+    right.tick_params(length=0)
+    right.set_ylabel("latency = compute + communication")
+    grey = "#7F7F7F"
+    fig.legend(handles=[Patch(color=grey, label="compute"),
+                        Patch(facecolor=to_rgba(grey, 0.3), edgecolor=grey, hatch="////", lw=0,
+                              label="communication")],
+               loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def bytes_figure(sent: pd.DataFrame, title: str, plt):
+    """Bytes one device hands to the network per inference, one bar per method variant and device count."""
+    per = sent.groupby(["devices", "method", "label"], as_index=False)["payload_bytes"].max()
+    fig = plt.figure(figsize=(7, 1.2 + 0.3 * len(per)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(per))
+    bars = ax.barh(y, per["payload_bytes"], color=[method_color(m) for m in per["method"]], height=0.7)
+    for bar, method in zip(bars, per["method"]):
+        bar.set_gid(method)
+    ax.bar_label(bars, labels=[human_bytes(b) for b in per["payload_bytes"]], padding=3, fontsize="small")
+    ax.set_yticks(y, labels=[f"{r.label}, N={r.devices}" for r in per.itertuples()], fontsize="small")
+    ax.set_ylim(len(per) - 0.5, -0.5)
+    ax.set_xscale("log")
+    ax.set_xlim(per["payload_bytes"].min() / 4, per["payload_bytes"].max() * 12)  # room for the printed sizes
+    bytes_axis(ax.xaxis)
+    ax.set_xlabel("payload per device per inference (log)")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def _communicates(method: str) -> bool:
+    from .parallel import METHODS
+
+    return METHODS[method].communicates if method in METHODS else True
+
+
+def scene_figures(df: pd.DataFrame, title: str, plt, note=None) -> dict:
+    """The figures of one scene (model, tokens, network), by file stem; a figure without data is left out."""
     note = note or (lambda msg: None)
     done = df[df["status"] == "ok"]
     ok = done[done["speedup"].notna()]
-    written: list[Path] = []
-    if {"point_key", "baseline_key"} <= set(ok.columns) and ok["baseline_key"].notna().all():
-        multi = ok[ok["point_key"] != ok["baseline_key"]]  # every point but the single-device baselines
+    figs = {}
+    if {"timing_key", "baseline_key"} <= set(ok.columns) and ok["baseline_key"].notna().all():
+        multi = ok[ok["timing_key"] != ok["baseline_key"]]  # every point but the single-device baselines
     else:  # rows from before baseline keys existed
         multi = ok[ok["devices"] > 1]
     if ok.empty and not done.empty:
         note(f"{title}: no single-device baseline among these rows, so no speedup plots (run method=single at the "
              "same model, tokens, network and device); drawing the latency breakdown and bytes only")
-
     shaped = multi[multi["bandwidth_mbps"].notna()]
     if not shaped.empty:
-        devs = sorted(shaped["devices"].unique())
-        fig, axes = plt.subplots(1, len(devs), figsize=(5 * len(devs), 4), squeeze=False, sharey=True)
-        for ax, n in zip(axes[0], devs):
-            for lab, g in shaped[shaped["devices"] == n].groupby("label"):
-                g = g.sort_values("bandwidth_mbps")
-                ax.errorbar(g["bandwidth_mbps"], g["speedup"], yerr=speedup_spread(g), marker="o", capsize=3,
-                            label=lab)
-            mark_unfaithful(ax, shaped[shaped["devices"] == n], "bandwidth_mbps")
-            ax.axhline(1.0, color="red", lw=1, ls="--")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            plain_log_ticks(ax.xaxis, shaped["bandwidth_mbps"])
-            ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(f"{n} devices")
-            ax.set_xlabel("bandwidth (Mbps)")
-        axes[0][0].set_ylabel("speedup over single device (log; bars: p90 latency)")
-        axes[0][-1].legend(fontsize="small")
-        fig.suptitle(title, fontsize="medium")
-        written += _save(fig, out, "speedup_vs_bandwidth" + suffix)
-        plt.close(fig)
-
+        figs["speedup_vs_bandwidth"] = speedup_figure(shaped, "bandwidth_mbps", "devices", title, plt)
     if multi.loc[multi["devices"] > 1, "devices"].nunique() > 1:  # one device count is not a curve
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (lab, bw), g in multi.groupby(["label", multi["bandwidth_mbps"].fillna(-1)]):
-            g = g.sort_values("devices")
-            name = lab if bw < 0 else f"{lab} @ {bw:g} Mbps"
-            ax.errorbar(g["devices"], g["speedup"], yerr=speedup_spread(g), marker="o", capsize=3, label=name)
-        mark_unfaithful(ax, multi, "devices")
-        ax.axhline(1.0, color="red", lw=1, ls="--")
-        ax.set_yscale("log")
-        ax.set_xticks(sorted(multi["devices"].unique()))
-        ax.set_xlabel("devices")
-        ax.set_ylabel("speedup over single device (log)")
-        ax.legend(fontsize="small")
-        ax.set_title(title, fontsize="medium")
-        written += _save(fig, out, "speedup_vs_devices" + suffix)
-        plt.close(fig)
-
+        figs["speedup_vs_devices"] = speedup_figure(multi, "devices", "bandwidth_mbps", title, plt)
     if not done.empty:
-        names = [
-            f"{r.label} N={r.devices}" + (f" {r.bandwidth_mbps:g}M" if pd.notna(r.bandwidth_mbps) else "")
-            for r in done.itertuples()
-        ]
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(done)), 4))
-        ax.bar(names, done["compute_ms"], label="compute")
-        ax.bar(names, done["comm_ms"], bottom=done["compute_ms"], label="communication")
-        ax.set_yscale("log")  # a comm-bound baseline 100x slower must not flatten the others
-        ax.set_ylabel("latency (ms, log)")
-        ax.tick_params(axis="x", rotation=60)
-        ax.legend()
-        ax.set_title(title, fontsize="medium")
-        written += _save(fig, out, "latency_breakdown" + suffix)
-        plt.close(fig)
-
+        figs["latency_breakdown"] = breakdown_figure(done, title, plt)
     sent = done[pd.to_numeric(done["payload_bytes"], errors="coerce") > 0]
     if not sent.empty:  # bytes one device hands to the network per inference: ASTRA's headline quantity
-        per = sent.groupby(["label", "devices"], as_index=False)["payload_bytes"].max()
-        names = [f"{r.label} N={r.devices}" for r in per.itertuples()]
-        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(per)), 4))
-        bars = ax.bar(names, per["payload_bytes"], color="C2")
-        ax.bar_label(bars, labels=[_human_bytes(b) for b in per["payload_bytes"]], fontsize="x-small")
-        ax.set_yscale("log")
-        ax.set_ylabel("payload per device per inference (bytes, log)")
-        ax.tick_params(axis="x", rotation=60)
-        ax.set_title(title, fontsize="medium")
-        written += _save(fig, out, "bytes_per_method" + suffix)
+        figs["bytes_per_method"] = bytes_figure(sent, title, plt)
+    return figs
+
+
+def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt, note=None) -> list[Path]:
+    written: list[Path] = []
+    for stem, fig in scene_figures(df, title, plt, note).items():
+        written += _save(fig, out, stem + suffix)
         plt.close(fig)
     return written
-
-
-def _human_bytes(b: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if b < 1024 or unit == "GB":
-            return f"{b:.3g} {unit}"
-        b /= 1024
-    return f"{b:.3g} GB"
 
 
 def main(argv: list[str] | None = None) -> None:

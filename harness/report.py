@@ -112,11 +112,15 @@ def speedup_table(name: str, ours: pd.DataFrame) -> pd.DataFrame:
     ours = ours.assign(key=_key(ours))
     out = ref.rename(columns={"speedup": "paper"})
     for src in SOURCES:
-        part = ours[ours["source"] == src].set_index("key")["speedup"]
+        part = ours[ours["source"] == src].set_index("key")
         if part.empty:
             continue
-        out[src] = out["key"].map(part).astype(float)
+        out[src] = out["key"].map(part["speedup"]).astype(float)
         out[f"{src} gap"] = _gap(out[src], out["paper"])
+        ends = {end: out["key"].map(part[f"speedup_ci_{end}"]).astype(float) for end in ("low", "high")
+                if f"speedup_ci_{end}" in part.columns}
+        if ends and ends["low"].notna().any():  # points with repeats: their 95 % intervals
+            out[f"{src} low"], out[f"{src} high"] = ends["low"], ends["high"]
     out.insert(0, "label", [label(m, g, r) for m, g, r in zip(out["method"], out["groups"], out["retained"])])
     return out.drop(columns=["key", "method", "groups", "retained"])
 
@@ -184,39 +188,66 @@ def to_markdown(table: pd.DataFrame) -> str:
     for c in t.columns:
         if c.endswith("gap"):
             t[c] = t[c].map(lambda v: "" if pd.isna(v) else f"{100 * v:+.1f}%")
-    return t.to_markdown(index=False, floatfmt=".4g")
+    for src in SOURCES:  # a source's interval as one column, in the place of its two ends
+        if f"{src} low" in t.columns:
+            ci = ["" if pd.isna(lo) else f"{lo:.4g}–{hi:.4g}" for lo, hi in zip(t[f"{src} low"], t[f"{src} high"])]
+            t.insert(t.columns.get_loc(f"{src} low"), f"{src} 95% CI", ci)
+            t = t.drop(columns=[f"{src} low", f"{src} high"])
+    return blank_missing(t).to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def blank_missing(t: pd.DataFrame) -> pd.DataFrame:
+    """Missing cells as None, which markdown tables print empty (not ``nan``)."""
+    return t.astype(object).where(t.notna(), None)
 
 
 def draw_panels(table: pd.DataFrame, x: str, panel: str, src: str | None, plt, logx: bool = False):
-    """One panel per value of ``panel``, the speedup against ``x`` per curve: the paper dashed, ours (``src``)
-    solid, the 1x line, log y (and log x with plain tick labels when ``logx``). Returns the figure."""
-    from .plot import plain_log_ticks
+    """One panel per value of ``panel``, the speedup against ``x`` per curve: the paper dashed with open markers,
+    ours (``src``) solid with filled ones and 95 % interval bars where it has them; the method's colour, the
+    variant's marker (``style``), the 1x line, log y (and log x with plain tick labels when ``logx``), one legend
+    below the panels. Returns the figure."""
+    from matplotlib.lines import Line2D
+
+    from .plot import shared_legend
+    from .style import ONE_X, method_color, method_name, plain, plain_log_axis, speedup_axis, variant_styles
 
     panels = sorted(table[panel].unique())
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 4.2), squeeze=False,
-                             sharey=True)
-    colors: dict[str, str] = {}
-    for ax, p in zip(axes[0], panels):
+    n = max(1, len(panels))
+    fig = plt.figure(figsize=(3.8 * n + 1, 4.6), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    methods = {lab: method_name(lab.split(" ")[0]) for lab in table["label"].unique()}
+    styles = {}
+    for m in set(methods.values()):
+        styles.update(variant_styles([lab for lab, mm in methods.items() if mm == m]))
+    for ax, p in zip(axes, panels):
         part = table[table[panel] == p]
         for lab, g in part.groupby("label", sort=False):
             g = g.sort_values(x)
-            c = colors.setdefault(lab, f"C{len(colors) % 10}")
-            ax.plot(g[x], g["paper"], ls="--", marker="x", color=c, alpha=0.7)
+            c, marker = method_color(methods[lab]), styles[lab]["marker"]
+            ax.plot(g[x], g["paper"], ls="--", marker=marker, mfc="white", ms=5, color=c, alpha=0.8, gid=methods[lab],
+                    label=None if src else lab)
             if src:
                 mine = g[g[src].notna()]
-                ax.plot(mine[x], mine[src], ls="-", marker="o", ms=4, color=c, label=lab)
-            else:
-                ax.plot([], [], color=c, label=lab)
-        ax.axhline(1.0, color="red", lw=1)
+                ax.plot(mine[x], mine[src], ls="-", marker=marker, ms=5, color=c, label=lab, gid=methods[lab])
+                if f"{src} low" in mine.columns and mine[f"{src} low"].notna().any():
+                    err = [(mine[src] - mine[f"{src} low"]).clip(lower=0),
+                           (mine[f"{src} high"] - mine[src]).clip(lower=0)]
+                    ax.errorbar(mine[x], mine[src], yerr=err, fmt="none", ecolor=c, elinewidth=1, capsize=2.5)
+        ax.axhline(1.0, **ONE_X)
         ax.set_yscale("log")
+        speedup_axis(ax.yaxis)
         if logx:
             ax.set_xscale("log")
-            plain_log_ticks(ax.xaxis, part[x])
-        ax.set_title(f"{p:g} Mbps" if panel == "bandwidth_mbps" else f"{p} {panel}")
-        ax.set_xlabel("bandwidth (Mbps)" if x == "bandwidth_mbps" else x)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("speedup over one device (log)")
-    axes[0][-1].legend(fontsize="small", loc="lower right")
+            plain_log_axis(ax.xaxis, part[x])
+        ax.set_title(f"{plain(p)} Mbit/s" if panel == "bandwidth_mbps" else f"{p} {panel}", fontsize="medium")
+        ax.set_xlabel("bandwidth (Mbit/s)" if x == "bandwidth_mbps" else x)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("speedup over one device")
+    key = [Line2D([], [], color="0.3", ls="--", marker="o", mfc="white", label="paper (dashed, open)")]
+    if src:
+        bars = "; bars: 95 % CI" if f"{src} low" in table.columns else ""
+        key.append(Line2D([], [], color="0.3", ls="-", marker="o", label=f"ours, {src} (solid{bars})"))
+    shared_legend(fig, axes, key)
     return fig
 
 
@@ -226,40 +257,70 @@ def draw_speedups(name: str, table: pd.DataFrame, out: Path, plt) -> Path:
     src = next((s for s in SOURCES if s in table.columns and table[s].notna().any()), None)
     fig = draw_panels(table, "bandwidth_mbps", "tokens" if name == "fig8" else "devices", src, plt, logx=True)
     ours = f"ours ({src}) solid" if src else "no matching points of ours"
-    fig.suptitle(f"{FIGURES[name][1]} — paper dashed, {ours}; ViT-Base, K=1024", fontsize="medium")
+    fig.suptitle(f"{FIGURES[name][1]}\npaper dashed, {ours}; ViT-Base, K=1024", fontsize="medium")
     path = out / f"{name}.png"
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
     return path
 
 
-def draw_breakdown(table: pd.DataFrame, out: Path, plt) -> Path:
-    """Compute + communication bars, paper beside ours, one panel per method (each on its own scale, so a method
-    that is 100x slower does not flatten the others)."""
+def breakdown_figure(table: pd.DataFrame, plt):
+    """Compute + communication bars, paper (left, pale) beside ours (right), one panel per method (each on its own
+    linear scale, so a method that is 100x slower does not flatten the others): compute solid, communication
+    hatched, in the method's colour. Returns the figure."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+
+    from .style import method_color, method_name
+
     src = next((s for s in SOURCES if f"{s} compute" in table.columns), None)
     rows = table[table["devices"] > 1]
     labels = list(dict.fromkeys(rows["label"]))
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.8), squeeze=False)
-    for ax, lab in zip(axes[0], labels):
+    fig = plt.figure(figsize=(3.2 * len(labels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(labels), squeeze=False)[0]
+    w = 0.36  # two bars a bandwidth, a sliver apart
+    for ax, lab in zip(axes, labels):
         g = rows[rows["label"] == lab].sort_values("bandwidth_mbps")
         x = np.arange(len(g))
-        w = 0.38
-        ax.bar(x - w / 2, g["paper compute"], w, color="C0", alpha=0.5, label="paper compute")
-        ax.bar(x - w / 2, g["paper comm"], w, bottom=g["paper compute"], color="C1", alpha=0.5, label="paper comm")
-        if src:
-            ax.bar(x + w / 2, g[f"{src} compute"], w, color="C0", label=f"{src} compute")
-            ax.bar(x + w / 2, g[f"{src} comm"], w, bottom=g[f"{src} compute"], color="C1", label=f"{src} comm")
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"{b:g}" for b in g["bandwidth_mbps"]])
-        ax.set_xlabel("Mbps")
-        ax.set_title(lab)
-    axes[0][0].set_ylabel("latency (ms)")
-    axes[0][-1].legend(fontsize="x-small")
-    fig.suptitle(FIGURES["fig3"][1] + " — left bars paper, right bars ours", fontsize="medium")
+        method = method_name(lab.split(" ")[0])
+        c = method_color(method)
+        bars = [("paper", -0.19, 0.45)] + ([(src, 0.19, 1.0)] if src else [])
+        for who, dx, alpha in bars:
+            compute, comm = g[f"{who} compute"], g[f"{who} comm"]
+            solid = ax.bar(x + dx, compute, w, color=to_rgba(c, alpha))
+            for b in solid:
+                b.set_gid(method)
+            ax.bar(x + dx, comm, w, bottom=compute, color=to_rgba(c, 0.3 * alpha), edgecolor=to_rgba(c, alpha),
+                   hatch="////", linewidth=0)
+        ax.set_xticks(x, labels=[f"{b:g}" for b in g["bandwidth_mbps"]])
+        ax.set_xlabel("Mbit/s")
+        ax.set_title(lab, fontsize="medium")
+    axes[0].set_ylabel("latency (ms, linear)")
+    grey = "#7F7F7F"
+    key = [Patch(color=to_rgba(grey, 0.45), label="paper compute"),
+           Patch(facecolor=to_rgba(grey, 0.135), edgecolor=to_rgba(grey, 0.45), hatch="////", lw=0,
+                 label="paper communication")]
+    if src:
+        key += [Patch(color=grey, label=f"{src} compute"),
+                Patch(facecolor=to_rgba(grey, 0.3), edgecolor=grey, hatch="////", lw=0, label=f"{src} communication")]
+    fig.legend(handles=key, loc="outside lower center", ncols=4, fontsize="small")
+    fig.suptitle(FIGURES["fig3"][1] + " — left bars paper (pale), right bars ours", fontsize="medium")
+    return fig
+
+
+def draw_breakdown(table: pd.DataFrame, out: Path, plt) -> Path:
+    fig = breakdown_figure(table, plt)
     path = out / "fig3.png"
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
     return path
+
+
+def has_ours(name: str, table: pd.DataFrame) -> pd.Series:
+    """The rows of a figure's table where some source of ours has the point."""
+    cols = [f"{s} compute" if name == "fig3" else s for s in SOURCES]
+    cols = [c for c in cols if c in table.columns]
+    return table[cols].notna().any(axis=1) if cols else pd.Series(False, index=table.index)
 
 
 def build(store, out: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[Path]]:
@@ -278,20 +339,32 @@ def build(store, out: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list
     index = ["# Our numbers beside the paper's\n", f"Store: `{store}`. Within = |gap| ≤ 5 % or |Δ| ≤ 0.01 "
              "(the paper's plot readings). Sources: paper-compute = analytic backend fed the paper's compute "
              "(a gap is a difference in traffic); analytic = compute measured here; mininet = emulated network.\n"]
+    images = {}
     for name, table in tables.items():
         sums += summary(name, table)
         md = out / f"{name}.md"
         md.write_text(f"# {FIGURES[name][1]}\n\n{to_markdown(table)}\n")
         written.append(md)
         if name == "fig3":
-            written.append(draw_breakdown(table, out, plt))
+            images[name] = draw_breakdown(table, out, plt)
         elif name != "table4":
-            written.append(draw_speedups(name, table, out, plt))
+            images[name] = draw_speedups(name, table, out, plt)
+        written += [images[name]] if name in images else []
     summ = pd.DataFrame(sums, columns=["figure", "source", "cells", "matched", "within", "max_gap_pct",
                                        "median_gap_pct"])
-    index.append("## Summary\n\n" + (summ.to_markdown(index=False) if not summ.empty else "no matching points") + "\n")
-    for name in tables:
-        index.append(f"\n## {FIGURES[name][1]}\n\n{(out / f'{name}.md').read_text().split(chr(10), 2)[2]}")
+    index.append("## Summary\n\n" + (blank_missing(summ).to_markdown(index=False, missingval="") if not summ.empty
+                                         else "no matching points") + "\n")
+    missing = []
+    for name, table in tables.items():  # only the figures with points of ours; the paper's alone are in <name>.md
+        have = has_ours(name, table)
+        if not have.any():
+            missing.append(f"[{FIGURES[name][1].split(':')[0]}]({name}.md)")
+            continue
+        image = f"![{FIGURES[name][1]}]({images[name].name})\n\n" if name in images else ""
+        index.append(f"\n## {FIGURES[name][1]}\n\n{image}Rows with points of ours ({int(have.sum())} of "
+                     f"{len(table)}; all in [{name}.md]({name}.md)):\n\n{to_markdown(table[have])}\n")
+    if missing:
+        index.append(f"\nNo points of ours for {', '.join(missing)}: the paper's values are in their tables.\n")
     (out / "README.md").write_text("\n".join(index))
     written.append(out / "README.md")
     return tables, summ, written

@@ -31,7 +31,8 @@ from .stream import SIDE_KEYS, is_side_table, side_path
 # The contract (design.md): at least these columns, in this order first.
 COLUMNS = [
     "model", "method", "devices", "tokens", "network", "bandwidth_mbps", "groups", "codebook_size", "repeats",
-    "latency_ms", "latency_p90_ms", "compute_ms", "comm_ms", "payload_bytes", "wire_bytes", "max_abs_err",
+    "latency_ms", "latency_p90_ms", "latency_ci_low_ms", "latency_ci_high_ms", "compute_ms", "comm_ms",
+    "payload_bytes", "wire_bytes", "max_abs_err",
     "cpu_per_device", "oversubscribed", "status", "error", "run_id", "timestamp", "config",
 ]
 
@@ -53,7 +54,8 @@ def summarize(reports: list[dict]) -> dict:
 
     Per repeat the end-to-end latency is the slowest rank's; that rank's time inside collectives is the
     communication time (it includes waiting for slower peers) and the rest is compute. Each column is the median
-    over repeats; ``latency_p90_ms`` the 90th percentile.
+    over repeats; ``latency_p90_ms`` the 90th percentile; ``latency_ci_low_ms``/``latency_ci_high_ms`` a 95 %
+    confidence interval of the median latency (``median_ci``).
     """
     repeats = len(reports[0]["latency_s"])
     lat, comm = [], []
@@ -68,9 +70,12 @@ def summarize(reports: list[dict]) -> dict:
 
     errs = [r["max_abs_err"] for r in reports if r.get("max_abs_err") is not None]
     wires = [statistics.median(r["wire_bytes"]) for r in reports if r.get("wire_bytes")]
+    low, high = median_ci(lat)
     return {
         "latency_ms": 1e3 * statistics.median(lat),
         "latency_p90_ms": 1e3 * float(np.percentile(lat, 90)),
+        "latency_ci_low_ms": None if low is None else 1e3 * low,
+        "latency_ci_high_ms": None if high is None else 1e3 * high,
         "compute_ms": 1e3 * statistics.median(a - b for a, b in zip(lat, comm)),
         "comm_ms": 1e3 * statistics.median(comm),
         "payload_bytes": max(r["payload_bytes"] for r in reports),
@@ -81,6 +86,19 @@ def summarize(reports: list[dict]) -> dict:
         "throttled_ms": worst("throttled_s"),
         "cpus": cpu_list(sorted({c for r in reports for c in r.get("cpus") or ()})),
     }
+
+
+def median_ci(values, level: float = 0.95, resamples: int = 2000, seed: int = 0):
+    """Percentile-bootstrap confidence interval of the median of ``values``: ``resamples`` resamples with
+    replacement from a fixed seed, so a row is reproducible. (None, None) for fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return None, None
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    medians = np.median(x[idx], axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def cpu_list(cpus: list[int]) -> str | None:
@@ -297,34 +315,51 @@ def _files(folder: Path) -> list[Path]:
 
 
 JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]  # rows written before baseline_key existed
+# the baseline's columns a row carries beside its own: latency and its confidence interval
+BASELINE = {"latency_ms": "single_latency_ms", "latency_ci_low_ms": "single_ci_low_ms",
+            "latency_ci_high_ms": "single_ci_high_ms"}
 
 
 def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
     """``speedup`` = latency of the point's single-device baseline / latency. A row names its baseline by
     ``baseline_key`` (the timing key of the same point run by ``single``); the latest ok row with that timing key is
     the baseline. Rows whose baseline is not found that way match older single rows (without timing keys) on model,
-    tokens, network backend, device and batch."""
-    df = df.drop(columns=["single_latency_ms", "speedup"], errors="ignore").reset_index(drop=True)
+    tokens, network backend, device and batch.
+
+    ``speedup_ci_low``/``speedup_ci_high``: a conservative interval of the speedup from the two latencies' 95 %
+    intervals (baseline low / own high, baseline high / own low; a latency without an interval counts as exact);
+    NaN where neither has one."""
+    derived = [*BASELINE.values(), "speedup", "speedup_ci_low", "speedup_ci_high"]
+    df = df.drop(columns=derived, errors="ignore").reset_index(drop=True)
     for col in COLUMNS:  # a store of failed rows only may lack measured columns
         if col not in df.columns:
             df[col] = None
     ok = df[df["status"] == "ok"].sort_values("timestamp", kind="stable")
-    base = pd.Series(np.nan, index=df.index)
+    base = pd.DataFrame(np.nan, index=df.index, columns=list(BASELINE))
     new_rows = df["timing_key"].notna() if "timing_key" in df.columns else pd.Series(False, index=df.index)
     if new_rows.any():
-        latest = ok.dropna(subset=["timing_key"]).groupby("timing_key")["latency_ms"].last()
-        base = df["baseline_key"].map(latest).astype(float)
-    old = base.isna()
+        latest = ok.dropna(subset=["timing_key"]).drop_duplicates("timing_key", keep="last").set_index("timing_key")
+        for col in BASELINE:
+            base[col] = pd.to_numeric(df["baseline_key"].map(latest[col]), errors="coerce")
+    old = base["latency_ms"].isna()
     if old.any():
         from .parallel import METHODS
 
         baseline = next(name for name, cls in METHODS.items() if cls.is_baseline)
         keys = [k for k in JOIN_KEYS if k in df.columns]
         old_single = ok["timing_key"].isna() if "timing_key" in ok.columns else True
-        singles = ok[(ok["method"] == baseline) & old_single].groupby(keys, dropna=False)["latency_ms"].last()
-        singles = singles.rename("_single").reset_index()
+        singles = ok[(ok["method"] == baseline) & old_single].drop_duplicates(keys, keep="last")[[*keys, *BASELINE]]
         merged = df.loc[old, keys].merge(singles, on=keys, how="left")
-        base.loc[old] = pd.to_numeric(merged["_single"], errors="coerce").to_numpy(dtype=float)
-    df["single_latency_ms"] = base
-    df["speedup"] = df["single_latency_ms"] / pd.to_numeric(df["latency_ms"], errors="coerce")
+        for col in BASELINE:
+            base.loc[old, col] = pd.to_numeric(merged[col], errors="coerce").to_numpy(dtype=float)
+    for col, name in BASELINE.items():
+        df[name] = base[col]
+    lat = pd.to_numeric(df["latency_ms"], errors="coerce")
+    low = pd.to_numeric(df["latency_ci_low_ms"], errors="coerce")
+    high = pd.to_numeric(df["latency_ci_high_ms"], errors="coerce")
+    single = df["single_latency_ms"]
+    df["speedup"] = single / lat
+    has = df["single_ci_low_ms"].notna() | low.notna()
+    df["speedup_ci_low"] = (df["single_ci_low_ms"].fillna(single) / high.fillna(lat)).where(has)
+    df["speedup_ci_high"] = (df["single_ci_high_ms"].fillna(single) / low.fillna(lat)).where(has)
     return df

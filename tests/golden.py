@@ -19,8 +19,8 @@ SWEEPS = {
     "analytic": ["network=analytic", "network.bandwidth_mbps=10"],
 }
 # Measured times, identities and bookkeeping: everything else is a function of the point and the seed.
-VOLATILE = {"latency_ms", "latency_p90_ms", "compute_ms", "comm_ms", "wall_s", "setup_s", "run_id", "point_key",
-            "timestamp", "config", "skipped"}
+VOLATILE = {"latency_ms", "latency_p90_ms", "latency_ci_low_ms", "latency_ci_high_ms", "compute_ms", "comm_ms",
+            "wall_s", "setup_s", "run_id", "point_key", "timestamp", "config", "skipped"}
 IDENTITY = ["network", "model", "method"]
 
 
