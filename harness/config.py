@@ -159,6 +159,10 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             raise ConfigError(f"unknown key '{key}'{did_you_mean(key, cands)}: see --help for the settings")
         if ov.type == OverrideType.ADD:
             raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
+    if config_name == "config":
+        from .tracking import check as check_tracking
+
+        check_tracking(plain.get("tracking"), [ov for ov in parsed if ov.key_or_group.startswith("tracking.")])
     return out
 
 
