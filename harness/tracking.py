@@ -9,7 +9,9 @@ its end every child gets its ``speedup`` (``results.load`` works it out from the
 figures of the sweep's rows (``astra-plot``'s ``plot_all``) and their table (``points.md``).
 
 Where the rows are: Hydra calls ``on_job_end`` with the job's return value, its row, where the job ran. The basic
-launcher runs the jobs in the sweep's process.
+launcher runs the jobs in the sweep's process. The Ray launcher (``harness.cluster``) runs them in Ray workers,
+which log nothing: its driver hands every job's return to ``job_ended``, so all runs are written by the sweep's
+process and the store need not be shared with the workers' machines.
 
 The store: a path is a SQLite file, with the artifacts in a folder beside it (MLflow 3 refuses a new plain-folder
 store unless told otherwise); browse it with ``mlflow ui --backend-store-uri sqlite:///<path>``. Any other MLflow
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import tempfile
 import time
@@ -31,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .errors import log as _log
+from .progress import REMOTE_ENV
 
 INSTALL = "pip install -e '.[tracking]'"
 PARAM_COLUMNS = ("model", "method", "devices", "tokens", "network", "bandwidth_mbps", "groups", "codebook_size")
@@ -39,6 +43,7 @@ PROVENANCE = ("git_commit", "git_dirty", "host", "kernel", "cpu_model", "cpu_cou
 KEY_MAX, PARAM_MAX, TAG_MAX = 250, 6000, 8000  # MLflow's limits on a key and on a param's and a tag's value
 BATCH_PARAMS = 100  # params (with tags) in one log_batch
 SCHEME = re.compile(r"[A-Za-z][\w+.-]*:")  # a tracking URI, not a path
+_SWEEP: MlflowTracking | None = None  # the sweep this process is tracking (for the Ray launcher's driver)
 
 
 def log(msg: str) -> None:
@@ -155,6 +160,9 @@ class MlflowTracking(Callback):
         self.experiment_id: str | None = None
         self._client = None
 
+    def __getstate__(self) -> dict:  # the Ray launcher ships callbacks to its workers: not the client
+        return {**self.__dict__, "_client": None}
+
     def client(self):
         if self._client is None:
             from mlflow import MlflowClient
@@ -175,6 +183,7 @@ class MlflowTracking(Callback):
         self.opts = options(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _SWEEP
         self.opts = options(config)
         if self.opts is None:
             return
@@ -188,11 +197,11 @@ class MlflowTracking(Callback):
             log(f"off for this sweep: cannot start its run in {self.opts.uri} ({_why(exc)})")
             self.opts = None
             return
-        self.parent = run.info.run_id
+        self.parent, _SWEEP = run.info.run_id, self
         log(f"sweep logged as MLflow run {self.parent} (experiment {self.opts.experiment}, {self.opts.uri})")
 
     def on_job_end(self, config: DictConfig, job_return=None, **kwargs) -> None:
-        if self.opts is not None:
+        if self.opts is not None and not os.environ.get(REMOTE_ENV):  # a Ray worker: the driver logs its job
             self.log_job(config, job_return)
 
     def log_job(self, config: DictConfig, job_return) -> None:
@@ -230,8 +239,10 @@ class MlflowTracking(Callback):
             self.children.append((str(OmegaConf.select(config, "results.path")), row["run_id"], run))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        global _SWEEP
         if self.parent is None:
             return
+        _SWEEP = None
         try:
             self.log_sweep()
             self.client().set_terminated(self.parent)
@@ -264,3 +275,9 @@ class MlflowTracking(Callback):
             if written:
                 client.log_artifacts(self.parent, tmp, "figures")
 
+
+def job_ended(config: DictConfig, job_return) -> None:
+    """A launcher whose jobs run elsewhere (``harness.cluster``) hands each job's return here, in the sweep's
+    process: logged as the job's run when this sweep is tracked."""
+    if _SWEEP is not None:
+        _SWEEP.log_job(config, job_return)

@@ -1,17 +1,19 @@
 """MLflow tracking (``tracking.enabled=true``, harness/tracking.py): a sweep's points as child runs of its parent
 run, which holds the sweep's figures; what a row becomes; nothing (not even an import) with tracking off; the
-one-line refusal without MLflow."""
+one-line refusal without MLflow; the Ray launcher's driver logging the jobs its workers ran."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness.results import load
+from harness.progress import REMOTE_ENV
+from harness.results import load, record
 from harness.tracking import PARAM_MAX, PROVENANCE, describe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +119,45 @@ def test_without_mlflow_tracking_is_refused_and_off_imports_nothing(tmp_path):
     assert len(load(store)) == 1 and "[astra-bench] tracking" not in off.stderr and not db.exists()
     assert not (tmp_path / "mlflow-artifacts").exists()
 
+
+def test_ray_driver_logs_the_jobs_its_workers_ran(tmp_path, monkeypatch):
+    """The Ray launcher ships the callback to its workers (pickled), which log nothing; its driver hands every
+    job's return to ``tracking.job_ended``, in the sweep's process."""
+    pytest.importorskip("mlflow")
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from harness import tracking
+
+    db, store = tmp_path / "mlflow.db", tmp_path / "r.parquet"
+    cfg = OmegaConf.create({
+        "tracking": {"enabled": True, "uri": str(db), "experiment": "ray"}, "results": {"path": str(store)},
+        "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}, "sweeper": {"params": {}},
+                  "overrides": {"task": ["method=single,sp"]}}})
+    rows = [{"model": "vit_tiny", "method": m, "devices": n, "tokens": 16, "network": "analytic",
+             "bandwidth_mbps": 10.0, "latency_ms": ms, "compute_ms": ms, "comm_ms": 0.0, "payload_bytes": 0,
+             "status": "ok", "run_id": f"row-{m}", "timestamp": "2026-01-01T00:00:00", "point_key": m,
+             "git_commit": "abc123"} for m, n, ms in (("single", 1, 8.0), ("sp", 2, 4.0))]
+    record(store, rows, "job")
+    driver = tracking.MlflowTracking()
+    driver.on_multirun_start(cfg)
+    worker = pickle.loads(pickle.dumps(driver))
+    returns = []
+    for row in rows:
+        ret = JobReturn(overrides=[f"method={row['method']}"], cfg=cfg, status=JobStatus.COMPLETED)
+        ret.return_value = row
+        returns.append(ret)
+        monkeypatch.setenv(REMOTE_ENV, "1")
+        worker.on_job_end(cfg, ret)
+        monkeypatch.delenv(REMOTE_ENV)
+    assert runs_of(db, "ray")[1] == []  # the workers logged nothing
+    for ret in returns:
+        tracking.job_ended(cfg, ret)
+    driver.on_multirun_end(cfg)
+    (parent,), children = runs_of(db, "ray")
+    assert parent.info.status == "FINISHED"
+    speedups = {c.data.tags["run_id"]: c.data.metrics["speedup"] for c in children}
+    assert speedups == {"row-single": 1.0, "row-sp": 2.0}
+    assert all(c.data.tags["git_commit"] == "abc123" for c in children)
+    tracking.job_ended(cfg, returns[0])  # after the sweep: nothing is tracked any more
+    assert len(runs_of(db, "ray")[1]) == 2
