@@ -14,7 +14,8 @@ function to a Ray task and runs it with Hydra's own ``run_job``). What this subc
   re-run, as with the basic launcher.
 - **Rows back to the driver.** Every job returns its row; with a dataset store (``results.path`` a folder) the
   driver writes a job's part if the job's machine could not (no shared filesystem), under the job's own name, so
-  a row is never written twice.
+  a row is never written twice. With ``tracking.enabled=true`` the driver logs each job's MLflow run
+  (``harness.tracking.job_ended``); the workers log nothing.
 
 The jobs run in the driver's working directory when their machine has it (a shared filesystem), else in Ray's.
 """
@@ -32,6 +33,7 @@ from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as HydraRa
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .progress import REMOTE_ENV, TALLY, fmt, shown
+from .tracking import job_ended
 
 
 def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd: str) -> JobReturn:
@@ -150,6 +152,7 @@ class AstraRayLauncher(HydraRayLauncher):
 
         def report(i: int, ret: JobReturn, status: str) -> None:
             out[i] = ret
+            job_ended(configs[i], ret)  # tracking: the workers log nothing, the driver logs each job
             TALLY.add(ret._return_value if ret.status == JobStatus.COMPLETED else None, texts[i])
             n = initial_job_idx + len(out)
             elapsed = time.monotonic() - t0

@@ -164,10 +164,12 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
             raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
     if config_name == "config":  # a store that cannot take rows refuses the whole run (or sweep) before it starts
         from .results import check_store
+        from .tracking import check as check_tracking
 
         given = [_values(ov) for ov in parsed if ov.key_or_group.lstrip("+") == "results.path"]
         for path in given[-1] if given else [str(plain["results"]["path"])]:
             check_store(path)
+        check_tracking(plain.get("tracking"), [ov for ov in parsed if ov.key_or_group.startswith("tracking.")])
     return out
 
 

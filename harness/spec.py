@@ -141,8 +141,17 @@ class TopologyOptions:
                     choices=("star", "mesh"))
 
 
+@dataclass
+class TrackingOptions:
+    enabled: bool = opt(False, "log every point as an MLflow run, and a -m sweep as their parent run with its "
+                        "figures (harness.tracking; needs the tracking extra)")
+    uri: str = opt("results/mlflow.db", "the MLflow store: a path is a SQLite file (artifacts in <path minus "
+                   "suffix>-artifacts/), or any MLflow tracking URI (sqlite:///..., http://host:5000)")
+    experiment: str = opt("astra-bench", "the MLflow experiment the runs are logged in")
+
+
 GROUP_SCHEMAS = {"device": DeviceOptions, "fault": FaultOptions, "results": ResultsOptions,
-                 "topology": TopologyOptions}
+                 "topology": TopologyOptions, "tracking": TrackingOptions}
 
 
 @dataclass
@@ -178,6 +187,7 @@ class RunSpec:
     shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
     fault: FaultOptions = field(default_factory=FaultOptions)
     results: ResultsOptions = field(default_factory=ResultsOptions)
+    tracking: TrackingOptions = field(default_factory=TrackingOptions)
     # What the method prepares before ranks start, and what a caller feeds the ranks directly.
     codebooks: str | None = None
     model_state: str | None = None
@@ -354,7 +364,7 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     top = parse_options(Knobs, knobs, "", "astra-bench")
     for g in groups:
         if not isinstance(c.get(g), dict):
-            how = f"choose one with {g}=<name>" if g not in ("fault", "results") else f"set {g}.<key>=<value>"
+            how = f"set {g}.<key>=<value>" if g in ("fault", "results", "tracking") else f"choose one with {g}=<name>"
             raise ConfigError(f"{g} is a group of settings, not {c.get(g)!r}: {how}")
     mc = model_config(c["model"], top.tokens)
     method = group_options("method", c["method"], in_sweep)

@@ -2,7 +2,8 @@
 # Sets up a fresh Debian/Ubuntu machine for astra-bench: system packages (Mininet, Linux bridge, iperf3; as root),
 # a virtual environment in .venv with the pinned CPU build of torch, and the project with its test extras.
 # Idempotent: a second run only checks. Set ASTRA_SKIP_APT=1 to skip the system packages. ASTRA_EXTRAS names the
-# project's extras to install (default test,mininet; scripts/test.sh adds cluster: Ray and the Hydra Ray launcher).
+# project's extras to install (default test,mininet; scripts/test.sh adds cluster: Ray and the Hydra Ray launcher,
+# and tracking: MLflow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

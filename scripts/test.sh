@@ -2,5 +2,6 @@
 # Sets up the machine (scripts/setup.sh) and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ASTRA_EXTRAS=${ASTRA_EXTRAS:-test,mininet,cluster} bash scripts/setup.sh  # cluster: the Ray launcher's tests
+# cluster: the Ray launcher's tests; tracking: MLflow's
+ASTRA_EXTRAS=${ASTRA_EXTRAS:-test,mininet,cluster,tracking} bash scripts/setup.sh
 exec .venv/bin/python -m pytest -q --durations=25 "$@"

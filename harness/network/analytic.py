@@ -125,7 +125,7 @@ class AnalyticBackend(Backend):
         import dataclasses
 
         point = dataclasses.asdict(spec)
-        for k in ("network", "config", "results", "fault", "outputs_dir", "timeout_s"):  # not what is profiled
+        for k in ("network", "config", "results", "fault", "tracking", "outputs_dir", "timeout_s"):  # not profiled
             point.pop(k)
         key = json.dumps(point, sort_keys=True, default=str)
         self.reused = key in _PROFILES
