@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .provenance import describe
+from .provenance import describe, stamp
 from .results import _read, load
 from .stream import is_side_table, side_path
 from .style import (ONE_X, bytes_axis, human_bytes, log_axis, method_color, plain, plain_log_axis, speedup_axis,
@@ -368,6 +368,7 @@ def scene_figures(df: pd.DataFrame, title: str, plt, note=None) -> dict:
 def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt, note=None) -> list[Path]:
     written: list[Path] = []
     for stem, fig in scene_figures(df, title, plt, note).items():
+        stamp(fig, df)
         written += _save(fig, out, stem + suffix)
         plt.close(fig)
     return written

@@ -65,7 +65,7 @@ def describe(df: pd.DataFrame) -> list[str]:
     hosts = df["host"] if "host" in df.columns else pd.Series(None, index=df.index, dtype=object)
 
     def name(c, d) -> str:  # as git describe --dirty writes it
-        return "no commit recorded" if not isinstance(c, str) else c[:10] + ("-dirty" if pd.notna(d) and bool(d) else "")
+        return "unrecorded" if not isinstance(c, str) else c[:10] + ("-dirty" if pd.notna(d) and bool(d) else "")
 
     counts = pd.Series([name(c, d) for c, d in zip(commits, dirty)]).value_counts()
     named = ", ".join(f"{c} ({n} row{'' if n == 1 else 's'})" for c, n in counts.items())
@@ -76,6 +76,9 @@ def describe(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def short(df: pd.DataFrame) -> str:
-    """One short phrase for a figure's footer: the commit(s) and host(s) its rows came from."""
-    return "; ".join(describe(df)[:1]).replace("drawn from ", "rows from ")
+def stamp(fig, df: pd.DataFrame) -> None:
+    """Say in a figure's title when its rows come from several commits (a figure of one commit says nothing)."""
+    lines = describe(df)
+    if len(lines) > 1:
+        head = fig.get_suptitle()
+        fig.suptitle((head + "\n" if head else "") + lines[0].replace("drawn from", "rows from"), fontsize="medium")

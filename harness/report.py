@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import paper
 from .plot import latest_points
-from .provenance import describe
+from .provenance import describe, stamp
 from .results import load
 
 TOLERANCE = 0.05
@@ -251,13 +251,15 @@ def draw_panels(table: pd.DataFrame, x: str, panel: str, src: str | None, plt, l
     return fig
 
 
-def draw_speedups(name: str, table: pd.DataFrame, out: Path, plt) -> Path:
+def draw_speedups(name: str, table: pd.DataFrame, out: Path, plt, rows: pd.DataFrame | None = None) -> Path:
     """The paper's way: log-scale speedup vs bandwidth per method, one panel per device count (Fig. 1, 7) or token
     count (Fig. 8)."""
     src = next((s for s in SOURCES if s in table.columns and table[s].notna().any()), None)
     fig = draw_panels(table, "bandwidth_mbps", "tokens" if name == "fig8" else "devices", src, plt, logx=True)
     ours = f"ours ({src}) solid" if src else "no matching points of ours"
     fig.suptitle(f"{FIGURES[name][1]}\npaper dashed, {ours}; ViT-Base, K=1024", fontsize="medium")
+    if rows is not None:
+        stamp(fig, rows)
     path = out / f"{name}.png"
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
@@ -308,8 +310,10 @@ def breakdown_figure(table: pd.DataFrame, plt):
     return fig
 
 
-def draw_breakdown(table: pd.DataFrame, out: Path, plt) -> Path:
+def draw_breakdown(table: pd.DataFrame, out: Path, plt, rows: pd.DataFrame | None = None) -> Path:
     fig = breakdown_figure(table, plt)
+    if rows is not None:
+        stamp(fig, rows)
     path = out / "fig3.png"
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
@@ -338,7 +342,8 @@ def build(store, out: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list
     sums = []
     index = ["# Our numbers beside the paper's\n", f"Store: `{store}`. Within = |gap| ≤ 5 % or |Δ| ≤ 0.01 "
              "(the paper's plot readings). Sources: paper-compute = analytic backend fed the paper's compute "
-             "(a gap is a difference in traffic); analytic = compute measured here; mininet = emulated network.\n"]
+             "(a gap is a difference in traffic); analytic = compute measured here; mininet = emulated network.\n",
+             *(f"{line[0].upper()}{line[1:]}.\n" for line in describe(ours))]
     images = {}
     for name, table in tables.items():
         sums += summary(name, table)
@@ -346,9 +351,9 @@ def build(store, out: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list
         md.write_text(f"# {FIGURES[name][1]}\n\n{to_markdown(table)}\n")
         written.append(md)
         if name == "fig3":
-            images[name] = draw_breakdown(table, out, plt)
+            images[name] = draw_breakdown(table, out, plt, ours)
         elif name != "table4":
-            images[name] = draw_speedups(name, table, out, plt)
+            images[name] = draw_speedups(name, table, out, plt, ours)
         written += [images[name]] if name in images else []
     summ = pd.DataFrame(sums, columns=["figure", "source", "cells", "matched", "within", "max_gap_pct",
                                        "median_gap_pct"])
