@@ -62,7 +62,8 @@ def test_analytic_sweep_then_plot(tmp_path):
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep of 6 points" in proc.stderr and "point 6/6" in proc.stderr and "ETA" in proc.stderr
-    assert proc.stderr.count("skipped") == 1  # single at 1000 Mbit/s is the same point as at 10
+    assert proc.stderr.count("[astra-bench] skipped") == 1  # single at 1000 Mbit/s is the same point as at 10
+    assert "sweep finished: 5 ok, 0 failed, 1 skipped" in proc.stderr
     df = load(store)
     assert len(df) == 5 and (df["status"] == "ok").all()
     assert len(list(store.glob("part-*.parquet"))) == 5  # a skipped point writes no part
@@ -78,7 +79,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     assert astra.loc[10.0, "speedup"] > sp.loc[10.0, "speedup"]
     # a second run of the same sweep skips every point
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stderr.count("skipped") == 6
+    assert again.returncode == 0 and again.stderr.count("[astra-bench] skipped") == 6
     assert len(load(store)) == 5 and len(list(store.glob("part-*.parquet"))) == 5
 
     plots = tmp_path / "plots"
