@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness.store.results import load
 
-from harness.results import load  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: sweeps run from it
 
 SWEEP = ["method=tp,sp,astra", "devices=2,4", "tokens=32,64,128,256", "network=loopback", "repeats=3", "warmup=1",
          "solo_repeats=0"]

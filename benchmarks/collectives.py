@@ -22,9 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 FRAME = 1514 / 1448  # wire bytes per payload byte of full-size TCP segments (timestamps on)
 
 
@@ -35,7 +32,7 @@ def rank_main(cfg: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from harness.comm import DistComm
+    from harness.comm.collectives import DistComm
 
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=cfg["timeout_s"]))
     try:
@@ -86,41 +83,34 @@ def main() -> None:
     import pandas as pd
 
     from harness.launch import rank_env
-    from harness.network import mininet as mn
-    from harness.network.host_state import acquire_lock
+    from harness.network.mininet.session import MininetOptions, open_session
 
     n = args.hosts
     rates = [float(x) for x in args.rates.split(",")]
     ops = [(o.split(":")[0], int(o.split(":")[1])) for o in args.ops.split(",")]
     impls = args.impls.split(",")
     cores = args.cores or min(1.0, ((os.cpu_count() or 1) - 0.25) / n)
-    mn.check_environment()
-    acquire_lock()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="astra-collectives-") as wd:
-        opts = mn.MininetOptions(bandwidth_mbps=rates[0], htb_burst_ms=10)
-        session = mn.Session("star", n, cores, 1, opts, Path(wd), workers=False)
-        try:
-            for i, bw in enumerate(rates):
-                session.apply(mn.MininetOptions(bandwidth_mbps=bw, htb_burst_ms=10), [bw] * n)
-                procs = []
-                for r, h in enumerate(session.hosts):
-                    env = rank_env(r, n, session.hosts[0].IP(), 29700 + i, f"{h.name}-eth0", 1)
-                    cfg = {"impls": impls, "ops": ops, "repeats": args.repeats, "out": f"{wd}/r{r}-{i}.json",
-                           "timeout_s": 900}
-                    procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env))
-                for p in procs:  # ours, by handle
-                    try:
-                        p.wait(timeout=1800)
-                    except Exception:  # noqa: BLE001
-                        p.kill()
-                        p.wait()
-                        raise
-                for r in range(n):
-                    rows += [dict(x, rank=r, mbps=bw) for x in json.loads(Path(f"{wd}/r{r}-{i}.json").read_text())]
-        finally:
-            session.close()
-            mn.close_session()
+    opts = MininetOptions(bandwidth_mbps=rates[0], htb_burst_ms=10)
+    with tempfile.TemporaryDirectory(prefix="astra-collectives-") as wd, \
+            open_session("star", n, cores, 1, opts, Path(wd), workers=False) as session:
+        for i, bw in enumerate(rates):
+            session.apply(MininetOptions(bandwidth_mbps=bw, htb_burst_ms=10), [bw] * n)
+            procs = []
+            for r, h in enumerate(session.hosts):
+                env = rank_env(r, n, session.hosts[0].IP(), 29700 + i, f"{h.name}-eth0", 1)
+                cfg = {"impls": impls, "ops": ops, "repeats": args.repeats, "out": f"{wd}/r{r}-{i}.json",
+                       "timeout_s": 900}
+                procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env))
+            for p in procs:  # ours, by handle
+                try:
+                    p.wait(timeout=1800)
+                except Exception:  # noqa: BLE001
+                    p.kill()
+                    p.wait()
+                    raise
+            for r in range(n):
+                rows += [dict(x, rank=r, mbps=bw) for x in json.loads(Path(f"{wd}/r{r}-{i}.json").read_text())]
     df = pd.DataFrame(rows).groupby(["mbps", "op", "bytes", "impl", "rep"], as_index=False)["s"].max()
     df["efficiency"] = [sent_bytes(o, b, n) * FRAME / (m * 1e6 / 8) / s
                         for o, b, m, s in zip(df.op, df.bytes, df.mbps, df.s)]

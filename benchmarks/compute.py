@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness import vq  # noqa: E402
-from harness.codebooks import load_codebooks  # noqa: E402
-from harness.errors import log  # noqa: E402
-from harness.profile import compute_ms, profile_ranks  # noqa: E402
-from harness.spec import build_spec, compose  # noqa: E402
+from harness.errors import log
+from harness.parallel import vq
+from harness.parallel.codebooks import load_codebooks
+from harness.rank.profile import compute_ms, profile_ranks
+from harness.spec.build import build_spec, compose
 
 
 def spec_for(model, method, devices, tokens, args):

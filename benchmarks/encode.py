@@ -24,14 +24,12 @@ import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from compute import time_it  # noqa: E402  (benchmarks/compute.py, this script's folder)
-from harness import vq  # noqa: E402
-from harness.codebooks import calibration_vectors  # noqa: E402
-from harness.models import build_model  # noqa: E402
-from harness.spec import model_from_conf  # noqa: E402
+
+from harness.models import build_model
+from harness.parallel import vq
+from harness.parallel.codebooks import calibration_vectors
+from harness.spec.build import model_from_conf
 
 
 def cpu_flags() -> set[str]:

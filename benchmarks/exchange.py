@@ -30,9 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 SHARD_FLOATS = 80  # 320 bytes: ASTRA's index shard of ViT-Base at 1024 tokens on 4 devices
 
 
@@ -44,8 +41,8 @@ def rank_main(cfg: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from harness.comm import DistComm
-    from harness.cpustat import throttled_from_text
+    from harness.comm.collectives import DistComm
+    from harness.emulation.cpustat import throttled_from_text
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=300))
@@ -110,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         computes = [float(c) for c in args.compute_ms.split(",")]
     except ValueError:
         ap.error("--ticks and --compute-ms take comma lists of numbers, e.g. --ticks 0,500 --compute-ms 0,60")
-    from harness import dilation, idle, tick
+    from harness.emulation import dilation, idle, tick
 
     if args.hosts < 2 or args.repeats < 2:
         ap.error("--hosts and --repeats must be at least 2")
@@ -122,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from harness.launch import rank_env
-    from harness.network import mininet as mn
-    from harness.network.host_state import acquire_lock
-    from harness.spec import DeviceOptions
+    from harness.network.mininet.session import CGROUP_CPU, MininetOptions, open_session
+    from harness.spec.schema import DeviceOptions
 
     if any(ticks) and not tick.available():
         print("exchange.py: ticks other than 0 need cyclictest (package rt-tests) with a real-time priority",
@@ -134,16 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     k = dilation.factor(dev, args.hosts, True)
     quota = dev.cores / k
     spread = dilation.placement([quota] * args.hosts, dilation.machine_cores())
-    mn.check_environment()
-    acquire_lock()
     results, fds = [], []
-    with tempfile.TemporaryDirectory(prefix="astra-exchange-") as wd:
-        opts = mn.MininetOptions(bandwidth_mbps=args.mbps / k, htb_burst_ms=10)
-        session = mn.Session("star", args.hosts, quota, 1, opts, Path(wd), workers=False,
-                             period_us=dev.cfs_period_us, idle_poll=idle.available(), spread=spread)
+    opts = MininetOptions(bandwidth_mbps=args.mbps / k, htb_burst_ms=10)
+    with tempfile.TemporaryDirectory(prefix="astra-exchange-") as wd, \
+            open_session("star", args.hosts, quota, 1, opts, Path(wd), workers=False, period_us=dev.cfs_period_us,
+                         idle_poll=idle.available(), spread=spread) as session:
         try:
             session.apply(opts, [args.mbps / k] * args.hosts)
-            fds = [os.open(f"{mn.CGROUP_CPU}/{h.name}/cpu.stat", os.O_RDONLY) for h in session.hosts]
+            fds = [os.open(f"{CGROUP_CPU}/{h.name}/cpu.stat", os.O_RDONLY) for h in session.hosts]
             for n, (compute, every) in enumerate([(c, t) for c in computes for t in ticks]):
                 ticker = tick.Ticker(dilation.cpuset_cpus(None), every) if every else None
                 procs = []
@@ -178,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for fd in fds:
                 os.close(fd)
-            session.close()
-            mn.close_session()
     print(f"## {args.hosts} hosts, k = {k:.2f} ({quota:.3f} real cores each, spread {spread}), "
           f"{args.mbps:g} Mbit/s emulated; 320-byte all-gather, {args.repeats} repeats per row\n")
     print("| compute before (CPU ms) | tick µs | exchange ms: median | p90 | last arrival throttled in it | "

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness.store.results import load
 
-from harness.results import load  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: sweeps run from it
 
 # the main job's two sweeps, then the 8-device ASTRA point the targets ask to report (k = 4.57 on 2 cores, ~3 min):
 # (devices, methods); bandwidths are the experiment's unless --bandwidths (the 8-device sweep: 10 Mbit/s only)

@@ -14,19 +14,15 @@ Prints, in order:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness.bench import run_point  # noqa: E402
-from harness.calibrate import calibrate  # noqa: E402
-from harness.network import mininet as mn  # noqa: E402
-from harness.network.host_state import acquire_lock  # noqa: E402
-from harness.spec import compose  # noqa: E402
+from harness.bench import run_point
+from harness.calibrate import calibrate
+from harness.network.mininet.session import MininetOptions, close_session, open_session
+from harness.spec.build import compose
 
 
 def point(overrides: list[str]) -> dict:
@@ -35,15 +31,13 @@ def point(overrides: list[str]) -> dict:
 
 def overhead(repeats: int = 3) -> pd.DataFrame:
     rows = []
-    net_cfg = mn.MininetOptions(bandwidth_mbps=100, htb_burst_ms=10)
-    acquire_lock()
+    net_cfg = MininetOptions(bandwidth_mbps=100, htb_burst_ms=10)
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="astra-overhead-") as wd:
-            s = mn.Session("star", 2, 1.0, 1, net_cfg, Path(wd))
-            down = s.close()
-        rows.append({"topology_up_s": s.topology_s, "workers_start_s": s.workers_s, "teardown_s": down,
-                     "total_s": s.setup_s + down})
-    mn.close_session()
+        with tempfile.TemporaryDirectory(prefix="astra-overhead-") as wd, \
+                open_session("star", 2, 1.0, 1, net_cfg, Path(wd)) as s:
+            pass
+        rows.append({"topology_up_s": s.topology_s, "workers_start_s": s.workers_s, "teardown_s": s.teardown_s,
+                     "total_s": s.setup_s + s.teardown_s})
     return pd.DataFrame(rows)
 
 
@@ -80,7 +74,7 @@ def main():
         for bw in (10, 100):
             for method in ("sp", "astra"):
                 rows.append(point(base + [f"network={net}", f"network.bandwidth_mbps={bw}", f"method={method}"]))
-    mn.close_session()
+    close_session()  # the backend keeps its last session up for the next point
     df = pd.DataFrame(rows)
     cols = ["network", "method", "bandwidth_mbps", "latency_ms", "compute_ms", "comm_ms", "payload_bytes",
             "wire_bytes"]

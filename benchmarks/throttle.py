@@ -31,10 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from harness import dilation, idle, tick  # noqa: E402
-from harness.spec import DeviceOptions  # noqa: E402
+from harness.emulation import dilation, idle, tick
+from harness.spec.schema import DeviceOptions
 
 WORKER = r"""
 import sys, time, torch

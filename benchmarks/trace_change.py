@@ -18,13 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 WINDOW_S = 0.05
 TOL = 0.10
@@ -63,15 +59,12 @@ def main() -> None:
     args = ap.parse_args()
     hi, lo = (float(x) for x in args.rates.split(","))
 
-    from harness.network import mininet as mn
-    from harness.network.host_state import acquire_lock
+    from harness.network.mininet.session import MininetOptions, open_session
 
-    mn.check_environment()
-    acquire_lock()
     results = {"down": [], "up": [], "down_held": [], "up_held": [], "apply_ms": []}
-    with tempfile.TemporaryDirectory(prefix="astra-trace-change-") as wd:
-        opts = mn.MininetOptions(bandwidth_mbps=hi, htb_burst_ms=10)
-        session = mn.Session("star", 2, 0.8, 1, opts, Path(wd), workers=False)
+    opts = MininetOptions(bandwidth_mbps=hi, htb_burst_ms=10)
+    with tempfile.TemporaryDirectory(prefix="astra-trace-change-") as wd, \
+            open_session("star", 2, 0.8, 1, opts, Path(wd), workers=False) as session:
         procs: list[subprocess.Popen] = []
         try:
             h1, h2 = session.hosts
@@ -109,8 +102,6 @@ def main() -> None:
                     except subprocess.TimeoutExpired:
                         p.kill()
                         p.wait()
-            session.close()
-            mn.close_session()
 
     def show(vals):
         ok = [1e3 * v for v in vals if v is not None]

@@ -20,12 +20,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .errors import ConfigError, RunFailed
-from .errors import log as _log
-from . import stream
-from .progress import REMOTE_ENV
-from .results import find_ok, record
-from .spec import RunSpec, build_spec, point_key, row
+from harness.errors import ConfigError, RunFailed
+from harness.errors import log as _log
+from harness.spec.build import build_spec
+from harness.spec.identity import point_key
+from harness.spec.schema import RunSpec
+from harness.store import stream
+from harness.store.results import check_store, find_ok, in_sweep, job_name, record
+from harness.store.row import failed_row, row
+from harness.sweep.progress import REMOTE_ENV
 
 PROG = "astra-bench"
 _DONE_IN_SWEEP: dict[str, dict] = {}  # point key -> row, for the points already measured in this -m sweep
@@ -35,42 +38,12 @@ def log(msg: str) -> None:
     _log(PROG, msg)
 
 
-def in_sweep() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - not running under Hydra (a caller composing configs itself)
-        return False
-
-
-def job_name(cfg: DictConfig | None = None) -> str:
-    """This job's name in a dataset store (its part file): in a sweep, fixed by the sweep's directory (which holds
-    the sweep's own id, ``conf/config.yaml``) and the job's number, so a job retried by a launcher replaces its
-    earlier attempt's part; otherwise a fresh id. ``cfg``: a job's full config (with its ``hydra`` node), for a
-    launcher naming its jobs."""
-    import hashlib
-    import uuid
-
-    if cfg is not None:
-        sweep_dir, num = cfg.hydra.sweep.dir, cfg.hydra.job.num
-    elif in_sweep():
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
-        sweep_dir, num = hc.sweep.dir, hc.job.num
-    else:
-        return uuid.uuid4().hex[:16]
-    return hashlib.sha1(f"{Path(str(sweep_dir)).resolve()}|{num}".encode()).hexdigest()[:16]
-
-
 def check_weights(spec: RunSpec) -> None:
     """Load HF weights once in the controller so a bad directory fails with one line before any rank starts."""
     if not spec.model.weights:
         return
-    from .models import build_model
-    from .models.hf import WeightLoadError
+    from harness.models import build_model
+    from harness.models.hf import WeightLoadError
 
     try:
         build_model(spec.model)
@@ -101,6 +74,7 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     t0 = time.perf_counter()
     sweep = in_sweep() if sweep is None else sweep
     spec = cfg if isinstance(cfg, RunSpec) else build_spec(cfg, in_sweep=sweep)
+    check_store(spec.results.path)  # a path that cannot take the row refuses the point before anything runs
     backend = spec.backend_class(spec)  # refuses what it cannot honour
     if backend.launched_outside:
         raise ConfigError(f"network={backend.name} runs on real devices: start `torchrun ... -m harness.device "
@@ -127,46 +101,6 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     if sweep:
         _DONE_IN_SWEEP[out["point_key"]] = out
     return out
-
-
-def failed_row(cfg: DictConfig, error: str) -> tuple[dict, str | None]:
-    """The row recording a failed point in a sweep, and its store path (None: no usable store to record it in)."""
-    try:
-        spec = build_spec(cfg, in_sweep=True, check_method=False)
-    except ConfigError:  # the config itself is unreadable: record what can be read of it
-        from omegaconf import OmegaConf
-
-        from .results import check_store
-
-        c = OmegaConf.to_container(cfg, resolve=True)
-        c.pop("hydra", None)
-        path = str(c.get("results", {}).get("path"))
-        try:
-            check_store(path)
-        except ConfigError:
-            return {}, None
-        out = row_from_config(c, error)
-        return out, path
-    try:
-        info = spec.backend_class(spec).describe()
-    except ConfigError:
-        info = {"network": spec.network.name}
-    return row(spec, info, error=error), spec.results.path
-
-
-def row_from_config(c: dict, error: str) -> dict:
-    """A failed row from a config that does not even make a spec: its plain settings, the error, and ids."""
-    from .provenance import provenance
-    from .results import COLUMNS, new_ids
-
-    def get(group, key):
-        node = c.get(group)
-        return node.get(key) if isinstance(node, dict) else None
-
-    return {**dict.fromkeys(COLUMNS), "model": get("model", "name"), "method": get("method", "name"),
-            "devices": c.get("devices"), "tokens": c.get("tokens"), "network": get("network", "name"),
-            "repeats": 0, "status": "failed", "error": error, **new_ids(),
-            "config": json.dumps(c, sort_keys=True, default=str), **provenance()}
 
 
 def plural(n: int, noun: str) -> str:
@@ -237,7 +171,7 @@ def kill_job(cfg: DictConfig, when: str) -> None:
 
 
 def main() -> None:
-    from .config import run_hydra_app
+    from harness.config import run_hydra_app
 
     run_hydra_app(PROG, "config", job, __doc__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import ConfigError, RunFailed, atomic_write
+from harness.errors import ConfigError, RunFailed, atomic_write
 
 
 def measure(session, seconds: float) -> dict:
@@ -47,29 +47,22 @@ def measure(session, seconds: float) -> dict:
 
 def calibrate(rates: list[float], seconds: float, burst_ms: float, topology: str = "star",
               stock: bool = False) -> pd.DataFrame:
-    from .network.host_state import acquire_lock
-    from .network.mininet import MininetOptions, Session, check_environment, close_session
+    from harness.network.mininet.session import MininetOptions, open_session
 
-    check_environment()
-    acquire_lock()
     rows = []
     net_cfg = MininetOptions(bandwidth_mbps=rates[0], htb_burst_ms=burst_ms, htb_stock=stock)
-    with tempfile.TemporaryDirectory(prefix="astra-calibrate-") as wd:
-        session = Session(topology, 2, 1.0, 1, net_cfg, Path(wd), workers=False)
-        try:
-            for bw in rates:
-                session.apply(net_cfg, [bw, bw])
-                m = measure(session, seconds)
-                rows.append({"topology": topology, "shaping": "mininet-stock" if stock else "astra",
-                             "configured_mbps": bw, "htb_burst_ms": None if stock else burst_ms, **m,
-                             "goodput_ratio": m["goodput_mbps"] / bw, "wire_ratio": m["wire_mbps"] / bw,
-                             "seconds": seconds,
-                             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-                print(f"{bw:7g} Mbit/s: goodput {m['goodput_mbps']:8.2f} ({m['goodput_mbps'] / bw:.3f}), "
-                      f"wire {m['wire_mbps']:8.2f} ({m['wire_mbps'] / bw:.3f})", file=sys.stderr, flush=True)
-        finally:
-            session.close()
-            close_session()
+    with tempfile.TemporaryDirectory(prefix="astra-calibrate-") as wd, \
+            open_session(topology, 2, 1.0, 1, net_cfg, Path(wd), workers=False) as session:
+        for bw in rates:
+            session.apply(net_cfg, [bw, bw])
+            m = measure(session, seconds)
+            rows.append({"topology": topology, "shaping": "mininet-stock" if stock else "astra-bench",
+                         "configured_mbps": bw, "htb_burst_ms": None if stock else burst_ms, **m,
+                         "goodput_ratio": m["goodput_mbps"] / bw, "wire_ratio": m["wire_mbps"] / bw,
+                         "seconds": seconds,
+                         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            print(f"{bw:7g} Mbit/s: goodput {m['goodput_mbps']:8.2f} ({m['goodput_mbps'] / bw:.3f}), "
+                  f"wire {m['wire_mbps']:8.2f} ({m['wire_mbps'] / bw:.3f})", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
 

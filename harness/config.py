@@ -16,9 +16,11 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
-from .options import did_you_mean, fields_of
-from .spec import CONF_DIR, MODEL_FIELDS, OPTION_GROUPS, compose, not_an_option, option_keys, owners, registry
+from harness.errors import ConfigError
+from harness.options import did_you_mean, fields_of
+from harness.paths import CONF_DIR
+from harness.spec.build import compose
+from harness.spec.schema import MODEL_FIELDS, OPTION_GROUPS, not_an_option, option_keys, owners, registry
 
 APP_GROUPS = {"config": ("model", "method", "network", "topology", "device", "experiment"), "train": ("task", "suite")}
 FREE_MAPS = ("task.model_overrides.",)  # astra-train maps whose keys are model fields, not fixed settings
@@ -163,8 +165,8 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
         if ov.type == OverrideType.ADD:
             raise ConfigError(f"+{key} appends a key, but {key} is a setting already: write {key}=<value>")
     if config_name == "config":  # a store that cannot take rows refuses the whole run (or sweep) before it starts
-        from .results import check_store
-        from .tracking import check as check_tracking
+        from harness.store.results import check_store
+        from harness.sweep.tracking import check as check_tracking
 
         given = [_values(ov) for ov in parsed if ov.key_or_group.lstrip("+") == "results.path"]
         for path in given[-1] if given else [str(plain["results"]["path"])]:
@@ -197,8 +199,8 @@ def _check_values(key: str, values: list[str], chosen: dict[str, list[str]]) -> 
     """Each value of ``key`` (one, or a sweep's) against the key's type and range, where a schema knows the key."""
     import yaml
 
-    from .options import convert, parse_bandwidths
-    from .spec import GROUP_SCHEMAS, Knobs
+    from harness.options import convert, parse_bandwidths
+    from harness.spec.schema import GROUP_SCHEMAS, Knobs
 
     head, _, rest = key.partition(".")
     schema, name = None, key
@@ -240,7 +242,7 @@ def help_text(prog: str, doc: str, config_name: str) -> str:
     for g in APP_GROUPS[config_name]:
         lines.append(f"  {g:<11} {', '.join(available(g))}")
     if config_name == "config":
-        from .spec import GROUP_SCHEMAS, Knobs
+        from harness.spec.schema import GROUP_SCHEMAS, Knobs
 
         lines += ["", "Settings (key=value):"]
         lines += _describe(Knobs, "")
@@ -277,8 +279,9 @@ def ray_launcher_installed() -> bool:
 
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None or importlib.util.find_spec("ray") is None:
         return False
-    import hydra_plugins.hydra_ray_launcher._config  # noqa: F401 - stores the plugin's own config first
     from hydra.core.config_store import ConfigStore
+
+    import hydra_plugins.hydra_ray_launcher._config  # noqa: F401 - stores the plugin's own config first
     from hydra_plugins.astra_ray_launcher import CONFIG
 
     ConfigStore.instance().store(group="hydra/launcher", name="ray", node=CONFIG, provider="astra-bench")
@@ -300,12 +303,12 @@ def run_hydra_app(prog: str, config_name: str, job, doc: str | None = None) -> N
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from .launch import install_signal_handlers
+    from harness.launch import install_signal_handlers
 
     install_signal_handlers()
     import hydra
 
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)(job)()
-    from .progress import TALLY
+    from harness.sweep.progress import TALLY
 
     sys.exit(TALLY.exit_status())  # a -m sweep with a failed point: 1 (results.allow_failures=true: 0)

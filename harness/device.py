@@ -26,7 +26,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .errors import ConfigError, RunFailed
+from harness.errors import ConfigError, RunFailed
 
 PROG = "astra-device"
 ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
@@ -34,15 +34,15 @@ BACKENDS = ("loopback", "real")
 
 
 def log(msg: str) -> None:
-    from .errors import log as _log
+    from harness.errors import log as _log
 
     _log(PROG, msg)
 
 
 def build(argv: list[str]):
     """The point's spec from the command line's overrides, checked like astra-bench's."""
-    from .config import check_argv, split_argv
-    from .spec import build_spec, compose
+    from harness.config import check_argv, split_argv
+    from harness.spec.build import build_spec, compose
 
     overrides, multirun = split_argv(argv)
     if multirun:
@@ -53,6 +53,9 @@ def build(argv: list[str]):
                           "`torchrun --standalone --nproc-per-node 2 -m harness.device devices=2 ...`")
     overrides, _ = split_argv(check_argv(argv))
     spec = build_spec(compose(overrides))
+    from harness.store.results import check_store
+
+    check_store(spec.results.path)
     world = int(os.environ["WORLD_SIZE"])
     if spec.network.name not in BACKENDS:
         raise ConfigError(f"network={spec.network.name} is not for real devices: use network=real (devices on "
@@ -77,7 +80,7 @@ def share_prepared(spec, rank: int, folder: Path):
     ``folder`` and point the spec there. A preparation error on rank 0 ends every rank."""
     import torch.distributed as dist
 
-    from .spec import RunSpec
+    from harness.spec.schema import RunSpec
 
     box: list = [None]
     if rank == 0:
@@ -105,12 +108,12 @@ def run(argv: list[str]) -> dict | None:
     """This rank's part of the point; rank 0's row (None on the others)."""
     import torch.distributed as dist
 
-    from .bench import job_name, summary
-    from .comm import DistComm
-    from .network.real import Shaper, route_iface
-    from .results import record
-    from .spec import row
-    from .worker import run_rank
+    from harness.bench import summary
+    from harness.comm.collectives import DistComm
+    from harness.network.real import Shaper, route_iface
+    from harness.rank.worker import run_rank
+    from harness.store.results import job_name, record
+    from harness.store.row import row
 
     t0 = time.perf_counter()
     spec = build(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,3 +44,23 @@ def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[Path], N
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable(folder: str | os.PathLike, name: str, shown=None) -> None:
+    """``folder`` is, or can be made as, a directory we can write in: made (and removed again if it was new), and a
+    file created in it; else one line naming the setting."""
+    folder = Path(folder)
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".astra-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={shown or folder}: cannot write in {folder} ({exc.strerror or exc}): pass a path "
+                          "you can write to") from None
+    finally:
+        for p in made:  # deepest first: leave nothing behind for a point that may still be refused
+            try:
+                p.rmdir()
+            except OSError:
+                pass

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ConfigError, RunFailed, atomic_write
+from harness.errors import ConfigError, RunFailed, atomic_write
+from harness.paths import ROOT as REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_GRACE_S = 30.0  # process start-up (Python + torch import) on a loaded machine, on top of timeout_s
 PEER_GRACE_S = 1.0  # after a first failure, how long the peers get to fail too before the blame is decided
 
@@ -53,7 +53,7 @@ def check_port_free(port: int) -> None:
 
 
 def worker_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "harness.worker", *args]
+    return [sys.executable, "-m", "harness.rank.worker", *args]
 
 
 def rank_env(rank: int, world: int, addr: str, port: int, ifname: str, threads: int) -> dict:

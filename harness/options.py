@@ -12,7 +12,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import ConfigError
+from harness.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
 

@@ -25,7 +25,7 @@ import os
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness import report
+from harness.report import paper_report as report
 
 store = os.environ.get("ASTRA_STORE", "results/results.parquet")
 ours = report.our_points(store)

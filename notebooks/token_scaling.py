@@ -20,7 +20,8 @@ import os
 
 import matplotlib.pyplot as plt
 
-from harness import paper, report
+from harness.network import paper
+from harness.report import paper_report as report
 
 store = os.environ.get("ASTRA_STORE", "results/results.parquet")
 ours = report.our_points(store)

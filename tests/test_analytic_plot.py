@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness.spec import build_spec, compose
-from harness.spec import point_key as spec_key
-from harness.network.analytic import charge_seconds
-from harness.progress import count_points
-from harness.results import load
+
+from harness.comm.cost import charge_seconds
+from harness.spec.build import build_spec, compose
+from harness.spec.identity import point_key as spec_key
+from harness.store.results import load
+from harness.sweep.progress import count_points
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     assert len(load(store)) == 5 and len(list(store.glob("part-*.parquet"))) == 5
 
     plots = tmp_path / "plots"
-    out = subprocess.run([sys.executable, "-m", "harness.plot", str(store), "--out", str(plots)], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "harness.report.plot", str(store), "--out", str(plots)], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| model" in out.stdout and "speedup" in out.stdout
@@ -96,7 +97,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     # a store without the single-device baseline: say why there is no speedup plot, still draw the rest
     nobase = tmp_path / "nobase.parquet"
     load(store).query("method != 'single'").drop(columns=["single_latency_ms", "speedup"]).to_parquet(nobase)
-    out2 = subprocess.run([sys.executable, "-m", "harness.plot", str(nobase), "--out", str(tmp_path / "p2")],
+    out2 = subprocess.run([sys.executable, "-m", "harness.report.plot", str(nobase), "--out", str(tmp_path / "p2")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out2.returncode == 0, out2.stderr
     assert "no single-device baseline" in out2.stderr
@@ -105,7 +106,7 @@ def test_analytic_sweep_then_plot(tmp_path):
 
 
 def test_plot_bad_input(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "harness.plot", str(tmp_path / "missing.parquet")], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "harness.report.plot", str(tmp_path / "missing.parquet")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 2 and len(lines) == 1 and "no results" in lines[0]

@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
+from threadcomm import run_ranks
 
+from harness.comm.cost import charge_seconds
 from harness.models import build_model, make_inputs
 from harness.models.detransformer import DecoupledModel, check_shape, flops_per_layer, parameter_count
-from harness.network.analytic import charge_seconds
 from harness.parallel import METHODS
-from threadcomm import run_ranks
 
 
 def run_bp(model, x, method, world, opts, all_positions=True):
@@ -152,7 +152,7 @@ TRAFFIC_CASES = [
 def test_every_method_predicts_its_recorded_traffic(tiny_cfg, kind, world, method, opts):
     """``Method.traffic`` (what network.compute=paper charges without running anything) equals the collectives the
     plan really issues, rank by rank, op by op, byte for byte."""
-    from harness.spec import make_spec
+    from harness.spec.build import make_spec
 
     cfg = tiny_cfg(kind, 13, layers=4, hidden=48, heads=12)
     spec = make_spec(cfg, {"name": method, **opts}, devices=world, tokens=13, batch=2)
@@ -165,7 +165,7 @@ def test_every_method_predicts_its_recorded_traffic(tiny_cfg, kind, world, metho
 
 @pytest.mark.parametrize("groups,k", [(1, 64), (4, 16)])
 def test_astra_predicts_its_packed_index_traffic(tiny_cfg, groups, k):
-    from harness.spec import make_spec
+    from harness.spec.build import make_spec
 
     cfg = tiny_cfg("vit", 13, layers=2, hidden=48, heads=12)
     books = torch.randn(2, groups, k, 48 // groups)

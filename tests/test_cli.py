@@ -2,7 +2,7 @@
 
 Every CLI case gets its own directory holding ``results.path``, ``cache_dir`` and a private ``TMPDIR``. The
 controller creates its per-run work directory (``astra-run-*``, holding the spec the ranks read) under ``TMPDIR``, so
-every ``harness.worker`` process a case starts carries that case's directory in its command line: that is how the
+every ``harness.rank.worker`` process a case starts carries that case's directory in its command line: that is how the
 tests find (only) their own worker processes in /proc, even with other cases, or other people's runs, in flight.
 
 The CLI cases are independent, so a module-scoped runner starts the ones this session selected on a small thread
@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import ConfigError
-from harness.results import COLUMNS, append_row, append_rows, check_store, cpu_list, load, lock_path
+from harness.store.results import COLUMNS, append_row, append_rows, check_store, cpu_list, load, lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "results" / "paper"
@@ -46,7 +46,7 @@ POOL_SIZE = 2  # concurrent CPU-bound CLI cases (the machine has 2 cores)
 
 
 def worker_pids(marker: str) -> set[int]:
-    """PIDs of live ``harness.worker`` processes whose command line mentions ``marker`` (a case directory)."""
+    """PIDs of live ``harness.rank.worker`` processes whose command line mentions ``marker`` (a case directory)."""
     pids = set()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -55,7 +55,7 @@ def worker_pids(marker: str) -> set[int]:
             argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:  # exited while we looked
             continue
-        if "harness.worker" in argv and any(marker in a for a in argv):
+        if "harness.rank.worker" in argv and any(marker in a for a in argv):
             pids.add(int(d.name))
     return pids
 
@@ -77,7 +77,7 @@ class Run:
     stdout: str
     stderr: str
     wall_s: float
-    leftover_workers: set[int]  # our harness.worker processes still alive right after the controller exited
+    leftover_workers: set[int]  # our harness.rank.worker processes still alive right after the controller exited
     extra: dict = field(default_factory=dict)
 
     @property
@@ -709,7 +709,7 @@ def test_a_folder_of_stores_and_other_tables_loads_only_the_stores(tmp_path):
 
 
 def test_the_lock_is_hidden_and_gone_when_the_writer_leaves(tmp_path):
-    from harness.results import _locked
+    from harness.store.results import _locked
 
     path = tmp_path / "r.parquet"
     assert lock_path(path).name == ".r.parquet.lock"
@@ -727,7 +727,7 @@ def test_unwritable_store_folder_is_refused_and_nothing_is_made(tmp_path):
 
 
 def test_accuracy_and_side_stores_keep_their_own_keys(tmp_path):
-    from harness.stream import SIDE_KEYS
+    from harness.store.stream import SIDE_KEYS
     from harness.train.evaluate import ACC_COLUMNS, ACC_KEYS
 
     acc = tmp_path / "acc.parquet"

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from harness.errors import ConfigError
-from harness.results import check_store, find_ok, is_dataset, load, part_path, record
-from harness.stream import is_side_table, side_path
+from harness.store.results import check_store, find_ok, is_dataset, load, part_path, record
+from harness.store.stream import is_side_table, side_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "harness.bench"]
@@ -79,7 +79,7 @@ def test_dataset_paths_are_checked(tmp_path):
 def test_job_names_are_fixed_by_sweep_and_number(tmp_path):
     from omegaconf import OmegaConf
 
-    from harness.bench import job_name
+    from harness.store.results import job_name
 
     def cfg(d, n):
         return OmegaConf.create({"hydra": {"sweep": {"dir": str(d)}, "job": {"num": n}}})

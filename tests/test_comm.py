@@ -21,7 +21,7 @@ def _free_port() -> int:
 def _rank(rank: int, world: int, port: int, results) -> None:
     import torch.distributed as dist
 
-    from harness.comm import DistComm
+    from harness.comm.collectives import DistComm
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -93,7 +93,7 @@ def test_p2p_collectives_match_gloo():
 
 
 def test_unknown_impl():
-    from harness.comm import DistComm
+    from harness.comm.collectives import DistComm
 
     with pytest.raises(ValueError, match="unknown"):
         DistComm("nccl-please")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from harness.network.mininet import LOSS_TABLE, loss_ruleset
+from harness.network.mininet.conditions import LOSS_TABLE, loss_ruleset
 
 
 def test_loss_rules_name_only_our_interfaces_both_ways():
@@ -29,8 +29,8 @@ def test_loss_probability_rounds_to_the_rule_resolution(pct, per_million):
 
 # ------------------------------------------------------------------------------------------------ bandwidth traces
 from harness.errors import ConfigError  # noqa: E402
-from harness.network import trace as tr  # noqa: E402
-from harness import stream  # noqa: E402
+from harness.network.mininet import trace as tr  # noqa: E402
+from harness.store import stream  # noqa: E402
 
 
 def write(tmp_path, text: str):
@@ -129,13 +129,12 @@ def test_bad_condition_input_is_one_line_and_exit_2(tmp_path, args, needle):
 # ------------------------------------------------------------------------------------------- heterogeneous devices
 import copy  # noqa: E402
 
-import torch  # noqa: E402
 from threadcomm import run_ranks  # noqa: E402
 
 from harness.models import build_model, make_inputs  # noqa: E402
 from harness.parallel import METHODS  # noqa: E402
 from harness.parallel.sp import token_slices  # noqa: E402
-from harness.spec import token_shares  # noqa: E402
+from harness.spec.build import token_shares  # noqa: E402
 
 
 @pytest.mark.parametrize("kind,dct", [("vit", True), ("vit", False), ("gpt2", False)])
@@ -190,7 +189,7 @@ def test_bad_splits_are_refused(split, needle):
 def test_heterogeneous_devices_dilate_by_their_total():
     from types import SimpleNamespace
 
-    from harness import dilation
+    from harness.emulation import dilation
 
     dev = SimpleNamespace(cores=[1.0, 0.5], dilation="auto", reserve_cores=0.25, reference_ms=None,
                           cfs_period_us=5000, allow_oversubscribe=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from harness.cpustat import Probe, Sample, throttled_seconds
+from harness.emulation.cpustat import Probe, Sample, throttled_seconds
 
 
 def test_busy_loop_is_cpu_time():
@@ -31,7 +31,7 @@ def test_cpu_stat_parsing(tmp_path):
     v2.write_text("usage_usec 5\nthrottled_usec 250000\n")
     assert throttled_seconds(v1) == 1.5 and throttled_seconds(v2) == 0.25
     assert throttled_seconds(tmp_path / "missing") is None and throttled_seconds(None) is None
-    from harness.cpustat import throttled_from_text
+    from harness.emulation.cpustat import throttled_from_text
 
     assert throttled_from_text("nr_periods 3\nthrottled_time 2000000\n") == 0.002
     assert throttled_from_text("usage_usec 5\n") is None and throttled_from_text("not a stat file") is None

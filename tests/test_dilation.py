@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import dilation, fidelity
+from harness.emulation import dilation, fidelity
 from harness.errors import ConfigError
-from harness.spec import DeviceOptions
+from harness.spec.schema import DeviceOptions
 
 
 def dev(**kw) -> DeviceOptions:
@@ -97,7 +97,8 @@ def test_reported_times_are_real_over_k():
 
 def test_build_spec_gives_single_its_sweeps_device(monkeypatch):
     """The single-device baseline of a 4-device Mininet point runs on the same dilated device."""
-    from harness.spec import baseline_key, build_spec, compose, timing_key
+    from harness.spec.build import build_spec, compose
+    from harness.spec.identity import baseline_key, timing_key
 
     monkeypatch.setattr(dilation, "machine_cores", lambda: 2)
     specs = {m: build_spec(compose(["network=mininet", f"method={m}", "devices=4", "model=vit_tiny"]))
@@ -138,9 +139,9 @@ class FakePlan:
     ("single", 2.0, 1.0, 2, 5, (2, 5)),  # the baseline every speedup divides: always warmup + repeats
 ])
 def test_adaptive_repeats(monkeypatch, method, seconds, budget, warmup, repeats, want):
-    from harness import worker
-    from harness.comm import LocalComm
-    from harness.spec import compose, build_spec
+    from harness.comm.collectives import LocalComm
+    from harness.rank import worker
+    from harness.spec.build import build_spec, compose
 
     clock = FakeClock()
     monkeypatch.setattr(worker.time, "perf_counter", clock)
@@ -259,7 +260,8 @@ def test_interleaved_baseline_pairs_each_repeat():
 def test_interleave_runs_the_baseline_between_repeats(tmp_path):
     """On real ranks (loopback): rank 0 times the whole model after every repeat; the row pairs them."""
     from harness.launch import free_port, launch_local
-    from harness.spec import make_spec, model_from_conf, row
+    from harness.spec.build import make_spec, model_from_conf
+    from harness.store.row import row
 
     mc = model_from_conf("vit_tiny", 32)
     spec = make_spec(mc, {"name": "sp"}, devices=2, tokens=32, repeats=3, warmup=1, interleave=True,
@@ -277,7 +279,8 @@ def test_paired_solo_runs_one_rank_after_every_repeat(tmp_path):
     """On real ranks (loopback): after each timed repeat the ranks take turns running alone; the row's inflation
     pairs them, and the solo runs after the point are skipped."""
     from harness.launch import free_port, launch_local
-    from harness.spec import make_spec, model_from_conf, row
+    from harness.spec.build import make_spec, model_from_conf
+    from harness.store.row import row
 
     mc = model_from_conf("vit_tiny", 32)
     spec = make_spec(mc, {"name": "sp"}, devices=2, tokens=32, repeats=3, warmup=1, solo_repeats=1,
@@ -297,7 +300,7 @@ def test_every_rank_gets_a_paired_sample_when_repeats_are_fewer_than_ranks(tmp_p
     """3 ranks, 2 repeats: rank 2's turn never comes in the repeats, so it runs alone after the last one, paired
     with it; the inflation then pools all three ranks."""
     from harness.launch import free_port, launch_local
-    from harness.spec import make_spec, model_from_conf
+    from harness.spec.build import make_spec, model_from_conf
 
     mc = model_from_conf("vit_tiny", 32)
     spec = make_spec(mc, {"name": "sp"}, devices=3, tokens=32, repeats=2, warmup=1, solo_repeats=1,
@@ -310,8 +313,8 @@ def test_every_rank_gets_a_paired_sample_when_repeats_are_fewer_than_ranks(tmp_p
 
 # ------------------------------------------------------------------------------------------------ idle polling
 def test_idle_poll_resolution_and_refusals(monkeypatch):
-    from harness import idle
-    from harness.spec import build_spec, compose, resolve_idle_poll
+    from harness.emulation import idle
+    from harness.spec.build import build_spec, compose, resolve_idle_poll
 
     monkeypatch.setattr(idle, "available", lambda: True)
     assert resolve_idle_poll("auto", True) is True and resolve_idle_poll("auto", False) is False
@@ -321,7 +324,7 @@ def test_idle_poll_resolution_and_refusals(monkeypatch):
     spec = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny"]))
     off = build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny", "device.idle_poll=false"]))
     assert spec.idle_poll is True and off.idle_poll is False
-    from harness.spec import point_key
+    from harness.spec.identity import point_key
 
     assert point_key(spec) != point_key(off)  # a point measured without it is another point
     monkeypatch.setattr(idle, "available", lambda: False)
@@ -332,9 +335,9 @@ def test_idle_poll_resolution_and_refusals(monkeypatch):
         build_spec(compose(["network=mininet", "device.idle_poll=maybe"]))
 
 
-@pytest.mark.skipif(not __import__("harness.idle").idle.available(), reason="needs root and /dev/cpu_dma_latency")
+@pytest.mark.skipif(not __import__("harness.emulation.idle").emulation.idle.available(), reason="needs root and /dev/cpu_dma_latency")
 def test_poll_idle_holds_and_releases_the_request():
-    from harness import idle
+    from harness.emulation import idle
 
     before = idle.current_limit_us()
     with idle.PollIdle() as p:
@@ -344,8 +347,9 @@ def test_poll_idle_holds_and_releases_the_request():
 
 # ------------------------------------------------------------------------------------------------ finer tick
 def test_tick_resolution_and_refusals(monkeypatch):
-    from harness import tick
-    from harness.spec import build_spec, compose, identity, point_key, resolve_tick
+    from harness.emulation import tick
+    from harness.spec.build import build_spec, compose, resolve_tick
+    from harness.spec.identity import identity, point_key
 
     monkeypatch.setattr(tick, "available", lambda: True)
     assert resolve_tick("auto", True) == tick.DEFAULT_US and resolve_tick("auto", False) == 0
@@ -373,7 +377,7 @@ def test_session_refuses_to_time_without_its_ticker():
     import types
 
     from harness.errors import RunFailed
-    from harness.network import mininet as mn
+    from harness.network.mininet import backend as mn
 
     session = mn.Session.__new__(mn.Session)  # the state a running session has, without building a network
     session.ticker = types.SimpleNamespace(running=False, interval_us=500)
@@ -382,7 +386,7 @@ def test_session_refuses_to_time_without_its_ticker():
 
 
 def test_ticker_refuses_bad_arguments():
-    from harness import tick
+    from harness.emulation import tick
 
     with pytest.raises(ValueError, match="at least one CPU"):
         tick.Ticker([], 500)
@@ -390,13 +394,13 @@ def test_ticker_refuses_bad_arguments():
         tick.Ticker([0], 50)
 
 
-@pytest.mark.skipif(not __import__("harness.tick").tick.available(), reason="needs cyclictest (rt-tests) and root")
+@pytest.mark.skipif(not __import__("harness.emulation.tick").emulation.tick.available(), reason="needs cyclictest (rt-tests) and root")
 def test_ticker_runs_a_fifo_thread_per_cpu_and_stops():
     import os
     import signal
     import time
 
-    from harness import tick
+    from harness.emulation import tick
 
     cpus = list(range(min(2, dilation.machine_cores())))
     with tick.Ticker(cpus, 500) as t:
@@ -424,7 +428,7 @@ def test_ticker_runs_a_fifo_thread_per_cpu_and_stops():
         t.close()
 
 
-@pytest.mark.skipif(not __import__("harness.tick").tick.available(), reason="needs cyclictest (rt-tests) and root")
+@pytest.mark.skipif(not __import__("harness.emulation.tick").emulation.tick.available(), reason="needs cyclictest (rt-tests) and root")
 def test_ticker_dies_with_the_process_that_started_it(tmp_path):
     import os
     import subprocess
@@ -432,7 +436,7 @@ def test_ticker_dies_with_the_process_that_started_it(tmp_path):
     import time
 
     # a controller that starts a ticker, says its PID and is then SIGKILLed (no cleanup of its own runs)
-    code = ("import os, signal, sys; from harness import tick; t = tick.Ticker([0], 500).start(); "
+    code = ("import os, signal, sys; from harness.emulation import tick; t = tick.Ticker([0], 500).start(); "
             "print(t.proc.pid, t._dir, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(Path(__file__).resolve().parents[1]))
@@ -463,7 +467,8 @@ def test_placement_packs_devices_onto_cores():
 
 
 def test_spread_resolution_and_refusals(monkeypatch):
-    from harness.spec import build_spec, compose, point_key
+    from harness.spec.build import build_spec, compose
+    from harness.spec.identity import point_key
 
     monkeypatch.setattr(dilation, "machine_cores", lambda: 2)
     four = build_spec(compose(["network=mininet", "method=sp", "devices=4", "model=vit_tiny"]))

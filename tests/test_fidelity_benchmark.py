@@ -97,7 +97,7 @@ def test_throttle_refuses_bad_devices(capsys):
 
 
 def test_throttle_poll_idle_needs_the_qos_interface(monkeypatch, capsys):
-    from harness import dilation, idle
+    from harness.emulation import dilation, idle
 
     monkeypatch.setattr(dilation, "machine_cores", lambda: 2)  # the default counts need dilating on any machine
     monkeypatch.setattr(throttle.os, "geteuid", lambda: 0)
@@ -114,7 +114,7 @@ def test_throttle_share_core_packs_devices_per_core():
 
 
 def test_throttle_tick_needs_cyclictest(monkeypatch, capsys):
-    from harness import dilation, tick
+    from harness.emulation import dilation, tick
 
     monkeypatch.setattr(dilation, "machine_cores", lambda: 2)
     monkeypatch.setattr(throttle.os, "geteuid", lambda: 0)

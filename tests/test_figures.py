@@ -16,8 +16,10 @@ import pytest  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from harness import dilation, plot, report, style  # noqa: E402
-from harness.results import median_ci, summarize, with_speedup  # noqa: E402
+from harness.emulation import dilation
+from harness.report import paper_report as report
+from harness.report import plot, style  # noqa: E402
+from harness.store.results import median_ci, summarize, with_speedup  # noqa: E402
 
 STEMS = {"speedup_vs_bandwidth", "speedup_vs_devices", "latency_breakdown", "bytes_per_method"}
 SPEEDUP_TICK = re.compile(r"^\d+(\.\d+)?×$")
@@ -106,7 +108,7 @@ def one_x_lines(fig) -> list[Line2D]:
 def report_store(tmp_path):
     """Paper-compute points of Fig. 1 and Fig. 3 (no profiling: seconds)."""
     from harness.bench import run_point
-    from harness.spec import build_spec, compose
+    from harness.spec.build import build_spec, compose
 
     path = tmp_path / "paper.parquet"
     base = ["model=vit_base", "network=analytic", "network.compute=paper", "network.collective_model=paper",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from golden import GOLDEN, IDENTITY, grid_rows
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.network.mininet import our_objects
-from harness.results import cpu_list
+from harness.network.mininet.host_state import our_objects
+from harness.store.results import cpu_list
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def worker_pids() -> set[int]:
                 argv = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"harness.worker" in argv:
+            if b"harness.rank.worker" in argv:
                 out.add(int(d.name))
     return out
 
@@ -117,7 +117,7 @@ def test_analytic_and_mininet_rows_for_the_same_point(tmp_path):
     # Communication dominates sp at 10 Mbit/s: the two backends must tell the same story (loose: noisy machine).
     a, m = rows["analytic", "sp"]["comm_ms"], rows["mininet", "sp"]["comm_ms"]
     assert 0.5 < m / a < 2.0, (m, a)
-    from harness.results import load
+    from harness.store.results import load
 
     df = load(tmp_path / "r.parquet")
     assert set(df["network"]) == {"mininet", "analytic"}
@@ -226,7 +226,7 @@ def test_bad_network_input(tmp_path, args, needle):
 
 
 def test_netem_options_refused_or_applied(tmp_path):
-    from harness.network.mininet import netem_available
+    from harness.network.mininet.conditions import netem_available
 
     proc = bench(tmp_path, *MODEL, "network=mininet", "method=sp", "devices=2", "network.delay_ms=5", timeout=120)
     if netem_available():
@@ -298,7 +298,7 @@ def test_heterogeneous_devices_with_proportional_split(tmp_path):
 def test_oversubscription_allowed_is_marked_and_pinned_devices(tmp_path):
     """Three 1-core devices pinned to one core without dilation: run, marked oversubscribed; every rank ran on the
     pinned core only (the machine's last)."""
-    from harness.dilation import machine_cores
+    from harness.emulation.dilation import machine_cores
 
     row = row_of(bench(tmp_path, "network=mininet", "method=sp", "devices=3", "tokens=48", "device.dilation=1",
                        "device.allow_oversubscribe=true", "network.bandwidth_mbps=100", "device.pin_cores=1"))
@@ -310,8 +310,8 @@ def test_oversubscription_allowed_is_marked_and_pinned_devices(tmp_path):
 def test_dilated_four_devices_and_reference_device(tmp_path):
     """Four 1-core devices on this machine: k is chosen so they fit beside the reserve, links are shaped at B/k,
     times are reported ÷ k with the real ones kept, and every row carries its fidelity verdict."""
-    from harness import idle, tick
-    from harness.dilation import machine_cores
+    from harness.emulation import idle, tick
+    from harness.emulation.dilation import machine_cores
 
     before = worker_pids()
     k = max(1.0, 4 / (machine_cores() - 0.25))

@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))
 @pytest.fixture(scope="module")
 def latency_store(tmp_path_factory):
     from harness.bench import run_point
-    from harness.spec import build_spec, compose
+    from harness.spec.build import build_spec, compose
 
     store = tmp_path_factory.mktemp("nb") / "latency.parquet"
     base = ["model=vit_base", "network=analytic", "network.compute=paper", "network.collective_model=paper",

@@ -3,10 +3,11 @@
 import pandas as pd
 import pytest
 
-from harness import paper, report
 from harness.bench import run_point
 from harness.errors import ConfigError
-from harness.spec import build_spec, compose
+from harness.network import paper
+from harness.report import paper_report as report
+from harness.spec.build import build_spec, compose
 
 
 def test_paper_accounting_reproduces_its_own_checks():

@@ -4,11 +4,10 @@ import copy
 
 import pytest
 import torch
-
-from harness import vq
-from harness.models import build_model, make_inputs
-from harness.parallel import METHODS, partition
 from threadcomm import run_ranks
+
+from harness.models import build_model, make_inputs
+from harness.parallel import METHODS, partition, vq
 
 
 def run_method(model, inputs, method, world, opts=None, all_positions=True):
@@ -152,7 +151,7 @@ def test_astra_vq_error_is_real_and_dct_pools(tiny_cfg):
 def test_astra_rejects_wrong_codebooks(tiny_cfg):
     cfg = tiny_cfg("vit", 8)
     model = build_model(cfg)
-    from harness.comm import SimulatedComm
+    from harness.comm.collectives import SimulatedComm
 
     with pytest.raises(ValueError, match="codebooks have shape"):
         METHODS["astra"](model, SimulatedComm(0, 2), {"groups": 2, "codebook_size": 16,

@@ -7,7 +7,7 @@ import subprocess
 
 import pandas as pd
 
-from harness.provenance import COLUMNS, REPO, describe, provenance, stamp
+from harness.store.provenance import COLUMNS, REPO, describe, provenance, stamp
 
 
 def test_provenance_names_this_checkout_and_machine():

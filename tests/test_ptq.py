@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import ptq
-from harness.models import ModelConfig, build_model
+from harness.models import ModelConfig, build_model, ptq
 
 
 def test_weights_land_on_the_integer_grid():
@@ -46,7 +45,7 @@ def test_only_the_block_linears_are_quantized(kind):
 
 
 def test_identity_leaves_full_precision_keys_alone():
-    from harness.ptq import model_identity
+    from harness.models.ptq import model_identity
 
     cfg = ModelConfig()
     assert not any(k.startswith("weight_") for k in model_identity(cfg))
@@ -59,8 +58,8 @@ def test_methods_run_the_same_quantized_model(tmp_path, method):
     """A loopback point at 4 bits: every rank's output matches the single-device output of the same quantized
     weights (verify), and the weights the workers built are on the 4-bit grid."""
     from harness.bench import run_point
-    from harness.spec import build_spec, compose
-    from harness.worker import fresh_model
+    from harness.rank.worker import fresh_model
+    from harness.spec.build import build_spec, compose
 
     over = ["model=vit_tiny", f"method={method}", "devices=2", "tokens=32", "repeats=1", "warmup=0", "verify=true",
             "model.weight_bits=4", f"results.path={tmp_path / 'r.parquet'}", f"cache_dir={tmp_path / 'cache'}"]

@@ -4,7 +4,6 @@ harness/parallel/ knows a method by name, the results store never merges differe
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -18,9 +17,11 @@ from harness.errors import ConfigError
 from harness.network import BACKENDS
 from harness.options import did_you_mean, fields_of
 from harness.parallel import METHODS
-from harness.plot import latest_points
-from harness.results import append_row, load
-from harness.spec import RunSpec, build_spec, compose, point_key
+from harness.report.plot import latest_points
+from harness.spec.build import build_spec, compose
+from harness.spec.identity import point_key
+from harness.spec.schema import RunSpec
+from harness.store.results import append_row, load
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -115,7 +116,7 @@ def test_one_edit(a, b, near):
 
 
 def test_progress_shows_a_point_as_the_user_names_it():
-    from harness.progress import shown
+    from harness.sweep.progress import shown
 
     task = ["method=sp", "++method.groups=1", "++method.codebook_size=1024", "network.bandwidth_mbps=10"]
     assert shown(task, {"method": {"name": "sp"}}) == ["method=sp", "network.bandwidth_mbps=10"]
@@ -125,7 +126,7 @@ def test_progress_shows_a_point_as_the_user_names_it():
 
 
 def test_sweep_tally_counts_and_sets_the_exit_status():
-    from harness.progress import Tally
+    from harness.sweep.progress import Tally
 
     t = Tally()
     assert t.exit_status() == 0  # not a sweep
@@ -144,91 +145,11 @@ def test_sweep_tally_counts_and_sets_the_exit_status():
     assert t.exit_status() == 0 and t.line().startswith("[astra-bench] sweep finished: 0 ok, 1 failed (method=tp")
 
 
-# ----------------------------------------------------------------------------------------------------- structure
-def _imports(path: Path, package: str) -> set[str]:
-    """Modules of the harness package that ``path`` imports (at any level of the file)."""
-    tree = ast.parse(path.read_text())
-    mod = package
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = mod.split(".")
-                base = base[: len(base) - node.level + (1 if path.name == "__init__.py" else 0)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            names = [f"{target}.{a.name}" for a in node.names]
-            out |= {n for n in [target, *names] if n.startswith("harness")}
-        elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("harness")}
-    return out
-
-
-def _module_graph() -> dict[str, set[str]]:
-    files = {}
-    for path in (REPO / "harness").rglob("*.py"):
-        rel = path.relative_to(REPO).with_suffix("")
-        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        files[name] = path
-    graph = {}
-    for name, path in files.items():
-        pkg = name if path.name == "__init__.py" else name
-        deps = set()
-        for imp in _imports(path, pkg):
-            while imp and imp not in files:
-                imp = imp.rpartition(".")[0]
-            if imp and imp != name:
-                deps.add(imp)
-        graph[name] = deps
-    return graph
-
-
-def test_no_import_circle():
-    graph = _module_graph()
-    # a package's __init__ importing its own submodules (the registries) is not a circle of concerns
-    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
-    graph = {m: {d for d in deps if not (m.startswith(d + ".") and d in ("harness.parallel", "harness.network",
-                                                                            "harness.models", "harness.train"))}
-             for m, deps in graph.items()}
-    seen, stack, cycles = set(), [], []
-
-    def visit(m):
-        if m in stack:
-            cycles.append(stack[stack.index(m):] + [m])
-            return
-        if m in seen:
-            return
-        seen.add(m)
-        stack.append(m)
-        for d in sorted(graph.get(m, ())):
-            visit(d)
-        stack.pop()
-
-    for m in sorted(graph):
-        visit(m)
-    assert not cycles, cycles
-
-
-def test_no_method_name_compared_outside_parallel():
-    names = set(METHODS)
-    offenders = []
-    for path in (REPO / "harness").rglob("*.py"):
-        if "parallel" in path.parts:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare):
-                consts = [c for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
-                if any(c.value in names for c in consts):
-                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
-    assert not offenders, offenders
-
-
 # ------------------------------------------------------------------------------------------- results identity
 def _row(method, latency, run_id, **config):
     spec = build_spec(compose([f"method={method}", "network=analytic", "network.bandwidth_mbps=10",
                                *[f"{k}={v}" for k, v in config.items()]]))
-    from harness.spec import row
+    from harness.store.row import row
 
     r = row(spec, spec.backend_class(spec).describe())
     r.update(latency_ms=latency, compute_ms=latency, comm_ms=0.0, payload_bytes=1, run_id=run_id,
@@ -281,7 +202,7 @@ def test_help_lists_only_its_own_groups(module, mine, theirs):
 
 
 def test_a_refused_point_in_a_sweep_is_recorded(tmp_path):
-    from harness.bench import failed_row
+    from harness.store.row import failed_row
 
     store = tmp_path / "r.parquet"
     cfg = compose(["model=vit_tiny", "method=tp", "devices=3", f"results.path={store}"])
@@ -298,7 +219,7 @@ def test_a_refused_point_in_a_sweep_is_recorded(tmp_path):
 
 def test_identity_normalises_what_does_not_change_a_point():
     def key(*ov, timing=False):
-        from harness.spec import timing_key
+        from harness.spec.identity import timing_key
 
         spec = build_spec(compose(["method=sp", "network=analytic", *ov]))
         return timing_key(spec) if timing else point_key(spec)
@@ -329,7 +250,7 @@ def test_model_fields_of_the_other_family_are_passed_on():
 
 
 def test_device_files_match_their_schema():
-    from harness.spec import DeviceOptions
+    from harness.spec.schema import DeviceOptions
 
     keys = {f[0] for f in fields_of(DeviceOptions)}
     for name in available("device"):
@@ -340,7 +261,7 @@ def test_device_files_match_their_schema():
 
 
 def test_per_device_bandwidths_have_a_single_baseline():
-    from harness.spec import baseline_key, timing_key
+    from harness.spec.identity import baseline_key, timing_key
 
     sp = build_spec(compose(["method=sp", "network=analytic", "network.bandwidth_mbps=[10,100]"]))
     single = build_spec(compose(["method=single", "network=analytic", "network.bandwidth_mbps=[10,100]"]),
@@ -351,7 +272,8 @@ def test_per_device_bandwidths_have_a_single_baseline():
 def test_every_top_level_knob_is_in_the_config():
     """A Knobs field missing from conf/config.yaml could not be set from the command line (unknown key)."""
     from harness.options import fields_of
-    from harness.spec import GROUP_SCHEMAS, Knobs, compose
+    from harness.spec.build import compose
+    from harness.spec.schema import GROUP_SCHEMAS, Knobs
 
     cfg = compose([])
     assert not [name for name, *_ in fields_of(Knobs) if name not in cfg]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import load
+from harness.store.results import load
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["network=analytic", "model=vit_tiny", "tokens=16", "repeats=1", "warmup=0", "solo_repeats=0"]

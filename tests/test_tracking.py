@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.progress import REMOTE_ENV
-from harness.results import load, record
-from harness.tracking import PARAM_MAX, PROVENANCE, describe
+from harness.store.results import load, record
+from harness.sweep.progress import REMOTE_ENV
+from harness.sweep.tracking import PARAM_MAX, PROVENANCE, describe
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "harness.bench"]
@@ -127,7 +127,7 @@ def test_ray_driver_logs_the_jobs_its_workers_ran(tmp_path, monkeypatch):
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    from harness import tracking
+    from harness.sweep import tracking
 
     db, store = tmp_path / "mlflow.db", tmp_path / "r.parquet"
     cfg = OmegaConf.create({

@@ -120,8 +120,8 @@ def test_more_groups_lower_quantization_error(vit):
 def test_checkpoint_round_trip(vit):
     from omegaconf import OmegaConf
 
-    from harness.codebooks import load_codebooks
-    from harness.manifest import VARIANT_KEYS
+    from harness.parallel.codebooks import load_codebooks
+    from harness.parallel.manifest import VARIANT_KEYS
     from harness.train.checkpoint import load_checkpoint
     from harness.train.sim import AstraSim
     from harness.train.tasks import evaluate_split, load_task, sim_options

@@ -9,19 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from threadcomm import run_ranks
 
-from harness import vq
-from harness.codebooks import kmeans_codebooks
 from harness.models import ModelConfig, build_model, make_inputs
-from harness.parallel import METHODS
+from harness.parallel import METHODS, vq
+from harness.parallel.codebooks import kmeans_codebooks
 from harness.train.checkpoint import variant_name
-from harness.train.sim import (
-    AstraSim,
-    SimOptions,
-    VQState,
-    assign_devices,
-    fpar,
-    residual_stats,
-)
+from harness.train.sim import AstraSim, SimOptions, VQState, assign_devices, fpar, residual_stats
 from harness.train.variants import expand_suite
 
 T = 23

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import vq
+from harness.parallel import vq
 
 
 @settings(max_examples=200, deadline=None)

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
+from threadcomm import run_ranks
 
+from harness.comm.wire import WIRE_DTYPES, decode_rows, encode_rows, row_bytes
 from harness.models import build_model, make_inputs
 from harness.parallel import METHODS
-from harness.wire import WIRE_DTYPES, decode_rows, encode_rows, row_bytes
-from threadcomm import run_ranks
 
 
 @pytest.mark.parametrize("dtype", WIRE_DTYPES)

@@ -7,7 +7,7 @@ import threading
 
 import torch
 
-from harness.comm import Comm
+from harness.comm.collectives import Comm
 
 
 class ThreadGroup:

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .transformer import MLP, Attention, Block, Transformer, init_weights
+from harness.models.config import ModelConfig
+from harness.models.transformer import MLP, Attention, Block, Transformer, init_weights
 
 VARIANTS = ("a", "b")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from harness.models.config import ModelConfig
 
 PREFIXES = ("vit.", "transformer.")
 # Checkpoint entries with no parameter of ours behind them: GPT2's causal-mask buffers, its tied LM head (checked

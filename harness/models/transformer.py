@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from harness.models.config import ModelConfig
 
 
 class Attention(nn.Module):
@@ -184,7 +184,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
     else:
         raise ValueError(f"unknown model kind {cfg.kind!r}: use 'vit' or 'gpt2'")
     if cfg.weights:
-        from .hf import load_hf_weights
+        from harness.models.hf import load_hf_weights
 
         load_hf_weights(model, cfg.weights)
     else:

@@ -3,7 +3,7 @@
 import importlib
 import pkgutil
 
-from .base import BACKENDS, Backend, NetworkOptions, Result, register
+from harness.network.base import BACKENDS, Backend, NetworkOptions, Result, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in ("base", "shaping", "host_state"):

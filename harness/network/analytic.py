@@ -29,28 +29,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, atomic_write
-from ..launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
-from ..options import opt
-from .base import Backend, Result, ShapedOptions, device_bandwidths, register
-
-
-TCP_FRAMING = 1514 / 1448  # link bytes per payload byte in full-size TCP/IPv4 segments (timestamps on) in Ethernet
-# frames: what HTB counts against a link's rate
-
-
-def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
-    if world <= 1 or nbytes == 0:
-        return 0.0
-    if model == "paper":
-        volume = nbytes if op in ("all_gather", "all_to_all") else nbytes / world
-    elif op == "all_gather":
-        volume = (world - 1) * nbytes
-    elif op == "all_to_all":
-        volume = (world - 1) / world * nbytes
-    else:
-        volume = 2 * (world - 1) / world * nbytes
-    return volume * 8 * overhead / (bw_mbps * unit)
+from harness.comm.cost import charge_seconds
+from harness.errors import ConfigError, atomic_write
+from harness.launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
+from harness.network.base import Backend, Result, ShapedOptions, device_bandwidths, register
+from harness.options import opt
 
 
 @dataclass
@@ -68,7 +51,7 @@ class AnalyticOptions(ShapedOptions):
 
 
 def paper_compute_ms(spec) -> float:
-    from ..paper import compute_ms
+    from harness.network.paper import compute_ms
 
     o = spec.method
     return compute_ms(o.name, getattr(o, "groups", None), getattr(o, "retained", None), spec.devices, spec.tokens)
@@ -112,7 +95,7 @@ class AnalyticBackend(Backend):
         if spec.network.compute == "paper":  # a re-derived profile is a different measurement
             import hashlib
 
-            from ..paper import PROFILE
+            from harness.network.paper import PROFILE
 
             ident["compute_profile_sha"] = hashlib.sha256(PROFILE.read_bytes()).hexdigest()[:16] if PROFILE.is_file() \
                 else None
@@ -150,7 +133,7 @@ class AnalyticBackend(Backend):
                 names.append(f"rank {ranks[0]}" if len(ranks) == 1 else f"profiling of ranks {ranks}")
                 with open(logs[-1], "wb") as fh:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "harness.profile", "--spec", str(spec_path), "--report", str(outs[-1]),
+                        [sys.executable, "-m", "harness.rank.profile", "--spec", str(spec_path), "--report", str(outs[-1]),
                          "--ranks", ",".join(map(str, ranks))],
                         env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT))
             handles = [ProcessHandle(n, p, lg) for n, p, lg in zip(names, procs, logs)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..options import bandwidth_columns, opt, parse_bandwidths
+from harness.options import bandwidth_columns, opt, parse_bandwidths
 
 BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -47,9 +47,7 @@ def cpu_budget(spec, enforced_cores: bool) -> dict:
     oversubscription is only warned about."""
     n, dev = spec.devices, spec.device
     if enforced_cores:
-        from ..dilation import check_fit
-
-        from ..dilation import cores_of
+        from harness.emulation.dilation import check_fit, cores_of
 
         return check_fit(dev, n, cores_of(dev, n, strict=False)[0] / spec.quota_cores)
     per = float(dev.threads)

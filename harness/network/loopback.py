@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..launch import check_port_free, launch_local
-from ..options import opt
-from .base import Backend, NetworkOptions, Result, register
+from harness.launch import check_port_free, launch_local
+from harness.network.base import Backend, NetworkOptions, Result, register
+from harness.options import opt
 
 
 @dataclass

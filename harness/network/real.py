@@ -15,10 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
-from ..options import opt
-from .base import Backend, NetworkOptions, device_bandwidths, register
-from .shaping import htb_commands
+from harness.errors import ConfigError
+from harness.network.base import Backend, NetworkOptions, device_bandwidths, register
+from harness.network.mininet.shaping import htb_commands
+from harness.options import opt
 
 # root qdiscs a machine has by default: replacing them loses nothing, and deleting ours brings them back
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "mq", "fq", "pfifo", "cake"}

@@ -7,7 +7,7 @@ one file here plus ``conf/method/<name>.yaml``.
 import importlib
 import pkgutil
 
-from .base import METHODS, Method, MethodOptions, Output, partition, register
+from harness.parallel.base import METHODS, Method, MethodOptions, Output, partition, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import vq
-from ..vq import INDEX_LOSS_FILLS, KMEANS_INITS  # by name: AstraOptions has a field called vq
-from ..errors import ConfigError
-from ..options import opt
-from .base import MethodOptions, register, traffic_of
-from .sp import SequenceParallel
+from harness.errors import ConfigError
+from harness.options import opt
+from harness.parallel import vq
+from harness.parallel.base import MethodOptions, register, traffic_of
+from harness.parallel.sp import SequenceParallel
+from harness.parallel.vq import INDEX_LOSS_FILLS, KMEANS_INITS  # by name: AstraOptions has a field called vq
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Astra(SequenceParallel):
             return spec
         want = (mc.layers, o.groups, o.codebook_size, mc.hidden // o.groups)
         if mode == "checkpoint":
-            from ..codebooks import load_codebooks
+            from harness.parallel.codebooks import load_codebooks
 
             path = Path(o.checkpoint).resolve()
             model_state = cls._checkpoint_weights(spec, path, log)
@@ -140,7 +140,7 @@ class Astra(SequenceParallel):
                                   "(layers, groups, codebook_size, hidden/groups): set method.groups/codebook_size "
                                   "to match")
             return spec.replace(codebooks=str(path), model_state=model_state)
-        from ..codebooks import cached_kmeans_codebooks
+        from harness.parallel.codebooks import cached_kmeans_codebooks
 
         t0 = time.perf_counter()
         path = cached_kmeans_codebooks(mc, spec.tokens, o.groups, o.codebook_size, spec.seed, o.kmeans_iters,
@@ -155,7 +155,7 @@ class Astra(SequenceParallel):
         """For an astra-train checkpoint directory: check it fits this run, return its fine-tuned weights file."""
         if not (path.is_dir() and (path / "manifest.json").is_file()):
             return None  # a bare codebook file: random (or model.weights) weights with these codebooks
-        from ..manifest import check_checkpoint, read_manifest
+        from harness.parallel.manifest import check_checkpoint, read_manifest
 
         o = spec.method
         manifest = read_manifest(path)
@@ -203,7 +203,7 @@ class Astra(SequenceParallel):
         if spec.shares:
             opts["shares"] = list(spec.shares)
         if spec.codebooks:
-            from ..codebooks import load_codebooks
+            from harness.parallel.codebooks import load_codebooks
 
             opts["codebooks"] = load_codebooks(spec.codebooks)
         return cls(model, comm, opts)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..comm import Comm
-from ..models import Transformer
-from ..options import opt
-from ..wire import row_ranges
+from harness.comm.collectives import Comm
+from harness.comm.wire import row_ranges
+from harness.models import Transformer
+from harness.options import opt
 
 METHODS: dict[str, type["Method"]] = {}
 

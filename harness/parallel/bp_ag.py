@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.detransformer import VARIANTS, DecoupledModel, check_shape
-from ..options import opt
-from .base import Method, MethodOptions, Output, register, sequence_length, traffic_of
+from harness.errors import ConfigError
+from harness.models.detransformer import VARIANTS, DecoupledModel, check_shape
+from harness.options import opt
+from harness.parallel.base import Method, MethodOptions, Output, register, sequence_length, traffic_of
 
 
 @dataclass

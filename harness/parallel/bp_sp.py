@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import opt
-from .base import Output, partition, register, sequence_length, traffic_of
-from .bp_ag import BlockParallelAllGather, BlockParallelOptions
+from harness.options import opt
+from harness.parallel.base import Output, partition, register, sequence_length, traffic_of
+from harness.parallel.bp_ag import BlockParallelAllGather, BlockParallelOptions
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, Output, register, single_device_output
+from harness.parallel.base import Method, Output, register, single_device_output
 
 
 @register

@@ -15,15 +15,15 @@ the quantized-exchange baseline ASTRA's reviewers asked for; a rank's own tokens
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataclasses import dataclass
-
-from ..options import opt
-from ..wire import WIRE_DTYPES, decode_rows, encode_rows, row_bytes
-from .base import Method, MethodOptions, Output, partition, register, traffic_of
+from harness.comm.wire import WIRE_DTYPES, decode_rows, encode_rows, row_bytes
+from harness.options import opt
+from harness.parallel.base import Method, MethodOptions, Output, partition, register, traffic_of
 
 
 def token_slices(content: int, extra: int, world: int, shares: list[int] | None) -> list[tuple[int, int]]:

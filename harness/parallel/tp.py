@@ -8,17 +8,26 @@ LayerNorm and head are replicated (every rank computes them and ends with the sa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..comm import Comm
-from dataclasses import dataclass
-
-from ..errors import ConfigError
-from ..options import opt
-from ..wire import WIRE_DTYPES, row_bytes
-from .base import Method, MethodOptions, Output, partition, register, sequence_length, single_device_output, traffic_of
+from harness.comm.collectives import Comm
+from harness.comm.wire import WIRE_DTYPES, row_bytes
+from harness.errors import ConfigError
+from harness.options import opt
+from harness.parallel.base import (
+    Method,
+    MethodOptions,
+    Output,
+    partition,
+    register,
+    sequence_length,
+    single_device_output,
+    traffic_of,
+)
 
 
 def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import run_hydra_app
+from harness.config import run_hydra_app
 
 
 def parse_stages(value) -> list[str]:
-    from .common import STAGES, TrainError
+    from harness.train.common import STAGES, TrainError
 
     items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value).split(",")
     items = [str(s).strip() for s in items if str(s).strip()]
@@ -41,16 +41,16 @@ def parse_stages(value) -> list[str]:
 def run(cfg: DictConfig) -> None:
     import torch
 
-    from ..errors import atomic_write
-    from ..manifest import check_checkpoint, read_manifest
-    from .calibrate import stage_calibrate
-    from .checkpoint import load_base
-    from .common import TrainError, log
-    from .evaluate import check_quantization, index_losses, stage_evaluate
-    from .report import build_tables
-    from .tasks import load_task
-    from .training import stage_base, stage_finetune
-    from .variants import check_numbers, check_paths, check_variants, expand_suite, results_path_check
+    from harness.errors import atomic_write
+    from harness.parallel.manifest import check_checkpoint, read_manifest
+    from harness.train.calibrate import stage_calibrate
+    from harness.train.checkpoint import load_base
+    from harness.train.common import TrainError, log
+    from harness.train.evaluate import check_quantization, index_losses, stage_evaluate
+    from harness.train.report import build_tables
+    from harness.train.tasks import load_task
+    from harness.train.training import stage_base, stage_finetune
+    from harness.train.variants import check_numbers, check_paths, check_variants, expand_suite, results_path_check
 
     t0 = time.perf_counter()
     stages = parse_stages(cfg.stages)
@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> None:
     if "evaluate" in stages:
         stage_evaluate(cfg, task, variants)
     if "report" in stages:
-        from ..results import _read
+        from harness.store.results import _read
 
         path = Path(cfg.results_path)
         if not path.exists():
@@ -101,8 +101,8 @@ def run(cfg: DictConfig) -> None:
 
 
 def job(cfg: DictConfig) -> None:
-    from ..errors import ConfigError, RunFailed
-    from .data import DataError
+    from harness.errors import ConfigError, RunFailed
+    from harness.train.data import DataError
 
     try:
         run(cfg)

@@ -1,3 +1,3 @@
-from . import main
+from harness.train import main
 
 main()

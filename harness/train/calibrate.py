@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import vq
-from ..codebooks import attention_inputs_to
-from ..models import Transformer
-from . import data as D
-from .checkpoint import base_manifest, load_base
-from .common import TrainError, config_key, log, read_safetensors, write_safetensors
-from .sim import residual_stats
-from .tasks import Task
+from harness.models import Transformer
+from harness.parallel import vq
+from harness.parallel.codebooks import attention_inputs_to
+from harness.train import data as D
+from harness.train.checkpoint import base_manifest, load_base
+from harness.train.common import TrainError, config_key, log, read_safetensors, write_safetensors
+from harness.train.sim import residual_stats
+from harness.train.tasks import Task
 
 
 def attention_inputs(task: Task, model: Transformer, max_vectors: int, seed: int) -> list[torch.Tensor]:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..manifest import read_manifest
-from ..models import ModelConfig, Transformer, build_model
-from .common import TrainError, config_key, read_safetensors, write_json, write_safetensors
-from .sim import VQState
-from .tasks import Task
+from harness.models import ModelConfig, Transformer, build_model
+from harness.parallel.manifest import read_manifest
+from harness.train.common import TrainError, config_key, read_safetensors, write_json, write_safetensors
+from harness.train.sim import VQState
+from harness.train.tasks import Task
 
 
 # ---------------------------------------------------------------------------------------------------------------

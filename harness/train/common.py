@@ -8,8 +8,9 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import errors
-from ..errors import ConfigError, RunFailed, atomic_write
+from harness import errors
+from harness.errors import ConfigError, RunFailed, atomic_write
+from harness.parallel.astra import Astra
 
 STAGES = ("base", "calibrate", "finetune", "evaluate", "report")
 
@@ -55,4 +56,4 @@ def read_safetensors(path: Path) -> dict:
 
 # The accuracy store's ``method`` column: the full-precision model, or an ASTRA checkpoint (quantized exchange).
 FULL_ROWS = "full"
-ASTRA_ROWS = "astra"
+ASTRA_ROWS = Astra.name

@@ -15,16 +15,27 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import vq
-from ..codebooks import attention_inputs_to
-from ..errors import RunFailed
-from ..manifest import VARIANT_KEYS, check_checkpoint, read_manifest
-from ..models import ModelConfig
-from ..ptq import group_for, misfit_width, quantize_model
-from .checkpoint import base_dir, base_manifest, load_base, load_checkpoint, run_dir
-from .common import ASTRA_ROWS, FULL_ROWS, TrainError, TrainFailed, config_key, log, now, read_safetensors, write_safetensors
-from .sim import AstraSim, assign_devices, fpar
-from .tasks import Task, eval_batches, evaluate_split, full_forward, sim_options
+from harness.errors import RunFailed
+from harness.models import ModelConfig
+from harness.models.ptq import group_for, misfit_width, quantize_model
+from harness.parallel import vq
+from harness.parallel.astra import Astra
+from harness.parallel.codebooks import attention_inputs_to
+from harness.parallel.manifest import VARIANT_KEYS, check_checkpoint, read_manifest
+from harness.train.checkpoint import base_dir, base_manifest, load_base, load_checkpoint, run_dir
+from harness.train.common import (
+    ASTRA_ROWS,
+    FULL_ROWS,
+    TrainError,
+    TrainFailed,
+    config_key,
+    log,
+    now,
+    read_safetensors,
+    write_safetensors,
+)
+from harness.train.sim import AstraSim, assign_devices, fpar
+from harness.train.tasks import Task, eval_batches, evaluate_split, full_forward, sim_options
 
 ACC_COLUMNS = ["task", "model", "method", "groups", "codebook_size", "devices", "noise_lambda", "commitment_beta",
                "dct", "split", "noise_cov", "ema_decay", "metric", "eval_split", "value", "bits_per_token",
@@ -43,8 +54,8 @@ def bits_per_token(mc: ModelConfig, groups: int | None, k: int | None) -> int:
 def runtime_check(cfg: DictConfig, task: Task, d: Path, m: dict, sim: AstraSim) -> dict:
     """Run the checkpoint in the real multi-process ASTRA runtime (loopback) on a test batch; compare with the
     masked simulation: fraction of equal predictions and the largest logit difference."""
-    from ..launch import launch_local
-    from ..spec import make_spec
+    from harness.launch import launch_local
+    from harness.spec.build import make_spec
 
     n = int(cfg.evaluate.runtime_batch)
     model = sim.model
@@ -54,7 +65,7 @@ def runtime_check(cfg: DictConfig, task: Task, d: Path, m: dict, sim: AstraSim) 
     with tempfile.TemporaryDirectory(prefix="astra-train-check-") as wd:
         wd = Path(wd)
         write_safetensors(wd / "inputs.safetensors", {"inputs": x})
-        method = {"name": "astra", "groups": int(m["groups"]), "codebook_size": int(m["codebook_size"]),
+        method = {"name": Astra.name, "groups": int(m["groups"]), "codebook_size": int(m["codebook_size"]),
                   "dct": bool(m["dct"]), "vq": "checkpoint", "checkpoint": str(d)}
         spec = make_spec(ModelConfig(**m["model"]), method, devices=int(m["devices"]), tokens=task.tokens,
                          batch=len(x), seed=int(cfg.seed), repeats=1, warmup=0, verify=False,
@@ -287,7 +298,7 @@ def evaluate_checkpoint(cfg: DictConfig, task: Task, d: Path) -> list[dict]:
 
 
 def stage_evaluate(cfg: DictConfig, task: Task, variants: list[dict]) -> list[dict]:
-    from ..results import _read, append_rows
+    from harness.store.results import _read, append_rows
 
     run_id = uuid.uuid4().hex[:12]
     path = Path(cfg.results_path)

@@ -12,8 +12,8 @@ import math
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..ptq import group_for
-from .common import ASTRA_ROWS, FULL_ROWS
+from harness.models.ptq import group_for
+from harness.train.common import ASTRA_ROWS, FULL_ROWS
 
 # Paper values (paper.md): accuracy on CIFAR-100 (ViT-Base, 4 devices) and GPT2-S perplexity on Wikipedia.
 PAPER_VIT_G = {None: 92.53, 1: 88.95, 16: 90.77, 32: 91.64}

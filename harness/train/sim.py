@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import vq
-from ..models import Transformer
-from ..parallel.base import partition
+from harness.models import Transformer
+from harness.parallel import vq
+from harness.parallel.base import partition
 
 
 @dataclass

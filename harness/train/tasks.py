@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
-from ..models import ModelConfig, Transformer, build_model
-from . import data as D
-from .common import TrainError
-from .sim import SimOptions
+from harness.errors import ConfigError
+from harness.models import ModelConfig, Transformer, build_model
+from harness.train import data as D
+from harness.train.common import TrainError
+from harness.train.sim import SimOptions
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Task:
         t = OmegaConf.to_container(self.cfg, resolve=True)
         t.pop("finetune", None)
         t.pop("eval_limit", None)
-        from ..ptq import model_identity
+        from harness.models.ptq import model_identity
 
         # fixed before the model is built; the quantization fields only when set (keys of fp32 runs unchanged)
         self._key = {"task": t, "model": {**model_identity(self.mc), "extra": self.mc.extra}}
@@ -47,7 +47,7 @@ class Task:
 def _model_config(tcfg: DictConfig, tokens: int) -> ModelConfig:
     """HF weights' config, or ``conf/model/<task.model>.yaml`` with ``task.model_overrides`` (the shared builder)."""
     if tcfg.weights:
-        from ..models.hf import WeightLoadError, config_from_hf
+        from harness.models.hf import WeightLoadError, config_from_hf
 
         if not Path(tcfg.weights).is_dir():
             raise TrainError(f"task.weights={tcfg.weights} is not a directory: pass an HF-layout model directory")
@@ -55,7 +55,7 @@ def _model_config(tcfg: DictConfig, tokens: int) -> ModelConfig:
             return config_from_hf(tcfg.weights, tokens=tokens)
         except WeightLoadError as exc:
             raise TrainError(str(exc)) from None
-    from ..spec import model_from_conf
+    from harness.spec.build import model_from_conf
 
     overrides = OmegaConf.to_container(tcfg.model_overrides, resolve=True) if tcfg.model_overrides else None
     for key in ("weight_bits", "weight_group"):

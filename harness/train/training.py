@@ -9,13 +9,22 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..manifest import CHECKPOINT_FORMAT, VARIANT_KEYS, read_manifest
-from ..models import Transformer
-from .calibrate import load_calibration
-from .checkpoint import base_dir, base_key, base_manifest, load_base, run_dir, save_base, save_checkpoint, saved_key
-from .common import TrainFailed, config_key, log, now
-from .sim import AstraSim, VQState
-from .tasks import Task, full_forward, new_model, sim_options, task_loss, train_batch
+from harness.models import Transformer
+from harness.parallel.manifest import CHECKPOINT_FORMAT, VARIANT_KEYS, read_manifest
+from harness.train.calibrate import load_calibration
+from harness.train.checkpoint import (
+    base_dir,
+    base_key,
+    base_manifest,
+    load_base,
+    run_dir,
+    save_base,
+    save_checkpoint,
+    saved_key,
+)
+from harness.train.common import TrainFailed, config_key, log, now
+from harness.train.sim import AstraSim, VQState
+from harness.train.tasks import Task, full_forward, new_model, sim_options, task_loss, train_batch
 
 
 def _schedule(opt, warmup: int, steps: int):

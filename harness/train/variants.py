@@ -8,13 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .. import vq
-from ..errors import ConfigError
-from ..manifest import VARIANT_KEYS
-from ..options import convert, opt, parse_options
-from .calibrate import calibration_count
-from .common import TrainError
-from .tasks import Task
+from harness.errors import ConfigError
+from harness.options import convert, opt, parse_options
+from harness.parallel import vq
+from harness.parallel.manifest import VARIANT_KEYS
+from harness.train.calibrate import calibration_count
+from harness.train.common import TrainError
+from harness.train.tasks import Task
 
 __all__ = ["VARIANT_KEYS", "check_numbers", "check_paths", "check_variants", "expand_suite", "results_path_check"]
 
@@ -70,8 +70,8 @@ class VariantOptions:
 
 def results_path_check(path) -> None:
     """The accuracy store: .parquet/.csv, not a directory, and if it exists a readable store (left untouched)."""
-    from ..results import check_store
-    from .evaluate import ACC_KEYS
+    from harness.store.results import check_store
+    from harness.train.evaluate import ACC_KEYS
 
     try:
         check_store(str(path), "results_path", keys=ACC_KEYS)

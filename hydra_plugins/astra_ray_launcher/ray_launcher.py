@@ -5,7 +5,7 @@ without it."""
 import importlib.util
 
 if importlib.util.find_spec("ray") is not None and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher"):
-    from harness.cluster import AstraRayLauncher
+    from harness.sweep.cluster import AstraRayLauncher
 
     class RayLauncher(AstraRayLauncher):
         """Sweeps over a Ray cluster with per-point resources, whole-sweep progress and recorded failures."""

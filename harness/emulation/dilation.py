@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import ConfigError
+from harness.errors import ConfigError
 
 MIN_LINK_MBPS = 0.2  # astra-calibrate here: HTB + TCP goodput is 0.959 of the configured rate at 0.2 Mbit/s (and at
 # 0.1, one flow); but bp_ag's 3-flow all-gathers at 0.107 Mbit/s took 1.5x their wire time against 1.13-1.16x at

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import statistics
 
-from .network.analytic import TCP_FRAMING
+from harness.comm.cost import TCP_FRAMING
 
 INFLATION_TOL = 0.10  # |compute inflation - 1| above this is a violation
 MIN_IDLE_CORES = 0.1  # fewer idle cores than this while timing: the machine is saturated
@@ -174,7 +174,7 @@ def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, ove
     every collective it issued charged bits ÷ bandwidth (``network=analytic``'s ring model, 10^6 bit/s; payload
     bits × ``overhead``: 1.0 is the paper's formula, ``TCP_FRAMING`` the frames on the wire), the slowest rank.
     Beside ``latency_ms`` it shows what the emulated network adds to the formula."""
-    from .network.analytic import charge_seconds
+    from harness.comm.cost import charge_seconds
 
     solo = solo_medians(reports)
     if bandwidth_mbps is None or solo is None:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from . import vq
-from .errors import atomic_write
-from .models import ModelConfig, Transformer, build_model, make_inputs
+from harness.errors import atomic_write
+from harness.models import ModelConfig, Transformer, build_model, make_inputs
+from harness.parallel import vq
 
 
 @contextmanager
@@ -93,7 +93,7 @@ def cached_kmeans_codebooks(
     log: Callable[[str], None] | None = None, init: str = "k-means++",
 ) -> Path:
     """Path of k-means codebooks for this exact model/seed/G/K, computing and caching them on first use."""
-    from .ptq import model_identity, quantize_model
+    from harness.models.ptq import model_identity, quantize_model
 
     ident = {"model": {**model_identity(model_cfg), "extra": model_cfg.extra}, "tokens": tokens, "G": groups,
              "K": codebook_size, "seed": seed, "iters": max_iter, "v": 1}

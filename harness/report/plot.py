@@ -19,11 +19,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .provenance import describe, stamp
-from .results import _read, load
-from .stream import is_side_table, side_path
-from .style import (ONE_X, bytes_axis, human_bytes, log_axis, method_color, plain, plain_log_axis, speedup_axis,
-                    variant_styles)
+from harness.report.style import (
+    ONE_X,
+    bytes_axis,
+    human_bytes,
+    log_axis,
+    method_color,
+    plain,
+    plain_log_axis,
+    speedup_axis,
+    variant_styles,
+)
+from harness.store.provenance import describe, stamp
+from harness.store.results import _read, load
+from harness.store.stream import is_side_table, side_path
 
 POINT_KEYS = ["model", "tokens", "network", "bandwidth_mbps", "method", "groups", "codebook_size", "devices"]
 TABLE_COLUMNS = ["model", "tokens", "network", "bandwidth_mbps", "label", "devices", "latency_ms", "compute_ms",
@@ -334,7 +343,7 @@ def bytes_figure(sent: pd.DataFrame, title: str, plt):
 
 
 def _communicates(method: str) -> bool:
-    from .parallel import METHODS
+    from harness.parallel import METHODS
 
     return METHODS[method].communicates if method in METHODS else True
 

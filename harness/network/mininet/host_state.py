@@ -14,8 +14,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..tick import TICK_MARK
+from harness.emulation.tick import TICK_MARK
+from harness.errors import ConfigError
 
 PREFIX = "astr"
 STATE_DIR = Path(os.environ.get("ASTRA_STATE_DIR", "/run/astra-bench"))
@@ -29,7 +29,7 @@ def _ours(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
-    return (f"mininet:{PREFIX}h" in cmd or f"mininet:{PREFIX}s" in cmd or "harness.worker" in cmd
+    return (f"mininet:{PREFIX}h" in cmd or f"mininet:{PREFIX}s" in cmd or "harness.rank.worker" in cmd
             or ("cyclictest" in cmd and TICK_MARK in cmd))  # a device.tick_us ticker (harness.tick)
 
 
@@ -87,7 +87,7 @@ def our_objects() -> dict:
 
 
 def save_state(pids: list[int]) -> None:
-    from ..errors import atomic_write
+    from harness.errors import atomic_write
 
     atomic_write(STATE_FILE, json.dumps({"pids": pids, "controller": os.getpid()}))
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
-from .errors import log as _log
-from .progress import REMOTE_ENV
+from harness.errors import ConfigError
+from harness.errors import log as _log
+from harness.sweep.progress import REMOTE_ENV
 
 INSTALL = "pip install -e '.[tracking]'"
 PARAM_COLUMNS = ("model", "method", "devices", "tokens", "network", "bandwidth_mbps", "groups", "codebook_size")
@@ -57,8 +57,8 @@ def _why(exc: Exception) -> str:
 # ------------------------------------------------------------------------------------------------ settings
 def options(cfg: DictConfig):
     """The ``tracking`` settings of a composed config when tracking is on, else None."""
-    from .options import parse_options
-    from .spec import TrackingOptions
+    from harness.options import parse_options
+    from harness.spec.schema import TrackingOptions
 
     node = OmegaConf.select(cfg, "tracking", default=None)
     if node is None:
@@ -82,9 +82,9 @@ def check(values: dict, overrides: list) -> None:
     overrides applied. Refuses in one line a sweep over them, tracking without MLflow, a store it cannot write."""
     import yaml
 
-    from .options import parse_options
-    from .results import check_writable
-    from .spec import TrackingOptions
+    from harness.errors import check_writable
+    from harness.options import parse_options
+    from harness.spec.schema import TrackingOptions
 
     values = dict(values or {})
     for ov in overrides:
@@ -126,7 +126,7 @@ def describe(row: dict) -> tuple[dict, dict, dict]:
     """A row's MLflow params (its settings: ``settings`` or else ``config`` flattened, and the main columns),
     metrics (every other finite number: what was measured) and tags (status, fidelity, error, ids, and the
     provenance columns the row has), keys and values cut to fit MLflow's limits."""
-    from .plot import _flat
+    from harness.report.plot import _flat
 
     raw = row.get("settings") or row.get("config")
     try:
@@ -253,8 +253,8 @@ class MlflowTracking(Callback):
         """Each child's speedup (from the whole store), and the figures and table of the sweep's rows."""
         import pandas as pd
 
-        from .plot import latest_points, markdown_table, plot_all
-        from .results import load
+        from harness.report.plot import latest_points, markdown_table, plot_all
+        from harness.store.results import load
 
         client = self.client()
         frames = []

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paper
-from .plot import latest_points
-from .provenance import describe, stamp
-from .results import load
+from harness.network import paper
+from harness.report.plot import latest_points
+from harness.store.provenance import describe, stamp
+from harness.store.results import load
 
 TOLERANCE = 0.05
 READING = 0.01  # plot readings of the paper are ±0.01 in speedup
@@ -42,7 +42,7 @@ FIGURES = {  # name -> (csv, title)
 }
 def label(method: str, groups, retained) -> str:
     """The paper's name for a curve: the method's title and the knob the paper varies for it (G, Nb)."""
-    from .parallel import METHODS
+    from harness.parallel import METHODS
 
     name = METHODS[method].title if method in METHODS else method
     if pd.notna(groups):
@@ -208,8 +208,16 @@ def draw_panels(table: pd.DataFrame, x: str, panel: str, src: str | None, plt, l
     below the panels. Returns the figure."""
     from matplotlib.lines import Line2D
 
-    from .plot import shared_legend
-    from .style import ONE_X, method_color, method_name, plain, plain_log_axis, speedup_axis, variant_styles
+    from harness.report.plot import shared_legend
+    from harness.report.style import (
+        ONE_X,
+        method_color,
+        method_name,
+        plain,
+        plain_log_axis,
+        speedup_axis,
+        variant_styles,
+    )
 
     panels = sorted(table[panel].unique())
     n = max(1, len(panels))
@@ -273,7 +281,7 @@ def breakdown_figure(table: pd.DataFrame, plt):
     from matplotlib.colors import to_rgba
     from matplotlib.patches import Patch
 
-    from .style import method_color, method_name
+    from harness.report.style import method_color, method_name
 
     src = next((s for s in SOURCES if f"{s} compute" in table.columns), None)
     rows = table[table["devices"] > 1]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.paths import ROOT as REPO
+
 COLUMNS = ["git_commit", "git_dirty", "host", "kernel", "cpu_model", "cpu_count", "torch_version"]
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _git(*args: str) -> str | None:

@@ -24,7 +24,7 @@ LINESTYLES = ["-", "--", "-.", ":"]
 
 def method_colors() -> dict[str, str]:
     """Colour of every registered method, by its name and by its title (``astra`` and ``ASTRA``)."""
-    from .parallel import METHODS
+    from harness.parallel import METHODS
 
     others = sorted(n for n, cls in METHODS.items() if not cls.is_baseline)
     colors = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(others)}
@@ -41,7 +41,7 @@ def method_color(name: str) -> str:
 
 def method_name(name: str) -> str:
     """The registry name of a method named by its title (``BP+AG`` -> ``bp_ag``); other names as they are."""
-    from .parallel import METHODS
+    from harness.parallel import METHODS
 
     return next((n for n, cls in METHODS.items() if name in (n, cls.title)), name)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError
-from .models import ModelConfig
+from harness.errors import ConfigError
+from harness.models import ModelConfig
 
 CHECKPOINT_FORMAT = "astra-checkpoint/1"
 VARIANT_KEYS = ("groups", "codebook_size", "devices", "noise_lambda", "noise_cov", "commitment_beta", "dct", "split",

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
-from .errors import ConfigError
+from harness.errors import ConfigError
+from harness.paths import PAPER_DIR
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 PROFILE = PAPER_DIR / "compute_profile.csv"
 SPEEDUP_FIGURES = ("fig1_speedup", "fig7_speedup", "fig8_speedup")
 SINGLE_1024_MS = 111.5  # Fig. 3's single-device line (ViT-Base shape, 1024 tokens)
@@ -45,7 +44,7 @@ def load(name: str):
 
 
 def method_class(method: str):
-    from .parallel import METHODS
+    from harness.parallel import METHODS
 
     if method not in METHODS:
         raise ValueError(f"the paper's data names method {method!r}, which this harness does not have")
@@ -53,7 +52,7 @@ def method_class(method: str):
 
 
 def baseline_name() -> str:
-    from .parallel import METHODS
+    from harness.parallel import METHODS
 
     return next(name for name, cls in METHODS.items() if cls.is_baseline)
 
@@ -167,7 +166,7 @@ def compute_ms(method: str, groups, retained, devices: int, tokens: int) -> floa
 
 def main(argv: list[str] | None = None) -> int:
     """Re-derive ``results/paper/compute_profile.csv`` from the figure CSVs and print it."""
-    from .errors import atomic_write
+    from harness.errors import atomic_write
 
     df = derive_profile()
     atomic_write(PROFILE, lambda tmp: df.to_csv(tmp, index=False))

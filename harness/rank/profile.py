@@ -4,8 +4,8 @@ backends that charge communication analytically."""
 
 from __future__ import annotations
 
-from .comm import SimulatedComm
-from .worker import run_rank
+from harness.comm.collectives import SimulatedComm
+from harness.rank.worker import run_rank
 
 
 def profile_ranks(spec, ranks: list[int] | None = None) -> list[dict]:
@@ -14,7 +14,7 @@ def profile_ranks(spec, ranks: list[int] | None = None) -> list[dict]:
     ``latency_s - comm_s`` per repeat is the rank's compute time; ``comm_s`` here is only the time to copy the
     simulated shards, and ``payload_bytes`` is exactly what the real rank would hand to its collectives.
     """
-    from .spec import FaultOptions
+    from harness.spec.schema import FaultOptions
 
     world = spec.devices
     spec = spec.replace(verify=False, fault=FaultOptions(), solo_repeats=0, budget_s=None, interleave=False)
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from .errors import atomic_write
-    from .spec import RunSpec
+    from harness.errors import atomic_write
+    from harness.spec.schema import RunSpec
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--spec", required=True)

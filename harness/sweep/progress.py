@@ -73,7 +73,7 @@ TALLY = Tally()
 def shown(overrides, config) -> list[str]:
     """A job's point as the user would name it: its overrides, less the ``++`` knobs its method or backend does not
     have (a sweep passes a knob of some methods to every job; the others drop it)."""
-    from .spec import OPTION_GROUPS, owners
+    from harness.spec.schema import OPTION_GROUPS, owners
 
     out = []
     for o in overrides:

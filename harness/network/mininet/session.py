@@ -1,50 +1,33 @@
-"""``network=mininet``: the ranks run inside Mininet hosts whose links are shaped with HTB, over a real TCP stack.
+"""A Mininet session: the hosts (``CPULimitedHost``, each a device's CPU budget, pinned or spread over cores), the
+links and their HTB shaping, the ticker and idle polling that keep devices faithful, and one persistent worker per
+host that runs point after point (the pipe protocol: ``Worker``, ``JobHandle``).
 
-What it does for a point:
-- builds the topology (``topologies/star.py``: star on a Linux bridge, or a full mesh of direct links; no
-  controller, no Open vSwitch), with ``CPULimitedHost`` hosts holding each device's CPU budget;
-- shapes every link direction with one HTB class at ``network.bandwidth_mbps``. Unlike stock Mininet (fixed 15 kB
-  burst, default cburst) we set ``ceil`` = rate and ``burst`` = ``cburst`` = max(2 frames, rate × ``htb_burst_ms``):
-  the small default cburst is what costs stock Mininet 5-13 % of the configured rate, and a 15 kB burst lets short
-  messages through at line rate (12 ms worth at 10 Mbit/s);
-- sets reno and no slow-start-after-idle in every host (bbr is erratic under HTB);
-- starts one persistent worker per host (``python -m harness.worker --serve``) with the gloo environment
-  (``GLOO_SOCKET_IFNAME=<host>-eth0``), sends it the point, collects its report, and reads the hosts' interface tx
-  counters around every timed inference for ``wire_bytes``.
-
-Hosts and workers stay up across the points of a sweep with the same topology, device count and CPU budget
-(bandwidth changes are applied live with ``tc class change``), so Python/torch start-up is paid once per session.
-Everything is torn down on every exit path: normal end, a failed or hung rank (the session is discarded), SIGINT,
-SIGTERM (turned into SystemExit) and interpreter exit. All our objects carry the ``astr`` prefix (hosts ``astrh1..``,
-bridge ``astrs1``, cgroups of the same names); PIDs of host shells are kept in a state file so a later run can
-remove what a SIGKILLed controller left behind — by PID, after checking the process is one of ours.
-"""
+``with Session(...) as s:`` tears everything down on leaving; the backend instead keeps one session up across the
+points of a sweep (``current``/``keep``/``close_session``), torn down at exit or when a point needs another one."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import queue
-import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-from .. import dilation, idle, tick
-from ..dilation import check_links
-from ..errors import ConfigError, RunFailed, atomic_write
-from ..launch import REPO_ROOT, describe_exit, rank_env, supervise
-from ..options import opt
-from .base import Backend, Result, ShapedOptions, device_bandwidths, register
-from .host_state import PREFIX, acquire_lock, cleanup_leftovers, our_objects, release_lock, save_state  # noqa: F401
-from .shaping import htb_commands, netem_command
-from .trace import build as build_trace, mean_rates
+from harness.emulation import dilation, idle, tick
+from harness.errors import ConfigError, RunFailed, atomic_write
+from harness.launch import REPO_ROOT, describe_exit, rank_env, supervise
+from harness.network.base import ShapedOptions, device_bandwidths
+from harness.network.mininet.conditions import TraceFollower, drop_packets, dropped_packets
+from harness.network.mininet.host_state import PREFIX, acquire_lock, cleanup_leftovers, release_lock, save_state
+from harness.network.mininet.shaping import htb_commands, netem_command
+from harness.options import opt
 
 MAX_BW = 1000.0
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1 cpu controller, where CPULimitedHost puts each host
@@ -52,7 +35,7 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1 cpu controller, where CPULi
 
 def host_throttled_s(host: str) -> float | None:
     """Seconds the host's CPU cgroup has been throttled by its CFS quota so far (None if unreadable)."""
-    from ..cpustat import throttled_seconds
+    from harness.emulation.cpustat import throttled_seconds
 
     return throttled_seconds(CGROUP_CPU / host / "cpu.stat")
 
@@ -93,52 +76,8 @@ def check_environment() -> None:
                               "or use network=analytic")
 
 
-_NETEM: bool | None = None
-
-
-def netem_available() -> bool:
-    """Whether this kernel has the netem qdisc, tried in a throwaway network namespace (nothing is left behind)."""
-    global _NETEM
-    if _NETEM is None:
-        r = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up && tc qdisc add dev lo root netem delay 1ms"],
-                           capture_output=True, text=True)
-        _NETEM = r.returncode == 0
-    return _NETEM
-
-
 def bandwidths(net, n: int) -> list[float]:
     return device_bandwidths(net.bandwidth_mbps, n, MAX_BW, ", the range HTB shaping handles here")
-
-
-LOSS_TABLE = "astra_loss"  # nftables table in each host's own network namespace (gone with the namespace)
-
-
-def loss_ruleset(ifaces: list[str], loss_pct: float) -> str:
-    """nftables rules dropping ``loss_pct`` % of the packets a host sends and receives on ``ifaces`` (its links,
-    nothing else), at random, counted. Dropping both ways at each host is what loss on every link direction does to
-    a host-to-host path (two links, each lossy, as netem on both ends of each link would)."""
-    per_million = round(loss_pct * 1e4)
-    names = ", ".join(f'"{i}"' for i in ifaces)
-    return (f"table inet {LOSS_TABLE} {{\n"
-            f"  chain egress {{ type filter hook output priority 0; policy accept;\n"
-            f"    oifname {{ {names} }} numgen random mod 1000000 < {per_million} counter drop\n  }}\n"
-            f"  chain ingress {{ type filter hook input priority 0; policy accept;\n"
-            f"    iifname {{ {names} }} numgen random mod 1000000 < {per_million} counter drop\n  }}\n}}\n")
-
-
-def drop_packets(host, ifaces: list[str], loss_pct: float, workdir: Path) -> None:
-    """Install the loss rules in ``host``'s namespace (netem, the usual tool, is absent on this kernel)."""
-    path = workdir / f"loss-{host.name}.nft"
-    path.write_text(loss_ruleset(ifaces, loss_pct))
-    out = host.cmd(f"nft -f {path} && echo installed").strip()
-    if not out.endswith("installed"):
-        raise RunFailed(f"nftables loss rules on {host.name} failed: {out.splitlines()[0] if out else 'no output'}")
-
-
-def dropped_packets(host) -> int:
-    """Packets ``host``'s loss rules have dropped so far (the counters of both chains)."""
-    out = host.cmd(f"nft list table inet {LOSS_TABLE}")
-    return sum(int(m) for m in re.findall(r"counter packets (\d+)", out))
 
 
 # ----------------------------------------------------------------------------------------------------- the session
@@ -150,7 +89,7 @@ class Worker:
         self.lines: queue.Queue = queue.Queue()
         with open(log, "ab") as fh:
             self.proc = host.popen(
-                [sys.executable, "-m", "harness.worker", "--serve"],
+                [sys.executable, "-m", "harness.rank.worker", "--serve"],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, cwd=str(REPO_ROOT),
             )
         threading.Thread(target=self._pump, daemon=True).start()
@@ -430,6 +369,12 @@ class Session:
             return None
         return (self.dropped_after - self.dropped_before) / max(1, inferences)
 
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> float:
         t0 = time.perf_counter()
         for w in self.workers:
@@ -455,48 +400,40 @@ class Session:
                     self.ticker.close()
             cleanup_leftovers()
             shutil.rmtree(self.workdir, ignore_errors=True)  # specs, reports, logs: a failure's message quotes its log
-        return time.perf_counter() - t0
+        self.teardown_s = time.perf_counter() - t0
+        return self.teardown_s
 
 
-class TraceFollower(threading.Thread):
-    """Changes every link's HTB rate on a trace's schedule: waits for rank 0 to write the stream's start
-    (CLOCK_MONOTONIC), then applies step i at start + k·t_i with ``tc class change`` (rates ÷ k). ``applied`` holds
-    (t_i, seconds from its due time until every link had changed, seconds the change took) per step; an error
-    ends the point after the jobs."""
-
-    def __init__(self, session: Session, net, trace, k: float, start_file: Path, duration_s: float):
-        super().__init__(daemon=True)
-        self.session, self.net, self.trace, self.k = session, net, trace, k
-        self.start_file, self.duration_s = Path(start_file), duration_s
-        self.done = threading.Event()
-        self.applied: list[tuple[float, float, float]] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.start_file.is_file():
-                if self.done.wait(0.002):
-                    return
-            t0 = float(self.start_file.read_text())
-            for t, rates in self.trace.changes(self.duration_s):
-                due = t0 + self.k * t
-                if self.done.wait(max(0.0, due - time.monotonic())):
-                    return
-                began = time.monotonic()
-                self.session.apply(self.net, [r / self.k for r in rates])
-                done = time.monotonic()
-                self.applied.append((t, done - due, done - began))  # due -> every link changed
-        except BaseException as exc:  # noqa: BLE001 - handed to the controller's thread in stop()
-            self.error = exc
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=30)
-        if self.error is not None:
-            raise RunFailed(f"changing the links on the trace failed: {self.error}")
+@contextmanager
+def open_session(*args, **kwargs):
+    """A session of one's own (calibration, benchmarks): Mininet's tools checked, the machine's lock held, the
+    session built with ``Session``'s arguments, and everything torn down and the lock released on leaving."""
+    check_environment()
+    acquire_lock()
+    try:
+        with Session(*args, **kwargs) as session:
+            yield session
+    finally:
+        release_lock()
 
 
-_SESSION: Session | None = None
+_SESSION: Session | None = None  # the session kept up across the points of a sweep (network.reuse)
+
+
+def current(key) -> Session | None:
+    """The kept session if it was built for ``key`` (None: never reuse); a session built for another key is closed
+    first (and the machine's lock taken again for the next one)."""
+    if _SESSION is not None and _SESSION.key != key:
+        close_session()
+        acquire_lock()
+    return _SESSION
+
+
+def keep(session: Session) -> Session:
+    """Keep ``session`` up for the next points (``current``), until ``close_session``."""
+    global _SESSION
+    _SESSION = session
+    return session
 
 
 def close_session() -> float | None:
@@ -507,147 +444,3 @@ def close_session() -> float | None:
         took = s.close()
     release_lock()
     return took
-
-
-atexit.register(close_session)
-
-
-@register
-class MininetBackend(Backend):
-    name = "mininet"
-    Options = MininetOptions
-    uses_topology = True
-    enforces_cores = True
-
-    @classmethod
-    def identity(cls, spec) -> dict:
-        ident = super().identity(spec)
-        trace = ident.get("trace")
-        if not trace:  # no trace: its knobs do not matter (and points stored before them keep their keys)
-            for k in ("trace", "trace_states", "trace_step_s"):
-                ident.pop(k, None)
-        elif trace != "markov":  # a CSV trace is its content, wherever the file lies
-            import hashlib
-
-            try:
-                ident["trace"] = {"csv": hashlib.sha256(Path(trace).read_bytes()).hexdigest()[:16]}
-            except OSError:
-                ident["trace"] = {"csv": str(trace)}
-            ident.pop("trace_states")
-            ident.pop("trace_step_s")
-        for k in ("port", "reuse"):  # how the session is run, not what is measured
-            ident.pop(k)
-        return ident
-
-    def __init__(self, spec):
-        net = spec.network
-        self.bw = bandwidths(net, spec.devices)
-        if net.loss_pct is not None and net.loss_pct >= 100:
-            raise ConfigError(f"network.loss_pct={net.loss_pct:g} would drop every packet: use a loss in [0, 100)")
-        if net.loss_pct and not shutil.which("nft"):
-            raise ConfigError("network.loss_pct needs nftables (nft): apt-get install nftables (scripts/setup.sh "
-                              "does), or remove the option")
-        impaired = {k: getattr(net, k) for k in ("delay_ms", "max_queue") if getattr(net, k) not in (None, 0)}
-        if impaired and not netem_available():
-            names = ", ".join(f"network.{k}={v}" for k, v in impaired.items())
-            raise ConfigError(f"{names} needs the netem qdisc, which this kernel does not have: remove the option(s) "
-                              "(a link must never come up different from its config) or use network=analytic")
-        if net.trace and not spec.stream_s:
-            raise ConfigError(f"network.trace={net.trace} changes the links during a request stream: set "
-                              "stream_s=<seconds> (e.g. stream_s=60)")
-        self.trace = build_trace(net, spec.devices, spec.stream_s or 0.0, spec.seed, MAX_BW) if net.trace else None
-        # every rate the links will be shaped at (÷ k), which HTB must handle
-        self.link_rates = self.trace.all_rates() if self.trace is not None else self.bw
-        if self.trace is not None:
-            self.bw = mean_rates(self.trace, spec.stream_s)  # the row's bandwidth: each host's mean over the stream
-        if spec.dilation is not None and spec.method_class.communicates:
-            check_links(spec.dilation, self.link_rates)
-        check_environment()
-        super().__init__(spec)
-        self.setup_s = 0.0
-
-    def bandwidths(self) -> list[float]:
-        return self.bw
-
-    def run(self, spec, workdir: Path) -> Result:
-        global _SESSION
-        acquire_lock()
-        net, dev = spec.network, spec.device
-        # everything the session fixes when it is built: a change of any of it builds a new one
-        quotas = tuple(round(q, 6) for q in spec.quotas) if spec.quotas else round(spec.quota_cores, 6)
-        pinned = dilation.pinned_cpus(dev)
-        key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
-               pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, spec.tick_us, net.htb_burst_ms,
-               net.htb_stock, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
-        self.setup_s = 0.0
-        if _SESSION is not None and (_SESSION.key != key or not net.reuse):
-            close_session()
-            acquire_lock()
-        if _SESSION is None:
-            sess_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"astra-mininet-{os.getpid()}-{time.monotonic_ns()}"
-            sess_dir.mkdir(parents=True)
-            _SESSION = Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net, sess_dir,
-                               period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0],
-                               idle_poll=spec.idle_poll, spread=spec.cores_of_ranks, tick_us=spec.tick_us)
-            self.setup_s = _SESSION.setup_s
-        measured: dict = {}
-        try:
-            k = spec.dilation
-            if k is None:  # reference mode: k from this device's measured single-device latency
-                single_ms = reference_single_ms(_SESSION, spec)
-                k = single_ms / spec.device.reference_ms
-                measured = {"dilation": k, "reference_single_real_ms": single_ms}
-                if spec.method_class.communicates:
-                    check_links(k, self.link_rates)
-            follow = self.trace is not None and spec.method_class.communicates
-            links = [b / k for b in (self.trace.rates[0] if follow else self.bw)]
-            _SESSION.apply(net, links)
-            follower = None
-            if spec.stream_s:
-                start = _SESSION.workdir / f"stream{_SESSION.jobs + 1}.start"
-                spec = spec.replace(stream_real_s=spec.stream_s * k, stream_start_file=str(start))
-                if follow:
-                    follower = TraceFollower(_SESSION, net, self.trace, k, start, spec.stream_s)
-            reports = _SESSION.run(spec, net.port, follower=follower)
-        except BaseException:
-            close_session()  # a failed or interrupted point leaves nothing behind
-            raise
-        r0 = reports[0]
-        inferences = r0.get("warmups", 0) + len(r0["latency_s"]) + spec.verify
-        throttled = _SESSION.throttled_per_inference_ms(inferences)
-        dropped = _SESSION.dropped_per_inference(inferences)
-        if not net.reuse:
-            close_session()
-        measured.update({"setup_s": round(self.setup_s, 3), "throttled_ms": throttled, "dropped_packets": dropped,
-                         "link_real_mbps": min(links) if spec.method_class.communicates else None})
-        if follower is not None:
-            measured.update({"trace": self.trace.name, "trace_changes": len(follower.applied),
-                             "trace_lag_ms": max((1e3 * lag for _, lag, _ in follower.applied), default=None)})
-            # the links changed under the collectives: no single shaped rate to hold goodput against
-            return Result(reports, measured, None, self.trace)
-        return Result(reports, measured, links if spec.method_class.communicates else None)
-
-
-_REFERENCE: dict[str, float] = {}  # single-device real latency (ms) on a quota, per model/input/quota
-
-
-def reference_single_ms(session: Session, spec) -> float:
-    """The real single-device latency of ``spec``'s model and inputs on one host of ``session`` (its quota), in
-    ms: median of 3 timed inferences after one warm-up. Measured once per model, inputs and quota."""
-    from ..parallel import METHODS
-    from ..spec import FaultOptions
-
-    single = next(n for n, cls in METHODS.items() if cls.is_baseline)
-    calib = spec.replace(method=METHODS[single].Options(name=single), devices=1, warmup=1, repeats=3, verify=False,
-                         budget_s=None, solo_repeats=0, fault=FaultOptions(), outputs_dir=None, dilation=1.0,
-                         stream_s=None)
-    key = json.dumps([spec.model.to_dict(), spec.tokens, spec.batch, spec.seed, spec.device.threads,
-                      round(spec.quota_cores, 6), spec.device.cfs_period_us, spec.device.pin_cores, spec.idle_poll,
-                      spec.tick_us,
-                      spec.model_state,
-                      spec.inputs_path],
-                     sort_keys=True, default=str)
-    if key not in _REFERENCE:
-        rep = session.run(calib, spec.network.port, ranks=1)[0]
-        _REFERENCE[key] = 1e3 * sorted(rep["latency_s"])[1]
-    return _REFERENCE[key]

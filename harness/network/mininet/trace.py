@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from harness.errors import ConfigError
 
 MARKOV = "markov"
 

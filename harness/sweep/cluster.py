@@ -15,7 +15,7 @@ function to a Ray task and runs it with Hydra's own ``run_job``). What this subc
 - **Rows back to the driver.** Every job returns its row; with a dataset store (``results.path`` a folder) the
   driver writes a job's part if the job's machine could not (no shared filesystem), under the job's own name, so
   a row is never written twice. With ``tracking.enabled=true`` the driver logs each job's MLflow run
-  (``harness.tracking.job_ended``); the workers log nothing.
+  (``harness.sweep.tracking.job_ended``); the workers log nothing.
 
 The jobs run in the driver's working directory when their machine has it (a shared filesystem), else in Ray's.
 """
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as HydraRayLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .progress import REMOTE_ENV, TALLY, fmt, shown
-from .tracking import job_ended
+from harness.sweep.progress import REMOTE_ENV, TALLY, fmt, shown
+from harness.sweep.tracking import job_ended
+from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as HydraRayLauncher
 
 
 def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd: str) -> JobReturn:
@@ -46,14 +46,15 @@ def _remote_job(hydra_context, sweep_config, task_function, singleton_state, cwd
     try:
         return _run_job(hydra_context, sweep_config, task_function, singleton_state)
     finally:
-        if "harness.network.mininet" in sys.modules:  # a Ray worker may be killed at any time: no session kept
-            sys.modules["harness.network.mininet"].close_session()
+        if "harness.network.mininet.session" in sys.modules:  # a Ray worker may be killed at any time: no session kept
+            sys.modules["harness.network.mininet.session"].close_session()
 
 
 def point_of(cfg: DictConfig) -> str | None:
     """The point key of a job's config (None where the config does not make a point: the job will say why)."""
-    from .errors import ConfigError
-    from .spec import build_spec, point_key
+    from harness.errors import ConfigError
+    from harness.spec.build import build_spec
+    from harness.spec.identity import point_key
 
     try:
         return point_key(build_spec(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), in_sweep=True))
@@ -80,6 +81,7 @@ class AstraRayLauncher(HydraRayLauncher):
     def _start(self) -> dict:
         """Start or join the cluster; the CPUs of its largest machine and of the smallest Mininet machine."""
         import ray
+
         from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
 
         init = OmegaConf.to_container(self.ray_cfg.init, resolve=True) or {}
@@ -95,7 +97,7 @@ class AstraRayLauncher(HydraRayLauncher):
 
     def options(self, cfg: DictConfig, cluster: dict) -> dict:
         """``ray.remote`` options of one job: the configured ones, then what its point needs."""
-        from .errors import ConfigError
+        from harness.errors import ConfigError
 
         opts: dict[str, Any] = OmegaConf.to_container(self.ray_cfg.remote, resolve=True) or {}
         opts.setdefault("max_retries", self.max_retries)
@@ -181,8 +183,8 @@ class AstraRayLauncher(HydraRayLauncher):
     def _failed(self, cfg: DictConfig, exc: Exception) -> JobReturn:
         """A job whose worker died every time: recorded as a failed row (unless failures are not recorded, or the
         job had recorded its row before it died), and the sweep goes on."""
-        from .bench import failed_row, job_name
-        from .results import is_dataset, part_path, record
+        from harness.store.results import is_dataset, job_name, part_path, record
+        from harness.store.row import failed_row
 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"Ray could not finish this point ({type(exc).__name__}: {reason})"
@@ -202,8 +204,7 @@ class AstraRayLauncher(HydraRayLauncher):
 
     def _deliver(self, cfg: DictConfig, ret: JobReturn) -> None:
         """A dataset store: write the job's part here if its machine's copy is not visible (no shared filesystem)."""
-        from .bench import job_name
-        from .results import is_dataset, part_path, record
+        from harness.store.results import is_dataset, job_name, part_path, record
 
         row = ret._return_value if ret.status == JobStatus.COMPLETED else None
         path = OmegaConf.select(cfg, "results.path", default=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .wire import decode_rows, encode_rows, row_bytes, row_ranges
+from harness.comm.wire import decode_rows, encode_rows, row_bytes, row_ranges
 
 
 def tx_counters(ifaces: list[str]) -> list[int]:

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, atomic_write
-from .stream import SIDE_KEYS, is_side_table, side_path
+from harness.errors import ConfigError, atomic_write, check_writable
+from harness.store.stream import SIDE_KEYS, is_side_table, side_path
 
 # The contract (design.md): at least these columns, in this order first.
 COLUMNS = [
@@ -206,28 +206,6 @@ def check_columns(path: Path, df: pd.DataFrame, keys, name: str = "results.path"
                           "existing store")
 
 
-def check_writable(folder: str | os.PathLike, name: str, shown=None) -> None:
-    """``folder`` is, or can be made as, a directory we can write in: made (and removed again if it was new), and a
-    file created in it; else one line naming the setting."""
-    import tempfile
-
-    folder = Path(folder)
-    made = [p for p in [folder, *folder.parents] if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".astra-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{name}={shown or folder}: cannot write in {folder} ({exc.strerror or exc}): pass a path "
-                          "you can write to") from None
-    finally:
-        for p in made:  # deepest first: leave nothing behind for a point that may still be refused
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-
-
 def append_row(path: str | os.PathLike, row: dict) -> None:
     """Atomically append one row to the store at ``path``."""
     append_rows(path, [row])
@@ -343,7 +321,7 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
             base[col] = pd.to_numeric(df["baseline_key"].map(latest[col]), errors="coerce")
     old = base["latency_ms"].isna()
     if old.any():
-        from .parallel import METHODS
+        from harness.parallel import METHODS
 
         baseline = next(name for name, cls in METHODS.items() if cls.is_baseline)
         keys = [k for k in JOIN_KEYS if k in df.columns]
@@ -363,3 +341,33 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
     df["speedup_ci_low"] = (df["single_ci_low_ms"].fillna(single) / high.fillna(lat)).where(has)
     df["speedup_ci_high"] = (df["single_ci_high_ms"].fillna(single) / low.fillna(lat)).where(has)
     return df
+
+
+def in_sweep() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not running under Hydra (a caller composing configs itself)
+        return False
+
+
+def job_name(cfg=None) -> str:
+    """This job's name in a dataset store (its part file): in a sweep, fixed by the sweep's directory (which holds
+    the sweep's own id, ``conf/config.yaml``) and the job's number, so a job retried by a launcher replaces its
+    earlier attempt's part; otherwise a fresh id. ``cfg``: a job's full config (with its ``hydra`` node), for a
+    launcher naming its jobs."""
+    import hashlib
+    import uuid
+
+    if cfg is not None:
+        sweep_dir, num = cfg.hydra.sweep.dir, cfg.hydra.job.num
+    elif in_sweep():
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        sweep_dir, num = hc.sweep.dir, hc.job.num
+    else:
+        return uuid.uuid4().hex[:16]
+    return hashlib.sha1(f"{Path(str(sweep_dir)).resolve()}|{num}".encode()).hexdigest()[:16]
