@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from harness.config import APP_GROUPS, available, check_argv
 from harness.errors import ConfigError
@@ -28,20 +29,47 @@ CONF = REPO / "conf"
 
 
 # ---------------------------------------------------------------------------------------------------- schemas
+def overrides_of(path: Path) -> dict:
+    """What a YAML file sets, besides its defaults list."""
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("defaults", None)
+    return data
+
+
+def differs(value, default) -> bool:
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) != default
+    return value != default
+
+
 @pytest.mark.parametrize("group,registry", [("method", METHODS), ("network", BACKENDS)])
-def test_every_config_file_matches_its_schema(group, registry):
+def test_every_setting_is_written_once(group, registry):
+    """A method's or backend's options and defaults live in its Options dataclass only: its YAML file extends the
+    defaults Hydra's ConfigStore holds for it and sets nothing more, and the composed group is those defaults."""
     assert sorted(available(group)) == sorted(registry), "a config file without a class, or a class without one"
     for name, cls in registry.items():
-        data = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
-        schema = {f[0]: f[3] for f in fields_of(cls.Options)}
-        assert set(data) == set(schema), (name, set(data) ^ set(schema))
-        assert data.pop("name") == name
-        for key, value in data.items():
-            default = schema[key]
-            if isinstance(default, float) and value is not None:
-                assert float(value) == default, (name, key)
-            else:
-                assert value == default, (name, key, value, default)
+        assert overrides_of(CONF / group / f"{name}.yaml") == {}, f"conf/{group}/{name}.yaml repeats settings"
+        composed = OmegaConf.to_container(compose([f"{group}={name}"])[group])
+        assert composed == {**{f[0]: f[3] for f in fields_of(cls.Options)}, "name": name}
+
+
+def test_device_and_topology_files_only_override():
+    """A device or topology file sets only what differs from the schema's defaults, and composes to its name."""
+    from harness.spec.schema import DeviceOptions, TopologyOptions
+
+    for group, schema in (("device", DeviceOptions), ("topology", TopologyOptions)):
+        defaults = {f[0]: f[3] for f in fields_of(schema)}
+        for name in available(group):
+            data = overrides_of(CONF / group / f"{name}.yaml")
+            assert set(data) <= set(defaults), (name, set(data) - set(defaults))
+            assert all(differs(v, defaults[k]) for k, v in data.items()), (name, "sets a default again")
+            assert getattr(getattr(build_spec(compose([f"{group}={name}"])), group), "name") == name
+
+
+def test_the_root_config_sets_no_setting():
+    """conf/config.yaml chooses the groups and configures Hydra; every setting's default comes from the schema."""
+    root = overrides_of(CONF / "config.yaml")
+    assert set(root) == {"hydra"}, set(root)
 
 
 def test_spec_round_trip_and_keys():
@@ -247,17 +275,6 @@ def test_every_value_is_checked_before_any_point(argv, needle):
 
 def test_model_fields_of_the_other_family_are_passed_on():
     assert "++model.max_positions=512" in check_argv(["-m", "model=gpt2_tiny,vit_tiny", "model.max_positions=512"])
-
-
-def test_device_files_match_their_schema():
-    from harness.spec.schema import DeviceOptions
-
-    keys = {f[0] for f in fields_of(DeviceOptions)}
-    for name in available("device"):
-        data = yaml.safe_load((CONF / "device" / f"{name}.yaml").read_text())
-        assert set(data) == keys, (name, set(data) ^ keys)
-        spec = build_spec(compose([f"device={name}"]))
-        assert spec.device.name == name
 
 
 def test_per_device_bandwidths_have_a_single_baseline():

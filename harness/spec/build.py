@@ -8,6 +8,7 @@ two points with the same key are the same experiment. ``to_json``/``from_json`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -181,10 +182,7 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
                             [v / k for v in virt[:devices]] if k is not None else [quota] * devices)
     spec = RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=k,
                    quota_cores=quota, quotas=quotas, shares=shares, idle_poll=poll, tick_us=tick_us,
-                   cores_of_ranks=spread,
-                   **{k: getattr(top, k) for k in ("tokens", "batch", "seed", "repeats", "warmup", "verify",
-                                                    "timeout_s", "collectives", "cache_dir", "budget_s",
-                                                    "solo_repeats", "solo_paired", "interleave", "stream_s")},
+                   cores_of_ranks=spread, **{k: v for k, v in dataclasses.asdict(top).items() if k != "devices"},
                    **sub)
     if check_method:
         cls.check(spec)

@@ -20,7 +20,8 @@ MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in
 
 @dataclass
 class Knobs:
-    """The top-level keys of ``conf/config.yaml`` (besides the groups)."""
+    """The top-level settings (besides the groups). Their defaults are the config's: ``register_configs`` stores
+    them in Hydra's ConfigStore, under ``conf/config.yaml``'s overrides."""
 
     devices: int = opt(2, "emulated devices (ranks); `single` always uses 1", lo=1)
     tokens: int = opt(64, "content tokens (ViT: patches, plus the class token; GPT2: prompt length)", lo=1)
@@ -139,40 +140,28 @@ GROUP_SCHEMAS = {"device": DeviceOptions, "fault": FaultOptions, "results": Resu
                  "topology": TopologyOptions, "tracking": TrackingOptions}
 
 
-@dataclass
-class RunSpec:
+@dataclass(kw_only=True)
+class RunSpec(Knobs):
+    """One checked point: the top-level knobs (``devices`` here is what the method runs on: ``single`` always 1),
+    every group's options, and what ``build_spec`` resolves on this machine or a method prepares."""
+
     model: ModelConfig
     method: MethodOptions
     network: NetworkOptions
     topology: TopologyOptions
     device: DeviceOptions
-    devices: int  # effective: what the method runs on
-    tokens: int
-    batch: int = 1
-    seed: int = 0
-    repeats: int = 5
-    warmup: int = 2
-    verify: bool = False
-    timeout_s: float = 300.0
-    collectives: str = "auto"
-    cache_dir: str = "results/cache"
-    budget_s: float | None = None
-    solo_repeats: int = 0
-    solo_paired: bool = False
-    interleave: bool = False
-    stream_s: float | None = None
-    stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
-    stream_start_file: str | None = None  # set by the backend: rank 0 writes the stream's start time here
-    dilation: float | None = 1.0  # k (harness.dilation); None: measured at run time (device.reference_ms)
-    cores_of_ranks: list[int] | None = None  # device.spread resolved: each rank's core (Mininet), else None
-    idle_poll: bool = False  # device.idle_poll resolved on this machine: the CPUs are held polling (harness.idle)
-    tick_us: int = 0  # device.tick_us resolved on this machine: the ticker's interval (harness.tick), 0 when off
-    quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
-    quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
-    shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
     fault: FaultOptions = field(default_factory=FaultOptions)
     results: ResultsOptions = field(default_factory=ResultsOptions)
     tracking: TrackingOptions = field(default_factory=TrackingOptions)
+    stream_real_s: float | None = None  # set by the backend: the stream's real duration (stream_s x k)
+    stream_start_file: str | None = None  # set by the backend: rank 0 writes the stream's start time here
+    dilation: float | None = 1.0  # k (harness.emulation.dilation); None: measured at run time (device.reference_ms)
+    cores_of_ranks: list[int] | None = None  # device.spread resolved: each rank's core (Mininet), else None
+    idle_poll: bool = False  # device.idle_poll resolved on this machine: the CPUs are held polling
+    tick_us: int = 0  # device.tick_us resolved on this machine: the ticker's interval, 0 when off
+    quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
+    quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
+    shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
     # What the method prepares before ranks start, and what a caller feeds the ranks directly.
     codebooks: str | None = None
     model_state: str | None = None
@@ -236,3 +225,39 @@ def not_an_option(group: str, choices: list[str], key: str) -> ConfigError:
     mine = sorted({k for c in choices for k in option_keys(group, c)})
     return ConfigError(f"{group}.{key} is not an option of {which}{did_you_mean(key, anyone)}: its options are "
                        f"{', '.join(mine)}")
+
+
+# ------------------------------------------------------------------------------------------------ Hydra's defaults
+BASE = "astra_bench_base"  # the root defaults of conf/config.yaml
+BASE_SUFFIX = "_base"  # a group choice's defaults: method/astra_base, network/mininet_base, device/base ...
+
+
+def defaults(cls) -> dict:
+    """A dataclass's field defaults, as plain values."""
+    return {name: default for name, _tp, _meta, default in fields_of(cls)}
+
+
+def register_configs() -> None:
+    """Store every setting's default in Hydra's ConfigStore, so each is written once (in these dataclasses) and the
+    YAML files under ``conf/`` only override: the top-level knobs and the fixed groups (``astra_bench_base``, which
+    ``conf/config.yaml`` lists first), each method's and backend's options (``method/<name>_base``,
+    ``network/<name>_base``, which ``conf/method/<name>.yaml`` and ``conf/network/<name>.yaml`` extend), the
+    device's (``device/base``) and the topology's (``topology/base``)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    model = {k: v for k, v in defaults(ModelConfig).items() if k in MODEL_SETTINGS}
+    fixed = {g: defaults(s) for g, s in GROUP_SCHEMAS.items() if g not in CHOSEN_GROUPS}
+    cs.store(name=BASE, node={**defaults(Knobs), **fixed, "model": model}, provider="astra-bench")
+    for group, reg in (("method", METHODS), ("network", BACKENDS)):
+        for name, cls in reg.items():
+            cs.store(group=group, name=name + BASE_SUFFIX, node={**defaults(cls.Options), "name": name},
+                     provider="astra-bench")
+    for group in CHOSEN_GROUPS:
+        cs.store(group=group, name=BASE_SUFFIX.lstrip("_"), node=defaults(GROUP_SCHEMAS[group]),
+                 provider="astra-bench")
+
+
+CHOSEN_GROUPS = ("device", "topology")  # groups chosen by name (a YAML file per choice), besides method and network
+MODEL_SETTINGS = ("weight_bits", "weight_group")  # model fields that are settings of a run, not of a model's shape
+register_configs()

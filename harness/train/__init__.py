@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import run_hydra_app
+from harness.train import options  # noqa: F401 - registers the astra block's defaults with Hydra
 
 
 def parse_stages(value) -> list[str]:

@@ -3,17 +3,17 @@ before anything is loaded, trained or written."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
-from harness.options import convert, opt, parse_options
+from harness.options import convert, parse_options
 from harness.parallel import vq
 from harness.parallel.manifest import VARIANT_KEYS
 from harness.train.calibrate import calibration_count
 from harness.train.common import TrainError
+from harness.train.options import VariantOptions
 from harness.train.tasks import Task
 
 __all__ = ["VARIANT_KEYS", "check_numbers", "check_paths", "check_variants", "expand_suite", "results_path_check"]
@@ -51,21 +51,6 @@ def expand_suite(cfg: DictConfig, vit: bool) -> list[dict]:
     for g in s.get("random_split_groups", []):
         add(groups=int(g), split="random")
     return out
-
-
-@dataclass
-class VariantOptions:
-    """The ``astra`` block of ``conf/train.yaml`` (the main run; suites vary some of it), typed and ranged."""
-
-    groups: int = opt(1, lo=1)
-    codebook_size: int = opt(256, lo=2, hi=65536)
-    devices: int = opt(4, lo=1)
-    noise_lambda: float = opt(1.0, lo=0)
-    noise_cov: str = opt("full", choices=("full", "diag"))
-    commitment_beta: float = opt(5e-4, lo=0)
-    dct: bool | None = opt(True)
-    split: str = opt("contiguous", choices=("contiguous", "random"))
-    ema_decay: float = opt(0.99, lo=0)
 
 
 def results_path_check(path) -> None:
