@@ -97,7 +97,7 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     job = job_name()
     if side:  # before the row: a row in the store always has its requests beside it
         record(spec.results.path, side, job, stream.SIDE_COLUMNS, side=True)
-    record(spec.results.path, [out], job)
+    record(spec.results.path, [out], job, pending=sweep)  # a sweep's rows are folded into the file at its end
     if sweep:
         _DONE_IN_SWEEP[out["point_key"]] = out
     return out
@@ -137,7 +137,7 @@ def job(cfg: DictConfig) -> dict | None:
         wanted = sweep if str(wanted).lower() == "auto" else str(wanted).lower() == "true"
         failed, path = failed_row(cfg, str(exc)) if wanted else ({}, None)
         if path is not None:
-            record(path, [failed], job_name())
+            record(path, [failed], job_name(), pending=sweep)
             if not os.environ.get(REMOTE_ENV):
                 print(json.dumps(failed), flush=True)
         if not sweep:

@@ -304,8 +304,10 @@ def run_hydra_app(prog: str, config_name: str, job, doc: str | None = None) -> N
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     from harness.launch import install_signal_handlers
+    from harness.sweep import compose
 
     install_signal_handlers()
+    compose.install()  # a sweep composes each distinct set of group choices once, not each job twice
     import hydra
 
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)(job)()

@@ -740,3 +740,29 @@ def test_accuracy_and_side_stores_keep_their_own_keys(tmp_path):
     append_rows(side, [{"run_id": "a", "point_key": "p", "kind": "request"}], keys=SIDE_KEYS)
     with pytest.raises(ConfigError, match="not an astra-bench store"):
         append_rows(side, [store_row()])
+
+
+def test_a_sweeps_rows_wait_as_parts_and_are_folded_in_once(tmp_path):
+    """Inside a sweep a row is the job's pending part beside the store (no rewrite of the store per point); readers
+    see file and parts as one table; compact (the sweep's end, or the next read) folds them in, losing nothing."""
+    from harness.store.results import compact, find_ok, pending_dir, record
+
+    path = tmp_path / "r.parquet"
+    append_row(path, store_row(run_id="before"))
+    before = path.read_bytes()
+    for i in range(3):
+        row = {**store_row(method="sp", run_id=f"p{i}", latency=float(i + 1)), "point_key": f"k{i}"}
+        record(path, [row], f"job{i}", pending=True)
+    record(path, [{**store_row(method="sp", run_id="p1-retry", latency=9.0), "point_key": "k1"}], "job1",
+           pending=True)  # a retried job replaces its part
+    assert path.read_bytes() == before, "a sweep's row rewrote the store"
+    assert sorted(p.name for p in pending_dir(path).iterdir()) == ["part-job0.parquet", "part-job1.parquet",
+                                                                    "part-job2.parquet"]
+    assert find_ok(path, "k2")["run_id"] == "p2" and find_ok(path, "k9") is None
+    assert compact(path) == 3
+    assert not pending_dir(path).exists()
+    assert sorted(pd.read_parquet(path)["run_id"]) == ["before", "p0", "p1-retry", "p2"]
+    record(path, [{**store_row(method="tp", run_id="late"), "point_key": "k3"}], "job3", pending=True)
+    assert sorted(load(path)["run_id"]) == ["before", "late", "p0", "p1-retry", "p2"]  # compacted on read
+    assert not pending_dir(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet"]

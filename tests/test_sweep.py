@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from harness.store.results import load
+from harness.store.results import load, pending_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["network=analytic", "model=vit_tiny", "tokens=16", "repeats=1", "warmup=0", "solo_repeats=0"]
@@ -52,4 +53,7 @@ def test_a_clean_sweep_exits_0_with_its_summary(tmp_path):
     p = sweep(tmp_path, "method=single,sp", "devices=2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert last_line(p).startswith("[astra-bench] sweep finished: 2 ok, 0 failed, 0 skipped")
+    # the jobs' rows waited as parts and were folded into the store file once, at the sweep's end
+    store = tmp_path / "r.parquet"
+    assert not pending_dir(store).exists() and len(pd.read_parquet(store)) == 2
     assert "1 repeat)" in p.stderr and "1 repeats" not in p.stderr

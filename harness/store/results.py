@@ -4,6 +4,13 @@ A store file: appends are atomic (read, concatenate, write a temporary file, ``o
 lock, so a crash mid-write never loses earlier rows and concurrent writers on one machine do not interleave. The
 lock is a hidden file beside the store (``.<name>.lock``) that exists only while a writer holds it.
 
+Inside a ``-m`` sweep a row is not appended to the file (which would reread and rewrite it: a grid of n points
+would cost O(n²)) but written as the job's own pending part, ``.<name>.parts/part-<job>.parquet`` beside it (a
+retried job replaces its part). The sweep's end folds the parts into the file (``compact``), and so does the next
+``load`` or direct append if a sweep was cut short; until then every reader (``load``, ``find_ok``) sees the file
+and its parts as one table. Nothing is lost at any moment: a part is removed only after the file holding its row
+was written.
+
 A file is only ever appended to if it already is a store of that kind: it carries the kind's identifying columns
 (``RESULT_KEYS`` for astra-bench's rows). Anything else (a paper table, a user's CSV) is refused before any work and
 left byte for byte as it was.
@@ -181,10 +188,10 @@ def check_store(path: str | os.PathLike, name: str = "results.path", keys=RESULT
     if path.is_dir():
         raise ConfigError(f"{name}={path} is a directory: name a .parquet or .csv file")
     if path.exists():
-        check_columns(path, _read_or_refuse(path, name), keys, name)
+        check_columns(path, _header(path, name), keys, name)
     side = side_path(path)
     if keys == RESULT_KEYS and side.is_file():  # request streams append to the side table beside the store
-        check_columns(side, _read_or_refuse(side, name), SIDE_KEYS, name)
+        check_columns(side, _header(side, name), SIDE_KEYS, name)
     check_writable(path.parent, name, shown=path)
 
 
@@ -197,9 +204,24 @@ def _read_or_refuse(path: Path, name: str) -> pd.DataFrame:
                           "pass another path or move that file away") from None
 
 
-def check_columns(path: Path, df: pd.DataFrame, keys, name: str = "results.path") -> None:
+def _header(path: Path, name: str) -> list[str]:
+    """A store file's column names, read without its rows (a parquet schema, a CSV header)."""
+    try:
+        if path.suffix == ".csv":
+            return list(pd.read_csv(path, nrows=0).columns)
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # noqa: BLE001 - any reader error means: not a store we can append to
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{name}={path} exists but is not a readable {path.suffix[1:]} store ({reason}): "
+                          "pass another path or move that file away") from None
+
+
+def check_columns(path: Path, df, keys, name: str = "results.path") -> None:
     """An existing file is appended to only if it carries the identifying columns ``keys`` of its kind of store."""
-    missing = [k for k in keys if k not in df.columns]
+    columns = df.columns if isinstance(df, pd.DataFrame) else df
+    missing = [k for k in keys if k not in columns]
     if missing:
         raise ConfigError(f"{name}={path} exists but is not an astra-bench store (no {', '.join(missing)} column"
                           f"{'s' if len(missing) > 1 else ''}), so it is left untouched: pass a new file or an "
@@ -234,30 +256,138 @@ def append_rows(path: str | os.PathLike, rows: list[dict], order: list[str] | No
         write(new)
         return
     with _locked(path):
-        if not path.exists():
+        pending = _parts(path) if keys == RESULT_KEYS else []
+        if not path.exists() and not pending:
             write(new)
             return
-        old = _read_or_refuse(path, "store")
-        check_columns(path, old, keys, "store")
-        write(pd.concat([old, new], ignore_index=True))
+        old = [_read_or_refuse(path, "store")] if path.exists() else []
+        if old:
+            check_columns(path, old[0], keys, "store")
+        write(_unique(pd.concat([*old, *(_read(f) for f in pending), new], ignore_index=True)))
+        for f in pending:  # folded into the file just written
+            f.unlink(missing_ok=True)
 
 
 def record(path: str | os.PathLike, rows: list[dict], job: str, order: list[str] | None = None,
-           side: bool = False) -> Path:
+           side: bool = False, pending: bool = False) -> Path:
     """Record a job's rows in the store ``results.path``: appended to a store file, or as the job's own part of a
     dataset (``job`` names it; a retry replaces it); ``side``: in the side table beside that file
-    (``stream.side_path``). Returns the file written."""
+    (``stream.side_path``); ``pending`` (a sweep's job): as the job's pending part beside a store file, folded into
+    it by ``compact``. Returns the file written."""
+    if pending and not side and not is_dataset(path):
+        target = pending_dir(path) / f"part-{job}.parquet"
+        append_rows(target, rows, order, replace=True)
+        return target
     target = side_path(part_path(path, job)) if side else part_path(path, job)
     append_rows(target, rows, order, replace=is_dataset(path), keys=SIDE_KEYS if side else RESULT_KEYS)
     return target
 
 
-def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
-    """The latest ok row with this ``point_key`` in the store at ``path``, or None."""
+def pending_dir(path: str | os.PathLike) -> Path:
+    """Where a sweep's jobs leave their rows for a store file: ``.<name>.parts/`` beside it."""
     path = Path(path)
-    if not path.exists():
+    return path.with_name(f".{path.name}.parts")
+
+
+def _parts(path: Path) -> list[Path]:
+    folder = pending_dir(path)
+    return sorted(f for f in folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def _unique(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: a pending part read just as it was folded into the file is not counted twice."""
+    return df.drop_duplicates("run_id", keep="last") if "run_id" in df.columns else df
+
+
+def compact(path: str | os.PathLike) -> int:
+    """Fold a store file's pending parts into it (under its lock); returns how many parts were folded. A folder
+    (a dataset) or a store without parts is left as it is."""
+    path = Path(path)
+    if is_dataset(path) or not _parts(path):
+        return 0
+    with _locked(path):
+        parts = _parts(path)
+        if parts:
+            frames = [_read(path)] if path.exists() else []
+            df = _unique(pd.concat([*frames, *(_read(f) for f in parts)], ignore_index=True))
+            ordered = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
+            df = df[ordered]
+            if path.suffix == ".csv":
+                atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+            else:
+                atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+            for f in parts:
+                f.unlink(missing_ok=True)
+        try:
+            pending_dir(path).rmdir()
+        except OSError:  # a part written meanwhile, or already gone
+            pass
+    return len(parts)
+
+
+_CACHE: dict[tuple, pd.DataFrame] = {}  # (file, mtime, size, columns) -> its rows: a sweep rereads only what changed
+
+
+def _cached(path: Path, columns: tuple | None = None) -> pd.DataFrame:
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, columns)
+    if key not in _CACHE:
+        if len(_CACHE) > 4096:
+            _CACHE.clear()
+        if path.suffix == ".csv":
+            df = pd.read_csv(path)
+            _CACHE[key] = df[[c for c in columns if c in df.columns]] if columns else df
+        else:
+            have = set(_header(path, "results")) if columns else None
+            _CACHE[key] = pd.read_parquet(path, columns=[c for c in columns if c in have] if columns else None)
+    return _CACHE[key]
+
+
+_OK_KEYS: dict[tuple, frozenset] = {}  # (file, mtime, size) -> the point keys of its ok rows
+
+
+def _ok_keys(path: Path) -> set[str]:
+    """The point keys of the ok rows of a store file and its pending parts, each file read once per change."""
+    out: set[str] = set()
+    while True:
+        try:
+            for f in ([path] if path.exists() else []) + _parts(path):
+                st = f.stat()
+                key = (str(f), st.st_mtime_ns, st.st_size)
+                if key not in _OK_KEYS:
+                    df = _cached(f, ("point_key", "status"))
+                    _OK_KEYS[key] = frozenset(df.loc[df["status"] == "ok", "point_key"].dropna()) \
+                        if "point_key" in df.columns else frozenset()
+                out |= _OK_KEYS[key]
+            return out
+        except FileNotFoundError:  # a part folded into the file while we read: read again
+            out = set()
+
+
+def _file_and_parts(path: Path, columns: tuple | None = None) -> list[pd.DataFrame]:
+    """A store file's rows and its pending parts', read so that a part folded meanwhile is never missed: the parts
+    are listed before the file is read, and the read starts over if a listed part is gone."""
+    while True:
+        parts = _parts(path)
+        frames = [_cached(path, columns)] if path.exists() else []
+        try:
+            return frames + [_cached(f, columns) for f in parts]
+        except FileNotFoundError:  # folded while we read: the file now holds it
+            continue
+
+
+def find_ok(path: str | os.PathLike, point_key: str) -> dict | None:
+    """The latest ok row with this ``point_key`` in the store at ``path`` (with its pending parts), or None. Reads
+    only the key columns until a row matches, and each file once per change in a process."""
+    path = Path(path)
+    if not path.exists() and not _parts(path):
         return None
-    frames = [_read(f) for f in _files(path)] if path.is_dir() else [_read(path)]
+    if path.is_dir():
+        frames = [_cached(f) for f in _files(path)]
+    else:
+        if point_key not in _ok_keys(path):
+            return None
+        frames = _file_and_parts(path)
     frames = [f for f in frames if "point_key" in f.columns]
     if not frames:
         return None
@@ -274,11 +404,15 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a store file, or of every store file under a directory; adds ``speedup`` over single."""
     path = Path(path)
     if not path.is_dir():
-        if not path.exists():
+        if not path.exists() and not _parts(path):
             raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
-        frame = _read_or_refuse(path, "results")
-        check_columns(path, frame, RESULT_KEYS, "results")
-        return with_speedup(frame)
+        if path.exists():
+            check_columns(path, _header(path, "results"), RESULT_KEYS, "results")
+        try:
+            compact(path)  # compacted on read: a sweep that was cut short left its rows as parts
+        except OSError:  # a store we may only read: its parts are read beside it
+            pass
+        return with_speedup(_unique(pd.concat(_file_and_parts(path), ignore_index=True)))
     frames = [f for f in (_read(f) for f in _files(path)) if all(k in f.columns for k in RESULT_KEYS)]
     if not frames:  # a folder's other tables (the paper's, accuracy rows) are not results
         raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
@@ -289,7 +423,9 @@ def _files(folder: Path) -> list[Path]:
     """The stores under a folder (a dataset's parts, or store files side by side), without side tables and
     temporary files."""
     files = sorted([*folder.rglob("*.parquet"), *folder.rglob("*.csv")])
-    return [f for f in files if not f.name.startswith(".") and not is_side_table(f)]
+    stores = [f for f in files if not any(part.startswith(".") for part in f.relative_to(folder).parts)
+              and not is_side_table(f)]
+    return stores + [part for f in stores for part in _parts(f)]  # with any sweep's rows not folded in yet
 
 
 JOIN_KEYS = ["model", "tokens", "network", "device", "batch"]  # rows written before baseline_key existed

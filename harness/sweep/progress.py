@@ -148,4 +148,8 @@ class SweepProgress(Callback):
         TALLY.add(row, shown(job_return.overrides or [], config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from harness.store.results import compact
+
+        if TALLY.store:
+            compact(TALLY.store)  # the jobs' pending rows into the store file, written once
         print(TALLY.line(), file=sys.stderr, flush=True)
