@@ -13,6 +13,7 @@ method without it drops it (``spec.group_options``); a point that then repeats a
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,8 +29,31 @@ VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-
                "--package", "-sc", "--shell-completion", "-i", "--info", "--experimental-rerun"}
 
 
-def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def available(group: str, dirs: tuple[Path, ...] = ()) -> list[str]:
+    """The choices of a config group: its YAML files in conf/ and in the user's own config folders."""
+    return sorted({p.stem for d in (CONF_DIR, *dirs) for p in (Path(d) / group).glob("*.yaml")})
+
+
+def config_dirs(argv: list[str]) -> tuple[Path, ...]:
+    """The user's own config folders, added as Hydra adds them: ``-cd``/``--config-dir`` and the ``file://`` (or
+    plain) entries of ``hydra.searchpath=[...]``. A folder that does not exist is refused in one line."""
+    dirs: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg in ("-cd", "--config-dir") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            entries = [v.strip().strip("'\"") for v in arg.split("=", 1)[1].strip("[]").split(",")]
+            dirs += [e for e in entries if e and ("://" not in e or e.startswith("file://"))]  # not pkg://
+    out = []
+    for d in dirs:
+        path = Path(d.removeprefix("file://")).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"config folder {d} does not exist: pass a folder holding your config groups (e.g. "
+                              "<folder>/experiment/<name>.yaml)")
+        out.append(path)
+    return tuple(out)
 
 
 def _leaf_keys(node, prefix: str = "") -> list[str]:
@@ -71,6 +95,7 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
     from hydra.errors import HydraException
 
     overrides, multirun = split_argv(argv)
+    dirs = config_dirs(argv)
     parser = OverridesParser.create()
     parsed = []
     for text in overrides:
@@ -87,7 +112,7 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
         if key in groups:
             if ov.type == OverrideType.DEL:
                 raise ConfigError(f"~{key} removes the {key} group the run needs: choose one with {key}=<name>")
-            names = available(key)
+            names = available(key, dirs)
             for choice in _values(ov):
                 if choice not in names and not (key == "experiment" and choice == "null"):
                     raise ConfigError(f"unknown {key} '{choice}'{did_you_mean(choice, names)}: choose one of "
@@ -96,7 +121,7 @@ def check_argv(argv: list[str], config_name: str = "config") -> list[str]:
     group_args = [ov.input_line.lstrip("+") for ov in parsed if ov.key_or_group in groups]
     first = [f"{g}={vals[0]}" for g, vals in chosen.items()]
     try:
-        cfg = compose(first, config_name, hydra_node=True)
+        cfg = compose(first, config_name, hydra_node=True, dirs=dirs)
     except Exception as exc:  # noqa: BLE001 - a broken config file of ours, or Hydra refusing a group choice
         raise ConfigError(f"cannot compose the config with {' '.join(group_args)}: {str(exc).splitlines()[0]}") \
             from None

@@ -11,3 +11,9 @@ ROOT = PACKAGE.parent  # the folder that holds the package: the checkout, or sit
 CHECKOUT = ROOT if (ROOT / "pyproject.toml").is_file() and (ROOT / "conf").is_dir() else None
 CONF_DIR = CHECKOUT / "conf" if CHECKOUT else PACKAGE / "conf"
 PAPER_DIR = CHECKOUT / "results" / "paper" if CHECKOUT else PACKAGE / "paper_data"
+
+
+def results_file(name: str) -> Path:
+    """``results/<name>`` of the checkout, so that a notebook started in ``notebooks/`` reads the same store as a
+    command run at the repository's root; outside a checkout, of the working directory."""
+    return (CHECKOUT or Path.cwd()) / "results" / name

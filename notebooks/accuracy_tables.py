@@ -22,9 +22,10 @@ import os
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from harness.paths import results_file
 from harness.train.report import PAPER_DEVICES, PAPER_VIT_G
 
-path = os.environ.get("ASTRA_ACCURACY", "results/accuracy.parquet")
+path = os.environ.get("ASTRA_ACCURACY") or str(results_file("accuracy.parquet"))  # or set ASTRA_ACCURACY
 acc = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
 acc = acc.sort_values("timestamp").drop_duplicates(["task", "variant", "metric", "eval_split"], keep="last")
 top1 = acc[(acc["metric"] == "top1") & (acc["eval_split"] == "test")]

@@ -25,9 +25,10 @@ import os
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from harness.paths import results_file
 from harness.report import paper_report as report
 
-store = os.environ.get("ASTRA_STORE", "results/results.parquet")
+store = os.environ.get("ASTRA_STORE") or str(results_file("results.parquet"))  # or set ASTRA_STORE
 ours = report.our_points(store)
 print(f"{len(ours)} ViT-Base points of ours in {store}, by source:")
 print(ours.groupby("source").size().to_string())

@@ -21,9 +21,10 @@ import os
 import matplotlib.pyplot as plt
 
 from harness.network import paper
+from harness.paths import results_file
 from harness.report import paper_report as report
 
-store = os.environ.get("ASTRA_STORE", "results/results.parquet")
+store = os.environ.get("ASTRA_STORE") or str(results_file("results.parquet"))  # or set ASTRA_STORE
 ours = report.our_points(store)
 fig8 = report.speedup_table("fig8", ours)
 src = next((s for s in report.SOURCES if s in fig8.columns), None)

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="mininet bridge-utils iperf3 ethtool iputils-ping iproute2 nftables rt-tests"
+APT_PACKAGES="python3-venv mininet bridge-utils iperf3 ethtool iputils-ping iproute2 nftables rt-tests"
 TORCH_PIN="torch==2.13.0"
 
 if [ "${ASTRA_SKIP_APT:-0}" != "1" ]; then
@@ -29,6 +29,11 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
   $PY -m venv .venv
+fi
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # a venv made without pip (no python3-venv then)
+  echo "[setup] .venv has no pip: adding it"
+  .venv/bin/python -m ensurepip --upgrade >/dev/null 2>&1 || { rm -rf .venv; $PY -m venv .venv; }
+  rm -f .venv/.astra-setup-*
 fi
 EXTRAS=${ASTRA_EXTRAS:-test,mininet}
 stamp=.venv/.astra-setup-$( (cat pyproject.toml scripts/setup.sh; echo "$EXTRAS") | sha256sum | cut -c1-16)

@@ -77,3 +77,10 @@ def test_latency_notebooks_run(latency_store, name, words):
 def test_accuracy_notebook_runs(accuracy_store):
     text = execute(REPO / "notebooks" / "accuracy_tables.py", {"ASTRA_ACCURACY": str(accuracy_store)})
     assert "paper CIFAR-100" in text and "88.95" in text  # Table 1's G=1 value beside ours
+
+
+def test_a_notebook_started_in_its_folder_finds_the_checkouts_store(tmp_path, monkeypatch):
+    from harness.paths import results_file
+
+    monkeypatch.chdir(REPO / "notebooks")
+    assert results_file("results.parquet") == REPO / "results" / "results.parquet"

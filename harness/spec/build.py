@@ -248,15 +248,21 @@ def resolve_tick(value, enforced: bool) -> int:
     return int(value)
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config", hydra_node: bool = False):
+def compose(overrides: list[str] | None = None, config_name: str = "config", hydra_node: bool = False,
+            dirs=()):
     """The composed Hydra config for ``overrides`` (e.g. ``["model=vit_tiny", "method=sp"]``), outside any app and
-    without touching a running one (``hydra_node``: keep the ``hydra`` node, e.g. an experiment's sweep)."""
+    without touching a running one (``hydra_node``: keep the ``hydra`` node, e.g. an experiment's sweep). ``dirs``:
+    the user's own config folders, searched before conf/ as Hydra's ``--config-dir`` adds them."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    search = create_config_search_path(str(CONF_DIR))
+    for d in dirs:
+        search.prepend(provider="command-line", path=f"file://{d}", anchor=SearchPathQuery(provider="schema"))
+    loader = ConfigLoaderImpl(config_search_path=search)
     cfg = loader.load_configuration(config_name, list(overrides or []), run_mode=RunMode.MULTIRUN)
     if not hydra_node:
         with open_dict(cfg):

@@ -1,0 +1,305 @@
+"""The only place collectives are called. Every call records its op, a tag, payload bytes and wall time.
+
+``payload_bytes`` is what this rank hands to the collective (its input tensor's bytes): for an all-gather its own
+shard, for an all-reduce the whole tensor. What the transport then moves (ring steps, TCP/IP headers) is measured
+elsewhere (interface counters on emulated networks) or modelled (analytic backend).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.comm.wire import decode_rows, encode_rows, row_bytes, row_ranges
+
+
+def tx_counters(ifaces: list[str]) -> list[int]:
+    """Bytes sent so far on each of these interfaces (this network namespace's own sysfs)."""
+    return [int(Path(f"/sys/class/net/{i}/statistics/tx_bytes").read_text()) for i in ifaces]
+
+
+@dataclass
+class CommRecord:
+    op: str
+    tag: str
+    payload_bytes: int
+    seconds: float
+    wire_bytes: int | None = None  # what this rank's busiest interface sent meanwhile (``wire_ifaces`` set)
+    start: float | None = None  # time.perf_counter() when the rank entered it: CLOCK_MONOTONIC, one clock for every
+    # process of a machine (network namespaces share it), so the ranks of a Mininet point can be lined up
+
+
+class Comm:
+    """Base class: a rank's view of its group. Subclasses implement ``_all_gather`` / ``_all_reduce``."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank = rank
+        self.world = world
+        self.records: list[CommRecord] = []
+        self.local = False  # answer collectives locally (this rank alone: see SimulatedComm)
+        self.wire_ifaces: list[str] = []  # interfaces whose tx counters each collective reads (Mininet hosts)
+
+    # -- public API -------------------------------------------------------------------------------------------
+    def all_gather(self, t: torch.Tensor, tag: str = "") -> list[torch.Tensor]:
+        """Gather equal-shaped tensors from all ranks (rank order). Pad uneven shards before calling."""
+        t = t.contiguous()
+        tx0 = self._tx()
+        t0 = time.perf_counter()
+        if self.world == 1:
+            out = [t]
+        elif self.local:
+            out = [t.clone() for _ in range(self.world)]
+        else:
+            out = self._all_gather(t)
+        self._record("all_gather", tag, t.numel() * t.element_size(), t0, tx0)
+        return out
+
+    def all_reduce(self, t: torch.Tensor, tag: str = "", wire: str = "fp32") -> torch.Tensor:
+        """Sum ``t`` over ranks, in place; returns ``t``. ``wire`` other than fp32 (``harness.wire``) sends every
+        value in that format, by rows of the last dimension: a reduce-scatter of row ranges (each rank sums its
+        range in fp32, in rank order) and an all-gather of the summed ranges, both encoded — so every rank ends
+        with identical values, and the payload is the encoded tensor."""
+        tx0 = self._tx()
+        t0 = time.perf_counter()
+        nbytes = t.numel() * t.element_size()
+        if wire != "fp32":
+            rows = t.reshape(-1, t.shape[-1])
+            nbytes = rows.shape[0] * row_bytes(rows.shape[1], wire)
+        if self.world == 1:
+            pass
+        elif wire == "fp32":
+            if not self.local:
+                self._all_reduce(t)
+        elif self.local:  # the same work on this rank's own values
+            rows.copy_(decode_rows(encode_rows(rows, wire), rows.shape[0], rows.shape[1], wire))
+        else:
+            self._all_reduce_wire(rows, wire)
+        self._record("all_reduce", tag, nbytes, t0, tx0)
+        return t
+
+    def all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]], tag: str = "") -> list[torch.Tensor]:
+        """Send ``parts[j]`` to rank j and receive a tensor of shape ``recv_shapes[j]`` (same dtype) from each rank j;
+        slot ``rank`` of the result is ``parts[rank]`` itself. The payload is the bytes of all parts (the rank's
+        input), of which (N-1)/N leave the rank when the parts are equal."""
+        parts = [p.contiguous() for p in parts]
+        tx0 = self._tx()
+        t0 = time.perf_counter()
+        if self.world == 1:
+            out = [parts[0]]
+        elif self.local:
+            out = [parts[j] if j == self.rank else parts[self.rank].new_zeros(recv_shapes[j])
+                   for j in range(self.world)]
+        else:
+            out = self._all_to_all(parts, recv_shapes)
+        self._record("all_to_all", tag, sum(p.numel() * p.element_size() for p in parts), t0, tx0)
+        return out
+
+    def agree_max(self, value: float) -> float:
+        """The largest ``value`` over ranks (not recorded): how ranks take one decision, e.g. to stop repeating."""
+        return value
+
+    def barrier(self) -> None:
+        """Synchronise ranks; not recorded (used between timed repeats)."""
+
+    def reset(self) -> None:
+        self.records.clear()
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(r.payload_bytes for r in self.records)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _tx(self) -> list[int] | None:
+        if not self.wire_ifaces or self.local:
+            return None
+        return tx_counters(self.wire_ifaces)
+
+    def _record(self, op: str, tag: str, nbytes: int, t0: float, tx0: list[int] | None = None) -> None:
+        took = time.perf_counter() - t0
+        nbytes = nbytes if self.world > 1 else 0
+        wire = None
+        if tx0 is not None:
+            wire = max(b - a for a, b in zip(tx0, self._tx()))
+        self.records.append(CommRecord(op, tag, nbytes, took, wire, t0))
+
+    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _all_reduce_wire(self, rows: torch.Tensor, wire: str) -> None:
+        """``all_reduce`` in a wire format, from the group's all-to-all and all-gather (unrecorded)."""
+        dim = rows.shape[1]
+        ranges = row_ranges(rows.shape[0], self.world)
+        s, e = ranges[self.rank]
+        send = [encode_rows(rows[a:b], wire) for a, b in ranges]
+        got = self._all_to_all(send, [tuple(send[self.rank].shape)] * self.world)
+        total = decode_rows(got[0], e - s, dim, wire)
+        for g in got[1:]:
+            total += decode_rows(g, e - s, dim, wire)
+        mine = encode_rows(total, wire)
+        longest = max(len(x) for x in send)
+        padded = torch.cat([mine, mine.new_zeros(longest - mine.numel())]) if mine.numel() < longest else mine
+        shards = self._all_gather(padded)
+        rows.copy_(torch.cat([decode_rows(sh, b - a, dim, wire) for sh, (a, b) in zip(shards, ranges)]))
+
+
+class LocalComm(Comm):
+    """A group of one: collectives are no-ops (the single-device baseline)."""
+
+    def __init__(self):
+        super().__init__(0, 1)
+
+
+IMPLS = ("auto", "p2p", "ring", "gloo")
+RING_MIN_BYTES = 64 * 1024  # `auto`: a collective whose steps move at least this much goes round the ring
+
+
+class DistComm(Comm):
+    """torch.distributed over gloo (CPU) — the real thing, on loopback or across emulated hosts.
+
+    ``impl`` chooses how collectives are built from point-to-point sends:
+
+    - ``p2p``: direct exchange. All-gather = every rank sends its shard straight to every peer ((N-1) shards up,
+      (N-1) down, all at once); all-reduce = direct reduce-scatter then all-gather of 1/N chunks (2(N-1)/N of the
+      tensor each way, in two rounds). One round trip, but N-1 TCP flows share each link and finish unevenly.
+    - ``ring``: N-1 steps in which every rank sends one block to its successor and receives one from its
+      predecessor (all-reduce: a ring reduce-scatter, then a ring all-gather of the reduced chunks). The same bytes
+      as p2p; each link carries one flow at a time, so it stays busy to the end of the collective, at the price of
+      N-1 sequential steps.
+    - ``auto`` (default): ring when a step moves at least ``RING_MIN_BYTES``, p2p below (small messages are
+      latency-bound, large ones bandwidth-bound, the choice MPI libraries make by message size).
+    - ``gloo``: gloo's own collectives, for comparison.
+
+    Measured on Mininet (star, 4 hosts, ``benchmarks/collectives.py``): all-gather of 768 kB shards at 4.37 and
+    43.7 Mbit/s (10 and 100 Mbit/s dilated by 2.29) kept the links 0.84 and 0.93 busy with p2p, 0.94 and 0.98 with
+    the ring; a 3 MB all-reduce 0.87 and 0.89 with p2p, 0.94 and 0.98 with the ring. At 2 hosts both are the same
+    exchange; gloo's own all-gather of a 1.5 MB shard took 1.95 s against 1.31 s for the direct exchange at 10 Mbit/s (its pipeline leaves the link idle part of the time).
+    Every rank gets identical bits from every implementation (each reduced chunk is summed once, by its owner).
+    """
+
+    def __init__(self, impl: str = "auto"):
+        import torch.distributed as dist
+
+        if impl not in IMPLS:
+            raise ValueError(f"collectives={impl!r} is unknown: use one of {', '.join(IMPLS)}")
+        self.dist = dist
+        self.impl = impl
+        super().__init__(dist.get_rank(), dist.get_world_size())
+        self.peers = [j for j in range(self.world) if j != self.rank]
+
+    def _exchange(self, send: list[torch.Tensor | None], recv: list[torch.Tensor | None]) -> None:
+        """Post every send (``send[j]`` to rank j) and receive (``recv[j]`` from rank j) at once; wait for all."""
+        reqs = []
+        for j in self.peers:
+            reqs.append(self.dist.irecv(recv[j], j))
+        for j in self.peers:
+            reqs.append(self.dist.isend(send[j], j))
+        for q in reqs:
+            q.wait()
+
+    def _ring(self, step_bytes: int) -> bool:
+        """Whether a collective whose steps move ``step_bytes`` each goes round the ring."""
+        return self.world > 2 and (self.impl == "ring" or (self.impl == "auto" and step_bytes >= RING_MIN_BYTES))
+
+    def _ring_step(self, send: torch.Tensor, recv: torch.Tensor) -> None:
+        """One ring step: ``send`` to the successor while ``recv`` fills from the predecessor; wait for both."""
+        w, r = self.world, self.rank
+        reqs = [self.dist.irecv(recv, (r - 1) % w), self.dist.isend(send, (r + 1) % w)]
+        for q in reqs:
+            q.wait()
+
+    def _ring_all_gather(self, out: list[torch.Tensor]) -> None:
+        """Fill ``out`` (``out[j]`` sized for rank j's block, ``out[rank]`` already ours) in N-1 ring steps: at step
+        s every rank forwards the block it got at step s-1 (its own at s = 0) and receives the next one."""
+        w, r = self.world, self.rank
+        for s in range(w - 1):
+            self._ring_step(out[(r - s) % w], out[(r - s - 1) % w])
+
+    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        if self.impl == "gloo":
+            self.dist.all_gather(out, t)
+            return out
+        out[self.rank] = t
+        if self._ring(t.numel() * t.element_size()):
+            self._ring_all_gather(out)
+        else:
+            self._exchange([t] * self.world, out)
+        return out
+
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        if self.impl == "gloo":
+            self.dist.all_reduce(t)
+            return
+        flat = t.view(-1)
+        bounds = [round(i * flat.numel() / self.world) for i in range(self.world + 1)]
+        chunks = [flat[bounds[i]:bounds[i + 1]].contiguous() for i in range(self.world)]
+        if self._ring(chunks[0].numel() * chunks[0].element_size()):
+            self._ring_all_reduce(flat, chunks)
+            return
+        mine = chunks[self.rank]
+        parts: list = [None] * self.world
+        for j in self.peers:
+            parts[j] = torch.empty_like(mine)
+        parts[self.rank] = mine
+        self._exchange(chunks, parts)  # reduce-scatter: everyone sends me their copy of my chunk
+        total = parts[0].clone()
+        for p in parts[1:]:
+            total += p
+        done = [total if j == self.rank else torch.empty_like(chunks[j]) for j in range(self.world)]
+        self._exchange([total] * self.world, done)  # all-gather of the reduced chunks
+        flat.copy_(torch.cat(done))
+
+    def _ring_all_reduce(self, flat: torch.Tensor, chunks: list[torch.Tensor]) -> None:
+        """Ring reduce-scatter (at step s rank r passes its partial sum of chunk r-s-1 on and adds its own copy to
+        the partial of chunk r-s-2 it receives; after N-1 steps it holds the full sum of chunk r), then a ring
+        all-gather of the reduced chunks."""
+        w, r = self.world, self.rank
+        partial = [c.clone() for c in chunks]
+        for s in range(w - 1):
+            send_c, recv_c = (r - s - 1) % w, (r - s - 2) % w
+            got = torch.empty_like(chunks[recv_c])
+            self._ring_step(partial[send_c], got)
+            partial[recv_c] = got.add_(chunks[recv_c])
+        self._ring_all_gather(partial)
+        flat.copy_(torch.cat(partial))
+
+    def _all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        # direct exchange for every impl (every pair at once, like the all-gather above)
+        out = [parts[j] if j == self.rank else parts[self.rank].new_empty(recv_shapes[j]) for j in range(self.world)]
+        self._exchange(parts, out)
+        return out
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def agree_max(self, value: float) -> float:
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return float(t.item())
+
+
+class SimulatedComm(Comm):
+    """Pretends to be rank ``rank`` of ``world`` inside one process, for measuring that rank's compute alone.
+
+    All-gather returns copies of the caller's own shard in every slot and all-reduce leaves the tensor as it is:
+    values are wrong but shapes, dtypes, payload accounting and therefore the compute work are exactly those of
+    the real run. Time spent here is (near) zero, so the rank's measured time is its compute time. A real group
+    does the same while its ``local`` flag is set (the solo runs of the compute-inflation check).
+    """
+
+    def __init__(self, rank: int, world: int):
+        super().__init__(rank, world)
+        self.local = True

@@ -1,0 +1,169 @@
+"""``network=analytic``: the paper's own methodology, with our real compute.
+
+Each rank's compute is measured for real in a fresh process (``harness.profile``: the rank runs its actual plan;
+collectives are answered locally), with the device's thread budget — all ranks at once when the machine has the
+cores (so co-located devices contend for memory as they do on Mininet), one at a time when it does not. Communication is charged as
+bits ÷ bandwidth for every collective the rank issued, and added to compute with no overlap:
+
+- ``collective_model=ring`` (default): a ring all-gather sends (N-1) shards per rank, a ring all-reduce
+  2(N-1)/N of the tensor, an all-to-all the (N-1)/N of its input meant for others; on a star every host has its own link, so these run in parallel across hosts and the
+  slowest link (the smallest bandwidth) sets the pace.
+- ``collective_model=paper``: what the paper's simulator appears to charge (paper.md §5.2): one send of the rank's
+  own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor; all-to-all: its input).
+
+``compute=paper`` takes each rank's compute from the compute profile the paper's figures imply
+(``results/paper/compute_profile.csv``, ``harness.paper``) instead of measuring it, and charges the collectives the
+method predicts (``Method.traffic``) without running anything: the paper's own latency model, with our methods'
+real traffic. Only for the paper's latency model (ViT-Base shape) at the points its figures cover.
+
+``mbps_unit`` is 10^6 bit/s by default (the paper appears to use 2^20). ``wire_overhead`` scales payload bits to
+account for framing (1.0 = none, as in the paper). No root needed; any number of devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.comm.cost import charge_seconds
+from harness.errors import ConfigError, atomic_write
+from harness.launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
+from harness.network.base import Backend, Result, ShapedOptions, device_bandwidths, register
+from harness.options import opt
+
+
+@dataclass
+class AnalyticOptions(ShapedOptions):
+    name: str = opt("analytic", "the backend")
+    mbps_unit: float = opt(1e6, "bit/s per Mbps; the paper's simulator appears to use 1048576 (2^20)", above=0)
+    collective_model: str = opt("ring", "ring: ring all-gather (N-1)/N x total, all-reduce 2(N-1)/N x size per "
+                                "rank; paper: one send of the rank's own payload per collective",
+                                choices=("ring", "paper"))
+    wire_overhead: float = opt(1.0, "multiply payload bits by this (e.g. 1.046 for TCP/IPv4/Ethernet framing)",
+                               above=0)
+    compute: str = opt("measured", "measured: profile each rank's compute on this machine; paper: the per-device "
+                       "compute the paper's figures imply (results/paper/compute_profile.csv), nothing run",
+                       choices=("measured", "paper"))
+
+
+def paper_compute_ms(spec) -> float:
+    from harness.network.paper import compute_ms
+
+    o = spec.method
+    return compute_ms(o.name, getattr(o, "groups", None), getattr(o, "retained", None), spec.devices, spec.tokens)
+
+
+_PROFILES: dict[str, list[dict]] = {}  # rank reports of profiled points, by point identity without the network
+
+
+@register
+class AnalyticBackend(Backend):
+    name = "analytic"
+    Options = AnalyticOptions
+    emulates = False  # compute is profiled and communication is a formula
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        if spec.stream_s:
+            raise ConfigError(f"stream_s={spec.stream_s:g} runs requests back to back, which needs ranks that really "
+                              "run: use network=mininet or network=loopback")
+        self.bw = device_bandwidths(spec.network.bandwidth_mbps, spec.devices)
+        self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
+        self.runs_ranks = spec.network.compute == "measured"
+        self.reused = False
+        if not self.runs_ranks:
+            m = spec.model
+            if (m.kind, m.layers, m.hidden) != ("vit", 12, 768):
+                raise ConfigError(f"network.compute=paper is the paper's latency model (a 12-layer, 768-wide ViT); "
+                                  f"model={m.name} is {m.kind} {m.layers}x{m.hidden}: use model=vit_base or "
+                                  "network.compute=measured")
+            if spec.batch != 1:
+                raise ConfigError(f"network.compute=paper times one request (batch 1), not batch={spec.batch}: "
+                                  "drop batch or use network.compute=measured")
+            self.paper_compute_s = 1e-3 * paper_compute_ms(spec)
+
+    def bandwidths(self) -> list[float]:
+        return self.bw
+
+    @classmethod
+    def identity(cls, spec) -> dict:
+        ident = super().identity(spec)
+        if spec.network.compute == "paper":  # a re-derived profile is a different measurement
+            import hashlib
+
+            from harness.network.paper import PROFILE
+
+            ident["compute_profile_sha"] = hashlib.sha256(PROFILE.read_bytes()).hexdigest()[:16] if PROFILE.is_file() \
+                else None
+        return ident
+
+    def cached_profile(self, spec, workdir: Path) -> list[dict]:
+        """``profile``, measured once per point minus its network in this process: the ranks' compute does not
+        depend on the bandwidth, so the points of a bandwidth sweep share one measurement and the curve shows no
+        machine noise as a bandwidth effect. The row says whether its profile was reused."""
+        import dataclasses
+
+        point = dataclasses.asdict(spec)
+        for k in ("network", "config", "results", "fault", "tracking", "outputs_dir", "timeout_s"):  # not profiled
+            point.pop(k)
+        key = json.dumps(point, sort_keys=True, default=str)
+        self.reused = key in _PROFILES
+        if not self.reused:
+            _PROFILES[key] = self.profile(spec, workdir)
+        return _PROFILES[key]
+
+    def profile(self, spec, workdir: Path) -> list[dict]:
+        """Every rank's report, measured in fresh worker-like processes (``python -m harness.profile``). When the
+        machine has the cores for all ranks' threads, the ranks are profiled at the same time, one process each, so
+        they contend for memory and caches as real co-located devices do; otherwise one at a time, in one process."""
+        world, threads = spec.devices, spec.device.threads
+        spec_path = atomic_write(workdir / "spec.json", spec.to_json())
+        together = world * threads <= (os.cpu_count() or 1)
+        groups = [[r] for r in range(world)] if together else [list(range(world))]
+        procs, logs, outs, names = [], [], [], []
+        env = rank_env(0, 1, "127.0.0.1", 0, "lo", threads)
+        try:
+            for i, ranks in enumerate(groups):
+                logs.append(workdir / f"profile{i}.log")
+                outs.append(workdir / f"profile{i}.json")
+                names.append(f"rank {ranks[0]}" if len(ranks) == 1 else f"profiling of ranks {ranks}")
+                with open(logs[-1], "wb") as fh:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "harness.rank.profile", "--spec", str(spec_path), "--report", str(outs[-1]),
+                         "--ranks", ",".join(map(str, ranks))],
+                        env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT))
+            handles = [ProcessHandle(n, p, lg) for n, p, lg in zip(names, procs, logs)]
+            supervise(handles, spec.timeout_s * (1 if together else world))
+        finally:
+            stop_processes(procs)
+        reports = [rep for group in read_reports(outs, logs, names) for rep in group]
+        return sorted(reports, key=lambda r: r["rank"])
+
+    def paper_reports(self, spec) -> list[dict]:
+        """Rank reports as the paper's simulator would time them: its compute for the point, and the collectives
+        the method issues (predicted from shapes), answered in no time."""
+        out = []
+        for r in range(spec.devices):
+            records = [[op, tag, nbytes, 0.0, None] for op, tag, nbytes in spec.method_class.traffic(spec, r)]
+            out.append({"rank": r, "world": spec.devices, "latency_s": [self.paper_compute_s], "comm_s": [0.0],
+                        "records": records, "payload_bytes": sum(rec[2] for rec in records), "max_abs_err": None,
+                        "wire_bytes": None, "warmups": 0})
+        return out
+
+    def run(self, spec, workdir: Path) -> Result:
+        net, world = spec.network, spec.devices
+        out = []
+        reports = self.cached_profile(spec, workdir) if self.runs_ranks else self.paper_reports(spec)
+        for rep in reports:
+            r = rep["rank"]
+            bw = min(self.bw) if net.collective_model == "ring" else self.bw[r % len(self.bw)]
+            comm = sum(charge_seconds(op, b, world, bw, net.mbps_unit, net.collective_model, net.wire_overhead)
+                       for op, _tag, b, *_ in rep["records"])
+            compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
+            out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
+        return Result(out, {"profile_reused": self.reused if self.runs_ranks else None,
+                            "compute_source": net.compute})

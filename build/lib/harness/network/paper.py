@@ -1,0 +1,179 @@
+"""The paper's numbers as data, its simulator's cost model, and the compute profile its figures imply.
+
+``results/paper/*.csv`` hold the values of the paper's latency figures and tables (from ``shared/paper.md``; plot
+readings are ±0.01 in speedup). The paper simulated its network: latency = compute (measured on a GTX 1660Ti) +
+bits sent by one device ÷ bandwidth (1 Mbps = 2^20 bit/s), no overlap, one send per exchange (paper.md §5.2; each
+method's ``paper_bits``):
+
+    sp: L·(T/N)·D·32   tp: 2·L·(T/N)·D·32   bp_ag: Nb·(T/N)·D·32   bp_sp: 2·Nb·(T/N)·D·32   astra: L·(T/N)·G·log2K
+
+``derive_profile`` inverts that model: for every curve of the figures (method, G, Nb, devices, tokens) it finds the
+per-device compute that best reproduces the curve's speedups (least squares, each cell weighted by what its
+reading can tell: 2 % of the value, at least half the ±0.01 reading step), and for token
+counts whose single-device latency the paper does not print it fits that latency jointly over the curves at that
+token count (1024 tokens: 111.5 ms, read off Fig. 3). ``python -m harness.paper`` writes the result to
+``results/paper/compute_profile.csv``, which ``network=analytic network.compute=paper`` uses instead of measuring
+compute here: our methods' own traffic (``Method.traffic``) is charged on top, so comparing its output with the
+paper's cells tests the traffic accounting, not a copy of the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from harness.errors import ConfigError
+from harness.paths import PAPER_DIR
+
+PROFILE = PAPER_DIR / "compute_profile.csv"
+SPEEDUP_FIGURES = ("fig1_speedup", "fig7_speedup", "fig8_speedup")
+SINGLE_1024_MS = 111.5  # Fig. 3's single-device line (ViT-Base shape, 1024 tokens)
+MBPS = 2**20  # the paper's simulator: 1 Mbps = 2^20 bit/s
+LAYERS, HIDDEN, BITS, INDEX_BITS = 12, 768, 32, 10  # the latency model: 12 layers, 768 wide, fp32, K = 1024
+KEYS = ["method", "groups", "retained", "devices", "tokens"]
+
+
+def load(name: str):
+    """One of the paper's tables (``results/paper/<name>.csv``) as a DataFrame."""
+    import pandas as pd
+
+    path = PAPER_DIR / f"{name}.csv"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the paper's data ships with the repository (git checkout it)")
+    return pd.read_csv(path, dtype={"groups": "Int64", "retained": "Int64"})
+
+
+def method_class(method: str):
+    from harness.parallel import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"the paper's data names method {method!r}, which this harness does not have")
+    return METHODS[method]
+
+
+def baseline_name() -> str:
+    from harness.parallel import METHODS
+
+    return next(name for name, cls in METHODS.items() if cls.is_baseline)
+
+
+def knobs_of(method: str, groups, retained) -> dict:
+    """The paper's varied knobs that ``method`` has (G for ASTRA, Nb for block parallelism), from data columns."""
+    import dataclasses
+
+    have = {f.name for f in dataclasses.fields(method_class(method).Options)}
+    vals = {"groups": groups, "retained": retained, "codebook_size": 1024}
+    return {k: v for k, v in vals.items() if k in have}
+
+
+def paper_bits(method: str, groups, retained, devices: int, tokens: int) -> float:
+    """Bits one device sends per inference under the paper's accounting (each method's ``paper_bits``)."""
+    return method_class(method).paper_bits(knobs_of(method, groups, retained), devices, tokens, LAYERS, HIDDEN)
+
+
+def paper_comm_ms(method: str, groups, retained, devices: int, tokens: int, mbps: float) -> float:
+    return 1e3 * paper_bits(method, groups, retained, devices, tokens) / (mbps * MBPS)
+
+
+def _misfit(pred: float, reading: float) -> float:
+    """A cell's error in units of what its reading can tell: 2 % of the value, but never below half the plot's
+    ±0.01 reading step (a 0.01 reading says little about the compute)."""
+    return (pred - reading) / max(0.02 * reading, 0.005)
+
+
+def _fit_compute(single_ms: float, cells: list[tuple[float, float]]) -> tuple[float, float]:
+    """The compute (ms) whose predicted speedups single / (compute + comm) best match ``cells`` (speedup, comm),
+    each cell weighted by its reading precision (``_misfit``); returns (compute, sum of squared misfits)."""
+    from scipy.optimize import minimize_scalar
+
+    def loss(c):
+        return sum(_misfit(single_ms / (c + comm), s) ** 2 for s, comm in cells)
+
+    best = minimize_scalar(loss, bounds=(0.01, 4 * single_ms), method="bounded", options={"xatol": 1e-4})
+    return float(best.x), float(best.fun)
+
+
+def _rms_rel(single_ms: float, compute: float, cells: list[tuple[float, float]]) -> float:
+    return math.sqrt(sum((single_ms / (compute + comm) / s - 1) ** 2 for s, comm in cells) / len(cells))
+
+
+def derive_profile():
+    """The per-device compute every curve of Fig. 1/7/8 implies (see the module docstring), one row per curve."""
+    import pandas as pd
+    from scipy.optimize import minimize_scalar
+
+    cells = pd.concat([load(n).assign(figure=n.split("_")[0]) for n in SPEEDUP_FIGURES], ignore_index=True)
+    cells = cells[cells["speedup"] > 0]  # 0.00 readings carry no information
+    rows = []
+    for tokens, at_t in cells.groupby("tokens"):
+        curves = []
+        for key, cur in at_t.groupby(["method", "groups", "retained", "devices"], dropna=False):
+            comm = [paper_comm_ms(key[0], key[1], key[2], int(key[3]), int(tokens), b) for b in cur["bandwidth_mbps"]]
+            curves.append((key, list(zip(cur["speedup"], comm)), sorted(set(cur["figure"]))))
+
+        def total(single_ms):
+            return sum(_fit_compute(single_ms, c)[1] for _, c, _ in curves)
+
+        if tokens == 1024:
+            single, source = SINGLE_1024_MS, "Fig. 3 single-device line"
+        else:
+            single = float(minimize_scalar(total, bounds=(1.0, 2000.0), method="bounded",
+                                           options={"xatol": 1e-3}).x)
+            source = f"fitted jointly over the {len(curves)} curves at {tokens} tokens"
+        rows.append({"method": baseline_name(), "groups": pd.NA, "retained": pd.NA, "devices": 1, "tokens": int(tokens),
+                     "compute_ms": round(single, 3), "source": source, "cells": 0, "fit_rms_rel": 0.0})
+        for key, c, figs in curves:
+            compute, _ = _fit_compute(single, c)
+            rows.append({"method": key[0], "groups": key[1], "retained": key[2], "devices": int(key[3]),
+                         "tokens": int(tokens), "compute_ms": round(compute, 3),
+                         "source": f"{'/'.join(figs)}: least squares over {len(c)} bandwidths",
+                         "cells": len(c), "fit_rms_rel": round(_rms_rel(single, compute, c), 4)})
+    out = pd.DataFrame(rows)
+    out["groups"] = out["groups"].astype("Int64")
+    out["retained"] = out["retained"].astype("Int64")
+    return out.sort_values(["tokens", "devices", "method", "groups", "retained"]).reset_index(drop=True)
+
+
+_CACHE: dict = {}
+
+
+def profile():
+    if "df" not in _CACHE:
+        _CACHE["df"] = load("compute_profile")
+    return _CACHE["df"]
+
+
+def compute_ms(method: str, groups, retained, devices: int, tokens: int) -> float:
+    """The paper's per-device compute for this point (``network.compute=paper``); ConfigError naming what exists
+    when the paper's figures imply none."""
+    df = profile()
+    cls = method_class(method)
+    sel = (df["method"] == method) & (df["tokens"] == tokens) & (df["devices"] == cls.devices(devices))
+    knobs = {k: v for k, v in knobs_of(method, groups, retained).items() if k in df.columns}
+    for k, v in knobs.items():
+        sel &= df[k] == v
+    hit = df[sel]
+    if hit.empty:
+        have = df[df["method"] == method]
+        pts = sorted({(int(r.devices), int(r.tokens)) for r in have.itertuples()})
+        extra = "".join(f" {k}={v}" for k, v in knobs.items())
+        raise ConfigError(
+            f"network.compute=paper: the paper's figures imply no compute for {method}{extra} at "
+            f"devices={devices} tokens={tokens} (they cover (devices, tokens) {pts} for {method}): use one of "
+            "those points or network.compute=measured")
+    return float(hit["compute_ms"].iloc[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-derive ``results/paper/compute_profile.csv`` from the figure CSVs and print it."""
+    from harness.errors import atomic_write
+
+    df = derive_profile()
+    atomic_write(PROFILE, lambda tmp: df.to_csv(tmp, index=False))
+    print(df.to_string(index=False))
+    print(f"wrote {PROFILE}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

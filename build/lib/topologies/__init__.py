@@ -1,0 +1,1 @@
+"""Mininet topologies (``mn --custom topologies/star.py --topo star,4``)."""
