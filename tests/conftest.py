@@ -39,3 +39,34 @@ def digits_smoke(tmp_path_factory):
                         "suite.dct_off_groups=[1]"], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     return tmp, p
+
+
+# Quick queries a fast test may run: the provenance of a row reads the checkout's commit; device.tick_us=auto probes
+# whether cyclictest may take a real-time priority (once per process).
+QUICK_COMMANDS = {"git", "cyclictest"}
+
+
+@pytest.fixture(autouse=True)
+def processes_need_a_marker(request, monkeypatch):
+    """The fast lane (``pytest -m "not slow and not mininet"``) starts no process: a test that starts one (a rank, a
+    CLI run, a sweep) must carry the ``slow`` or ``mininet`` marker, and fails here if it does not."""
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("mininet"):
+        yield
+        return
+    import multiprocessing.process
+    import subprocess
+
+    real = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        first = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+        if Path(str(first)).name not in QUICK_COMMANDS:
+            raise AssertionError(f"this test starts a process ({first}): mark it @pytest.mark.slow (or mininet)")
+        return real(self, args, *a, **kw)
+
+    def no_start(self):
+        raise AssertionError("this test starts a process (multiprocessing): mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_start)
+    yield

@@ -105,6 +105,7 @@ def test_analytic_sweep_then_plot(tmp_path):
     assert not (tmp_path / "p2" / "speedup_vs_bandwidth.png").exists()
 
 
+@pytest.mark.slow
 def test_plot_bad_input(tmp_path):
     out = subprocess.run([sys.executable, "-m", "harness.report.plot", str(tmp_path / "missing.parquet")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
@@ -112,6 +113,7 @@ def test_plot_bad_input(tmp_path):
     assert out.returncode == 2 and len(lines) == 1 and "no results" in lines[0]
 
 
+@pytest.mark.slow
 def test_analytic_bad_bandwidth(tmp_path):
     out = subprocess.run([sys.executable, "-m", "harness.bench", "network=analytic", "network.bandwidth_mbps=0",
                           "method=sp", f"results.path={tmp_path / 'r.parquet'}"], cwd=REPO, capture_output=True,
@@ -121,6 +123,7 @@ def test_analytic_bad_bandwidth(tmp_path):
     assert not (tmp_path / "r.parquet").exists()
 
 
+@pytest.mark.slow
 def test_calibrate_bad_rate():
     out = subprocess.run([sys.executable, "-m", "harness.calibrate", "--rates", "0,10"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)

@@ -40,6 +40,7 @@ def _writer(args) -> None:
         record(store_file, [row(f"w{w}-{i}")], f"job{w}-{i}")
 
 
+@pytest.mark.slow
 def test_dataset_takes_concurrent_writers_without_loss(tmp_path):
     folder, store_file = tmp_path / "runs", tmp_path / "one.parquet"
     with multiprocessing.get_context("fork").Pool(6) as pool:
@@ -109,6 +110,7 @@ def comparable(r: dict) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_on_loopback_makes_the_loopback_row(tmp_path):
     point = ["model=vit_tiny", "method=astra", "devices=2", "tokens=16", "repeats=2", "warmup=0", "verify=true",
              "method.codebook_size=16", "network=loopback", f"cache_dir={tmp_path}/cache"]
@@ -129,6 +131,7 @@ def test_torchrun_on_loopback_makes_the_loopback_row(tmp_path):
     assert a["max_abs_err"] == pytest.approx(b["max_abs_err"], rel=1e-4, abs=1e-6) and a["payload_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_astra_device_refuses_bad_starts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     r = subprocess.run([sys.executable, "-m", "harness.device", "method=sp"], cwd=ROOT, capture_output=True, text=True,
@@ -157,6 +160,7 @@ def _netns_ok() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_netns_ok() is not None, reason=str(_netns_ok()))
 def test_torchrun_on_two_namespaces_with_htb_shaping(tmp_path):
     """Two "devices" in network namespaces this test creates, joined by a veth pair: torchrun in each, the point

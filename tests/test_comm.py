@@ -50,6 +50,7 @@ def _rank(rank: int, world: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_p2p_collectives_match_gloo():
     world = 3
     with mp.Manager() as manager:

@@ -103,6 +103,7 @@ def test_stream_counts_requests_served_within_the_duration():
     assert [r["time_s"] for r in rows if r["kind"] == "trace"] == [0]  # the 5 s step is past the 5 s stream
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["network=mininet", "network.trace=markov"], "stream_s"),
     (["network=mininet", "network.trace=/nonexistent/trace.csv", "stream_s=5"], "no such file"),

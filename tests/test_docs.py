@@ -88,6 +88,7 @@ def test_link_pattern_finds_links():
     assert found == ["docs/a.md#x", "img.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None,
                     reason="mkdocs and mkdocs-material are not installed (pip install -e '.[docs]')")
 def test_mkdocs_build_strict(tmp_path):

@@ -208,6 +208,7 @@ def test_astra_plot_figures(tmp_path):
         plt.close(fig)
 
 
+@pytest.mark.slow
 def test_old_store_without_intervals_plots_without_bars(tmp_path):
     df = store().drop(columns=["latency_ci_low_ms", "latency_ci_high_ms", "speedup_ci_low", "speedup_ci_high",
                                "single_ci_low_ms", "single_ci_high_ms"])

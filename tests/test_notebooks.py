@@ -63,6 +63,7 @@ def test_every_notebook_is_tested():
     assert {p.stem for p in NOTEBOOKS} == {"latency_figures", "device_scaling", "token_scaling", "accuracy_tables"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,words", [
     ("latency_figures", ["paper-compute", "ASTRA G=1", "BP+AG Nb=1", "over TP", "fig1"]),
     ("device_scaling", ["ASTRA G=1", "paper-compute", "fig7"]),
@@ -74,6 +75,7 @@ def test_latency_notebooks_run(latency_store, name, words):
         assert w in text, f"{name}: {w!r} not in its output"
 
 
+@pytest.mark.slow
 def test_accuracy_notebook_runs(accuracy_store):
     text = execute(REPO / "notebooks" / "accuracy_tables.py", {"ASTRA_ACCURACY": str(accuracy_store)})
     assert "paper CIFAR-100" in text and "88.95" in text  # Table 1's G=1 value beside ours

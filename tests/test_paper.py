@@ -83,6 +83,7 @@ def test_paper_compute_refuses_points_the_paper_does_not_cover(tmp_path, overrid
     assert not (tmp_path / "r.parquet").exists()
 
 
+@pytest.mark.slow
 def test_report_without_our_points_still_writes_the_papers_tables(tmp_path, capsys):
     store = tmp_path / "r.parquet"
     spec = build_spec(compose(["model=vit_tiny", "network=analytic", "method=single", "tokens=16", "repeats=1",

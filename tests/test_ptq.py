@@ -53,6 +53,7 @@ def test_identity_leaves_full_precision_keys_alone():
     assert model_identity(cfg)["weight_bits"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tp", "sp", "astra", "bp_ag"])
 def test_methods_run_the_same_quantized_model(tmp_path, method):
     """A loopback point at 4 bits: every rank's output matches the single-device output of the same quantized

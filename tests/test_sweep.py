@@ -1,5 +1,5 @@
-"""How a ``-m`` sweep ends: one summary line (points ok / failed / skipped, the store), exit 1 when a point failed
-(0 with ``results.allow_failures=true``), failed rows carrying the settings they were asked to run."""
+"""How a ``-m`` sweep ends: one summary line (points ok / failed / skipped, the store), exit 1 when a point failed (0
+with ``results.allow_failures=true``), failed rows carrying the settings they were asked to run."""
 
 from __future__ import annotations
 
@@ -57,3 +57,33 @@ def test_a_clean_sweep_exits_0_with_its_summary(tmp_path):
     store = tmp_path / "r.parquet"
     assert not pending_dir(store).exists() and len(pd.read_parquet(store)) == 2
     assert "1 repeat)" in p.stderr and "1 repeats" not in p.stderr
+
+
+def test_progress_shows_a_point_as_the_user_names_it():
+    from harness.sweep.progress import shown
+
+    task = ["method=sp", "++method.groups=1", "++method.codebook_size=1024", "network.bandwidth_mbps=10"]
+    assert shown(task, {"method": {"name": "sp"}}) == ["method=sp", "network.bandwidth_mbps=10"]
+    task[0] = "method=astra"
+    assert shown(task, {"method": {"name": "astra"}}) == \
+        ["method=astra", "method.groups=1", "method.codebook_size=1024", "network.bandwidth_mbps=10"]
+
+
+def test_sweep_tally_counts_and_sets_the_exit_status():
+    from harness.sweep.progress import Tally
+
+    t = Tally()
+    assert t.exit_status() == 0  # not a sweep
+    t.start("r.parquet", allow_failures=False)
+    t.add({"status": "ok"}, ["tokens=8", "method=sp", "devices=4"])
+    t.add({"status": "ok", "skipped": True}, ["tokens=8", "method=single", "devices=4"])
+    assert t.exit_status() == 0
+    t.add({"status": "failed"}, ["tokens=8", "method=tp", "devices=5"])
+    t.add(None, ["tokens=8", "method=astra", "devices=4"])  # a job that returned nothing failed too
+    assert t.exit_status() == 1
+    # failed points named by what sets them apart (tokens=8 is every point's)
+    assert t.line() == ("[astra-bench] sweep finished: 1 ok, 2 failed (method=tp devices=5; method=astra "
+                        "devices=4), 1 skipped (already measured) | results: r.parquet")
+    t.start("r.parquet", allow_failures=True)
+    t.add({"status": "failed"}, ["method=tp", "devices=5"])
+    assert t.exit_status() == 0 and t.line().startswith("[astra-bench] sweep finished: 0 ok, 1 failed (method=tp")

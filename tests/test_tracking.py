@@ -103,6 +103,7 @@ def blocked_env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(site)}
 
 
+@pytest.mark.slow
 def test_without_mlflow_tracking_is_refused_and_off_imports_nothing(tmp_path):
     env, db, store = blocked_env(tmp_path), tmp_path / "mlflow.db", tmp_path / "r.parquet"
     on = subprocess.run([*BENCH, *TINY, "method=single", "tracking.enabled=true", f"tracking.uri={db}",
@@ -120,6 +121,7 @@ def test_without_mlflow_tracking_is_refused_and_off_imports_nothing(tmp_path):
     assert not (tmp_path / "mlflow-artifacts").exists()
 
 
+@pytest.mark.slow
 def test_ray_driver_logs_the_jobs_its_workers_ran(tmp_path, monkeypatch):
     """The Ray launcher ships the callback to its workers (pickled), which log nothing; its driver hands every
     job's return to ``tracking.job_ended``, in the sweep's process."""

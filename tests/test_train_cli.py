@@ -149,6 +149,7 @@ def test_checkpoint_round_trip(vit):
     assert top1 == pytest.approx(value(df, "top1", method="astra", groups=16, dct=True), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_stages(vit):
     tmp, _ = vit
     p = run(["task=digits_smoke", f"out_dir={tmp}/out", f"results_path={tmp}/acc.parquet", "astra.codebook_size=16",
@@ -157,6 +158,7 @@ def test_rerun_reuses_stages(vit):
     assert "base: reusing" in p.stderr and p.stderr.count("finetune: reusing") == 3
 
 
+@pytest.mark.slow
 def test_bench_runs_trained_checkpoint(vit):
     tmp, _ = vit
     d = tmp / "out" / "runs" / "G16-K16-N4-lam1-beta0.0005-dct-contiguous"
@@ -185,6 +187,7 @@ def test_gpt2_every_stage(gpt):
     assert df[df["method"] == "astra"]["dct"].isna().all()
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(vit):
     tmp, _ = vit
     p = run(["task=digits_smoke", f"out_dir={tmp}/out", f"results_path={tmp}/nan.parquet", "astra.codebook_size=16",
@@ -233,6 +236,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", BAD, ids=[b[1].split()[0] + str(i) for i, b in enumerate(BAD)])
 def test_bad_input_one_line_nothing_written(tmp_path, args, needle):
     empty = tmp_path / "empty"
@@ -246,6 +250,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, args, needle):
     assert (tmp_path / "broken.parquet").read_text() == "not parquet" and (tmp_path / "afile").read_text() == ""
 
 
+@pytest.mark.slow
 def test_checkpoint_mismatch(vit, gpt, tmp_path):
     tmp, _ = vit
     d = tmp / "out" / "runs" / "G16-K16-N4-lam1-beta0.0005-dct-contiguous"

@@ -26,6 +26,7 @@ def image_folder(root, classes=3, per_class=12, size=8):
             Image.fromarray(img.clamp(0, 255).byte().numpy()).save(d / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_hf_vit_on_image_folder(tmp_path):
     cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                                  image_size=8, patch_size=2, num_labels=5)
@@ -49,6 +50,7 @@ def test_hf_vit_on_image_folder(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.slow
 def test_hf_gpt2_on_text_files(tmp_path):
     cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=48)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from threadcomm import run_ranks
 
 from harness.models import ModelConfig, build_model, make_inputs
@@ -194,8 +193,10 @@ def test_more_groups_lower_quantization_error():
 
 
 def test_paper_suite_expansion():
-    cfg = OmegaConf.load("conf/train.yaml")
-    cfg.suite = OmegaConf.load("conf/suite/paper.yaml")
+    import harness.train  # noqa: F401 - registers the astra block's defaults
+    from harness.spec.build import compose
+
+    cfg = compose(["suite=paper"], "train")
     vit = expand_suite(cfg, vit=True)
     names = [variant_name(v) for v in vit]
     assert len(names) == len(set(names))
