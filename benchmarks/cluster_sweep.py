@@ -1,4 +1,4 @@
-"""Cluster benchmark (issue 12): the same 24-point loopback sweep on Hydra's basic launcher and on a local Ray
+"""Cluster benchmark: the same 24-point loopback sweep on Hydra's basic launcher and on a local Ray
 cluster of two simulated nodes (Ray's own ``ray.cluster_utils.Cluster``), each into its own dataset store. Prints
 both wall times and checks that every point's row is present exactly once, with status ok.
 

@@ -1,7 +1,7 @@
 """Encode benchmark: can ASTRA's exact nearest-codeword search be made cheaper on this CPU without changing an index?
 
 ASTRA's encode is one (n x D) @ (D x K) score matmul per block and group plus an argmin. Two ways to make it cheaper
-while keeping every index exact (issue 9, item 4), both measured here on real activations — a random-weight
+while keeping every index exact, both measured here on real activations — a random-weight
 ViT-Base's attention inputs at 1024 tokens against k-means codebooks fitted on other inputs (K = 1024, G = 1):
 
 1. *Score in low precision, re-score the best few exactly.* Needs a fast low-precision matmul (bf16/fp16 matrix
@@ -12,7 +12,7 @@ ViT-Base's attention inputs at 1024 tokens against k-means codebooks fitted on o
 
 It prints the timings of the score matmul in each precision the CPU offers, and how many tokens the projection
 bound certifies. Nothing here is used by the runtime: on the machine this was written on (AMD EPYC, AVX2, no
-AVX-512/VNNI/AMX) neither way pays, see the README.
+AVX-512/VNNI/AMX) neither way pays, see docs/measurements.md.
 
     python benchmarks/encode.py [--tokens 256] [--samples 1]
 """

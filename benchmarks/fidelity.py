@@ -1,4 +1,4 @@
-"""Fidelity benchmark: how faithful the emulated devices and links are, point by point, against issue 9's targets.
+"""Fidelity benchmark: how faithful the emulated devices and links are, point by point, against the fidelity targets (docs/devices.md).
 
 Reads a results store written by Mininet sweeps (by default it runs the main job's two sweeps into
 ``results/fidelity/``; ``--store`` reads an existing one instead, e.g. ``results/main/results.parquet``) and prints

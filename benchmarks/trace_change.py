@@ -1,5 +1,5 @@
 """Live bandwidth changes benchmark (needs root + Mininet): how soon a ``tc class change`` takes effect on a link
-that is busy with a TCP bulk transfer (issue 11's target: within 100 ms).
+that is busy with a TCP bulk transfer (target: within 100 ms).
 
 Builds a 2-host star shaped as ``network=mininet`` does (HTB, 10 ms burst, reno), runs iperf3 from host 1 to host 2
 and, while it runs, changes host 1's rate through ``Session.apply`` (what ``network.trace`` does) at fixed times:

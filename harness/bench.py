@@ -78,7 +78,7 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     backend = spec.backend_class(spec)  # refuses what it cannot honour
     if backend.launched_outside:
         raise ConfigError(f"network={backend.name} runs on real devices: start `torchrun ... -m harness.device "
-                          "<overrides>` on each device (README: Running on real devices), not astra-bench")
+                          "<overrides>` on each device (docs/cluster.md: real devices), not astra-bench")
     check_weights(spec)
     existing = skip_row(spec, sweep)
     if existing is not None:

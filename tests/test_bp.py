@@ -91,7 +91,7 @@ def test_sub_block_variants_shapes(tiny_cfg):
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_traffic_per_retained_layer(tiny_cfg, world):
     """bp_ag: one all-gather of the T x D/N channel shard per retained layer; bp_sp: that plus an all-to-all of the
-    device's rows at full width (detransformer.md §2), nothing else — and not one byte for decoupled layers."""
+    device's rows at full width (the DeTransformer paper), nothing else — and not one byte for decoupled layers."""
     cfg = cfg_of(tiny_cfg, "vit")
     model = build_model(cfg, seed=1)
     b, seq, d = 2, 14, 48  # 13 patches + the class token

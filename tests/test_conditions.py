@@ -1,4 +1,4 @@
-"""Network conditions beyond a fixed clean link: packet loss on the emulated links (issue 11). Unit tests of the
+"""Network conditions beyond a fixed clean link: packet loss on the emulated links. Unit tests of the
 rules; the Mininet tests (tests/test_mininet.py) check them in force."""
 
 from __future__ import annotations

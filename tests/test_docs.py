@@ -97,3 +97,14 @@ def test_mkdocs_build_strict(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_no_file_refers_to_files_outside_the_repository():
+    """Code, configs, scripts and docs name only files of the repository (no notes kept beside it)."""
+    outside = re.compile(r"\.\./shared|shared/(paper|design|environment|detransformer)\.md|\b(paper|detransformer)\.md\b")
+    files = [p for d in ("harness", "conf", "benchmarks", "scripts", "docs", "notebooks", "topologies", "tests")
+             for p in (ROOT / d).rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".sh", ".md")]
+    files += [ROOT / "README.md", ROOT / "results" / "paper" / "README.md"]
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in files if p != Path(__file__)
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if outside.search(line)]
+    assert not hits, hits

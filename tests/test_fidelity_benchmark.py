@@ -1,4 +1,4 @@
-"""benchmarks/fidelity.py: which sweeps it runs and how it judges a table against issue 9's targets (no network)."""
+"""benchmarks/fidelity.py: which sweeps it runs and how it judges a table against the fidelity targets (no network)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from harness.spec.build import build_spec, compose
 
 
 def test_paper_accounting_reproduces_its_own_checks():
-    """paper.md §5.2: BP+AG Nb=1 sends 600 ms at 10 Mbps; ASTRA G=1/16/32 2.9/46.8/93.8 ms; SP 7.2 s."""
+    """The paper's latency model: BP+AG Nb=1 sends 600 ms at 10 Mbps; ASTRA G=1/16/32 2.9/46.8/93.8 ms; SP 7.2 s."""
     assert paper.paper_comm_ms("bp_ag", None, 1, 4, 1024, 10) == pytest.approx(600.0)
     assert paper.paper_comm_ms("bp_sp", None, 1, 4, 1024, 10) == pytest.approx(1200.0)
     for g, ms in ((1, 2.9), (16, 46.8), (32, 93.8)):

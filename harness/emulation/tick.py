@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 TICK_MARK = "astra-tick-"  # the statistics folder's prefix, on every ticker's command line (host_state finds orphans)
-DEFAULT_US = 500  # device.tick_us=auto: measured best on this VM (README, "A finer scheduling tick")
+DEFAULT_US = 500  # device.tick_us=auto: measured best on this VM (docs/devices.md, the finer tick; docs/measurements.md)
 MIN_US, MAX_US = 100, 100_000
 PRIORITY = 1  # the lowest real-time priority: above every fair-class task, below the kernel's own RT threads
 

@@ -1,5 +1,5 @@
 """DeTransformer's block-parallel architecture (Du et al.; the BP+AG / BP+SP baselines of ASTRA), built around an
-original ViT/GPT2 (``../shared/detransformer.md`` holds the sources and what is known vs inferred).
+original ViT/GPT2 (docs/methods.md says what is known and what is inferred).
 
 With L layers, ``parts`` = N sub-blocks per decoupled layer and ``retained`` = Nb, the model is Nb groups of
 (L/Nb - 1) *decoupled* layers followed by one *retained* original layer, so the last layer is always an original

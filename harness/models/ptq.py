@@ -7,7 +7,7 @@ per output channel; 4-bit one scale per group of ``group`` consecutive input col
 block size), since one scale per row costs 4-bit weights too much accuracy. The quantized weights are stored back
 dequantized (fp32 values on the integer grid), so every method — which slice, shard or re-project those weights —
 computes with exactly the same quantized model; what this measures is the accuracy of the quantized model and of
-ASTRA on top of it. See the README ("Weight quantization") for why latency is not reported per precision here.
+ASTRA on top of it. See docs/accuracy.md ("Weight quantization") for why latency is not reported per precision here.
 """
 
 from __future__ import annotations

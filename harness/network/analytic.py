@@ -8,7 +8,7 @@ bits ÷ bandwidth for every collective the rank issued, and added to compute wit
 - ``collective_model=ring`` (default): a ring all-gather sends (N-1) shards per rank, a ring all-reduce
   2(N-1)/N of the tensor, an all-to-all the (N-1)/N of its input meant for others; on a star every host has its own link, so these run in parallel across hosts and the
   slowest link (the smallest bandwidth) sets the pace.
-- ``collective_model=paper``: what the paper's simulator appears to charge (paper.md §5.2): one send of the rank's
+- ``collective_model=paper``: what the paper's simulator appears to charge (the paper's latency model): one send of the rank's
   own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor; all-to-all: its input).
 
 ``compute=paper`` takes each rank's compute from the compute profile the paper's figures imply

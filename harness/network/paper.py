@@ -1,8 +1,8 @@
 """The paper's numbers as data, its simulator's cost model, and the compute profile its figures imply.
 
-``results/paper/*.csv`` hold the values of the paper's latency figures and tables (from ``shared/paper.md``; plot
+``results/paper/*.csv`` hold the values of the paper's latency figures and tables (read off the paper's figures; plot
 readings are ±0.01 in speedup). The paper simulated its network: latency = compute (measured on a GTX 1660Ti) +
-bits sent by one device ÷ bandwidth (1 Mbps = 2^20 bit/s), no overlap, one send per exchange (paper.md §5.2; each
+bits sent by one device ÷ bandwidth (1 Mbps = 2^20 bit/s), no overlap, one send per exchange (the paper's latency model; each
 method's ``paper_bits``):
 
     sp: L·(T/N)·D·32   tp: 2·L·(T/N)·D·32   bp_ag: Nb·(T/N)·D·32   bp_sp: 2·Nb·(T/N)·D·32   astra: L·(T/N)·G·log2K

@@ -1,6 +1,6 @@
 """``astra``: sequence parallelism where only bit-packed VQ indices cross the network (Mixed-Precision Attention).
 
-Where VQ sits (the paper leaves it open, paper.md §1.2): we quantize the **attention input** — the block input after
+Where VQ sits (the paper leaves it open): we quantize the **attention input** — the block input after
 ``ln1`` — i.e. exactly the tensor plain ``sp`` would all-gather. Remote K̂/V̂ are then linear projections of
 codewords, so per block we can precompute a table of projected codewords ("kv table"):
 

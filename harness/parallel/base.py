@@ -108,7 +108,7 @@ class Method:
 
     @classmethod
     def paper_bits(cls, knobs: dict, devices: int, tokens: int, layers: int, hidden: int) -> float:
-        """Bits one device sends per inference as the paper's simulator charges this method (paper.md §5.2: one
+        """Bits one device sends per inference as the paper's simulator charges this method (its latency model: one
         send of the device's own share per exchange, fp32); ``knobs`` holds the method's options the paper varies
         (e.g. groups, retained). The paper's accounting, independent of ``traffic`` — reports compare the two."""
         raise NotImplementedError(f"the paper does not evaluate method {cls.name}")

@@ -1,7 +1,7 @@
 """``bp_sp``: DeTransformer block parallelism with sequence-parallel retained layers (BP+SequenceParallel).
 
 The same model and decoupled layers as ``bp_ag``; only the retained layers run differently (the TPDS paper's
-second execution plan; its mechanics are inferred, see ``../shared/detransformer.md`` §1.3): the devices
+second execution plan; its mechanics are inferred, docs/methods.md says what is inferred): the devices
 all-gather their channel shards, each computes K/V for every token but queries, attention output and MLP only for
 its own contiguous share of the tokens, and an all-to-all turns those full-width rows back into channel shards of
 every token. Two exchanges per retained layer (2·Nb per inference) for about 1/N of a layer's compute, and

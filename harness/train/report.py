@@ -2,7 +2,7 @@
 
 Each table holds every setting at the main run's values except the one it varies, uses the latest row per
 checkpoint, and puts the paper's number for the same setting beside ours (CIFAR-100 for the ViT tables, GPT2-Small on
-Wikipedia for perplexity; paper.md §4.1 and §4.3).
+Wikipedia for perplexity; the paper's accuracy tables).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from harness.models.ptq import group_for
 from harness.train.common import ASTRA_ROWS, FULL_ROWS
 
-# Paper values (paper.md): accuracy on CIFAR-100 (ViT-Base, 4 devices) and GPT2-S perplexity on Wikipedia.
+# Paper values (arXiv 2505.19342): accuracy on CIFAR-100 (ViT-Base, 4 devices) and GPT2-S perplexity on Wikipedia.
 PAPER_VIT_G = {None: 92.53, 1: 88.95, 16: 90.77, 32: 91.64}
 PAPER_GPT2_G = {None: 15.79, 1: 21.46, 16: 18.84, 32: 17.39}
 PAPER_DEVICES = {1: 92.53, 2: 91.86, 4: 91.64, 6: 91.35, 8: 91.14}  # G=32
@@ -171,7 +171,7 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
         scales = "; ".join(f"{b}-bit: " + (f"per {g} input columns" if (g := group_for(b, group)) else
                                            "a scale per output channel") for b in ptq)
         parts.append(f"Block linears rounded to symmetric integers ({scales}); ASTRA's codebooks unchanged. "
-                     "Compute stays fp32, so no latency column: see the README (\"Weight quantization\").\n")
+                     "Compute stays fp32, so no latency column: see docs/accuracy.md (\"Weight quantization\").\n")
         parts.append(_table(["model", "fp32", *[f"{b}-bit" for b in ptq], *[f"Δ {b}-bit" for b in ptq],
                              "paper fp32 / 8 / 4 (ImageNet)" if vit else "paper"], rows))
 

@@ -1,6 +1,6 @@
 """ASTRA simulated in one process: the split mask M, grouped VQ with EMA codebooks, commitment loss and NAVQ noise.
 
-This is the training (and single-process evaluation) form of the method (paper.md §1.3–1.6). It runs the *same*
+This is the training (and single-process evaluation) form of the method (the paper's noise-augmented quantization). It runs the *same*
 model as the distributed runtime (``harness.parallel.astra``) and reproduces what that runtime computes:
 
 * every token is given a device: contiguous shares as in the runtime (``partition``), or, for training only, a random
