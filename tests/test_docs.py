@@ -101,7 +101,8 @@ def test_mkdocs_build_strict(tmp_path):
 
 def test_no_file_refers_to_files_outside_the_repository():
     """Code, configs, scripts and docs name only files of the repository (no notes kept beside it)."""
-    outside = re.compile(r"\.\./shared|shared/(paper|design|environment|detransformer)\.md|\b(paper|detransformer)\.md\b")
+    outside = re.compile(r"\.\./shared|shared/(paper|design|environment|detransformer)\.md"
+                         r"|\b(paper|detransformer)\.md\b")
     files = [p for d in ("harness", "conf", "benchmarks", "scripts", "docs", "notebooks", "topologies", "tests")
              for p in (ROOT / d).rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".sh", ".md")]
     files += [ROOT / "README.md", ROOT / "results" / "paper" / "README.md"]
