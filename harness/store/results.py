@@ -296,7 +296,9 @@ def _parts(path: Path) -> list[Path]:
 
 def _unique(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run: a pending part read just as it was folded into the file is not counted twice."""
-    return df.drop_duplicates("run_id", keep="last") if "run_id" in df.columns else df
+    if "run_id" not in df.columns:
+        return df
+    return df[df["run_id"].isna() | ~df.duplicated("run_id", keep="last")]
 
 
 def compact(path: str | os.PathLike) -> int:
@@ -412,7 +414,9 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
             compact(path)  # compacted on read: a sweep that was cut short left its rows as parts
         except OSError:  # a store we may only read: its parts are read beside it
             pass
-        return with_speedup(_unique(pd.concat(_file_and_parts(path), ignore_index=True)))
+        frames = _file_and_parts(path)
+        df = pd.concat(frames, ignore_index=True)
+        return with_speedup(_unique(df) if len(frames) > 1 else df)
     frames = [f for f in (_read(f) for f in _files(path)) if all(k in f.columns for k in RESULT_KEYS)]
     if not frames:  # a folder's other tables (the paper's, accuracy rows) are not results
         raise FileNotFoundError(f"no results at {path}: run astra-bench first (results.path=...)")
