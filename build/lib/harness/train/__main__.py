@@ -1,3 +1,0 @@
-from harness.train import main
-
-main()

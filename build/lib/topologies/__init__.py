@@ -1,1 +1,0 @@
-"""Mininet topologies (``mn --custom topologies/star.py --topo star,4``)."""
