@@ -87,8 +87,12 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     if info.get("oversubscribed"):
         log(f"WARNING: {spec.devices} devices x {info['cpu_real_per_device']:g} cores exceed this machine's "
             f"{os.cpu_count()} cores: ranks compete for CPU (row marked oversubscribed=true)")
-    if backend.runs_ranks:  # e.g. k-means codebooks: only for ranks that will run
+    if backend.runs_ranks or spec.device.compute == "replay":  # e.g. k-means codebooks: for ranks that will run
         spec = spec.method_class.prepare(spec, log)
+    if spec.device.compute == "replay":  # the compute profile every rank replays
+        from harness.rank.profile import prepare
+
+        spec = prepare(spec, log)
     with tempfile.TemporaryDirectory(prefix="astra-run-") as wd:
         result = backend.run(spec, Path(wd))
     out = row(spec, info, result.reports, result.measured, links_mbps=result.links_mbps)

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/threadcomm.py
 sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(1)
+os.environ.setdefault("LOKY_MAX_CPU_COUNT", str(os.cpu_count() or 1))  # joblib (k-means): no probe process
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Top to bottom. A floor is a list of module prefixes (a folder, or one module).
 FLOORS = [
-    ("apps", ["harness.bench", "harness.device", "harness.calibrate", "harness.config", "harness.train"]),
+    ("apps", ["harness.bench", "harness.device", "harness.calibrate", "harness.config", "harness.record",
+              "harness.train"]),
     ("sweep", ["harness.sweep"]),
     ("report", ["harness.report"]),
     ("store and rank", ["harness.store", "harness.rank"]),

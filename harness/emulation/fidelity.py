@@ -160,7 +160,31 @@ def verdict(cols: dict) -> str:
         bad.append(f"link goodput {good:.2f} of shaped rate")
     if cols.get("oversubscribed"):
         bad.append("oversubscribed")
+    late = cols.get("wake_late_share")
+    if late is not None and late > MAX_LATE_SHARE:
+        bad.append(f"replay woke late ({100 * late:.1f}% of segments by more than {1e3 * LATE_S:g} ms or "
+                   f"{100 * LATE_SHARE:g}%)")
     return "; ".join(bad) if bad else "ok"
+
+
+LATE_S = 1e-3  # a replayed segment is late when its rank woke more than this after its end ...
+LATE_SHARE = 0.02  # ... and more than this share of the segment
+MAX_LATE_SHARE = 0.01  # a replay is flagged when more than this share of its segments were late
+
+
+def wakeups(reports: list[dict]) -> dict | None:
+    """A replay's wake-ups (``harness.rank.replay``): the median and 99th percentile of how late every rank woke
+    after the end of each compute segment it slept through, and the share of segments late by more than 1 ms and
+    2 % of the segment; None for ranks that computed for real."""
+    import numpy as np
+
+    late = [x for r in reports for x in r.get("lateness_s") or ()]
+    if not late:
+        return None
+    segs = [x for r in reports for x in r.get("segments_s") or ()]
+    over = sum(1 for a, s in zip(late, segs) if a > max(LATE_S, LATE_SHARE * s))
+    return {"wake_late_p50_ms": 1e3 * float(np.percentile(late, 50)),
+            "wake_late_p99_ms": 1e3 * float(np.percentile(late, 99)), "wake_late_share": over / len(late)}
 
 
 def solo_compute_ms(reports: list[dict]) -> float | None:
@@ -192,8 +216,9 @@ def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | N
     """The fidelity columns of a point from its ranks' reports, the real (shaped) link rates, the dilation k and
     the (emulated) bottleneck bandwidth."""
     solo = solo_compute_ms(reports)
-    cols = {"compute_inflation": compute_inflation(reports), "idle_cores": idle_cores(reports),
-            "goodput_ratio": goodput_ratio(reports, link_mbps), "oversubscribed": oversubscribed}
+    woke = wakeups(reports)  # a replay: how late its ranks woke, instead of how their compute was inflated
+    cols = {"compute_inflation": None if woke else compute_inflation(reports), "idle_cores": idle_cores(reports),
+            "goodput_ratio": goodput_ratio(reports, link_mbps), "oversubscribed": oversubscribed, **(woke or {})}
     cols["fidelity"] = verdict(cols)
     cols.pop("oversubscribed")
     cols["solo_compute_ms"] = None if solo is None else solo / k

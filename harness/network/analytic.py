@@ -73,9 +73,11 @@ class AnalyticBackend(Backend):
                               "run: use network=mininet or network=loopback")
         self.bw = device_bandwidths(spec.network.bandwidth_mbps, spec.devices)
         self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
-        self.runs_ranks = spec.network.compute == "measured"
+        self.runs_ranks = spec.network.compute == "measured" and spec.device.compute == "real"
+        if spec.device.compute == "replay" and spec.network.compute != "measured":
+            raise ConfigError("network.compute=paper and device.compute=replay both give the compute: use one")
         self.reused = False
-        if not self.runs_ranks:
+        if spec.network.compute == "paper":
             m = spec.model
             if (m.kind, m.layers, m.hidden) != ("vit", 12, 768):
                 raise ConfigError(f"network.compute=paper is the paper's latency model (a 12-layer, 768-wide ViT); "
@@ -157,7 +159,12 @@ class AnalyticBackend(Backend):
     def run(self, spec, workdir: Path) -> Result:
         net, world = spec.network, spec.devices
         out = []
-        reports = self.cached_profile(spec, workdir) if self.runs_ranks else self.paper_reports(spec)
+        if spec.device.compute == "replay":  # the same profile a replay would sleep through
+            from harness.comm.profile import load, reports as profile_reports
+
+            reports = profile_reports(load(spec.profile_path))
+        else:
+            reports = self.cached_profile(spec, workdir) if self.runs_ranks else self.paper_reports(spec)
         for rep in reports:
             r = rep["rank"]
             bw = min(self.bw) if net.collective_model == "ring" else self.bw[r % len(self.bw)]
@@ -165,5 +172,6 @@ class AnalyticBackend(Backend):
                        for op, _tag, b, *_ in rep["records"])
             compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
             out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
-        return Result(out, {"profile_reused": self.reused if self.runs_ranks else None,
-                            "compute_source": net.compute})
+        replay = spec.device.compute == "replay"
+        return Result(out, {"profile_reused": self.reused if self.runs_ranks and not replay else None,
+                            "compute_source": "profile" if replay else net.compute})

@@ -46,6 +46,8 @@ def cpu_budget(spec, enforced_cores: bool) -> dict:
     that do not fit are refused (``harness.dilation.check_fit``); otherwise the budget is the thread count and
     oversubscription is only warned about."""
     n, dev = spec.devices, spec.device
+    if dev.compute == "replay":  # replayed devices sleep through their compute: no CPU budget to hold them to
+        return {"cpu_per_device": None, "cpu_real_per_device": None, "oversubscribed": False}
     if enforced_cores:
         from harness.emulation.dilation import check_fit, cores_of
 

@@ -63,6 +63,8 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
     torch.set_num_threads(spec.device.threads)
     if spec.fault.crash_rank == comm.rank:
         raise RuntimeError(f"injected crash on rank {comm.rank} (fault.crash_rank)")
+    if spec.device.compute == "replay":
+        return replay_rank(spec, comm)
     model = fresh_model(spec)
     if spec.inputs_path:  # a given input batch (astra-train's runtime check) instead of random inputs
         from safetensors.torch import load_file
@@ -123,6 +125,31 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
             atomic_write(Path(spec.outputs_dir) / f"rank{comm.rank}.safetensors",
                          lambda tmp: save_file(tensors, str(tmp)))
     return report
+
+
+def replay_rank(spec: RunSpec, comm: Comm) -> dict:
+    """A rank that replays its compute profile (``device.compute=replay``): no model; the same timing loop, the
+    same calls and bytes; its report adds how late every wake-up came."""
+    from harness.comm.profile import load
+    from harness.rank.replay import ReplayPlan
+
+    plan = ReplayPlan(load(spec.profile_path).ranks[comm.rank], comm)
+    if spec.fault.hang_rank == comm.rank:
+        while True:  # injected hang: the controller's timeout must end this run
+            time.sleep(1)
+    comm.wire_ifaces = list(spec.wire_ifaces)
+    timing = Timing(spec, comm, plan, None)
+    timing.run_stream() if spec.stream_s else timing.run()
+    per_tag: dict[str, int] = {}
+    for rec in timing.records:
+        per_tag[rec.tag] = per_tag.get(rec.tag, 0) + rec.payload_bytes
+    return {"rank": comm.rank, "world": comm.world, "threads": torch.get_num_threads(), **timing.report(),
+            "payload_bytes": sum(rec.payload_bytes for rec in timing.records), "collectives": len(timing.records),
+            "payload_by_tag": per_tag,
+            "records": [[rec.op, rec.tag, rec.payload_bytes, rec.seconds, rec.wire_bytes, rec.start]
+                        for rec in timing.records],
+            "solo_compute_s": [plan.profile.compute_s], "has_output": False, "max_abs_err": None,
+            "lateness_s": plan.lateness_s, "segments_s": plan.segments_s}
 
 
 def run_job(spec: RunSpec, world: int) -> dict:

@@ -10,7 +10,11 @@ Sources are kept apart, because they answer different questions:
 - ``paper-compute-ring``: the same with ``collective_model=ring`` — what real collectives move ((N-1) shards per
   all-gather): the bridge between the paper's accounting and the emulated network.
 - ``analytic`` / ``analytic-ring``: network=analytic with compute measured on this machine.
-- ``mininet``: the emulated network (real TCP, shaped links, dilated devices).
+- ``analytic-replay`` / ``analytic-replay-ring``: the formula fed a compute profile (``device.compute=replay``):
+  the same compute a replay on Mininet sleeps through.
+- ``mininet``: the emulated network (real TCP, shaped links, dilated devices computing for real).
+- ``mininet-replay``: the emulated network with devices replaying a compute profile (``device.compute=replay``):
+  links at their true rates, any device speed (the paper's, with ``device.profile=reference``).
 
 A cell is *within* when |ours / paper − 1| ≤ 5 % or |ours − paper| ≤ 0.01 (the paper's plot readings are ±0.01
 in speedup).
@@ -32,7 +36,8 @@ from harness.store.results import load
 
 TOLERANCE = 0.05
 READING = 0.01  # plot readings of the paper are ±0.01 in speedup
-SOURCES = ("paper-compute", "paper-compute-ring", "analytic", "analytic-ring", "mininet")
+SOURCES = ("paper-compute", "paper-compute-ring", "analytic", "analytic-ring", "analytic-replay",
+           "analytic-replay-ring", "mininet", "mininet-replay")
 FIGURES = {  # name -> (csv, title)
     "fig1": ("fig1_speedup", "Figure 1: speedup over one device, 4 devices, 1024 tokens"),
     "fig7": ("fig7_speedup", "Figure 7: speedup at 2, 6 and 8 devices, 1024 tokens"),
@@ -56,15 +61,16 @@ def source_of(row) -> str | None:
     import json
 
     net = row.get("network")
+    replay = row.get("device_compute") == "replay"
     if net == "analytic":
-        base = "paper-compute" if row.get("compute_source") == "paper" else "analytic"
+        base = {"paper": "paper-compute", "profile": "analytic-replay"}.get(row.get("compute_source"), "analytic")
         try:
             model = json.loads(row.get("settings") or "{}").get("network", {}).get("collective_model", "paper")
         except (TypeError, ValueError):
             model = "paper"
         return base if model == "paper" else f"{base}-{model}"
     if net == "mininet":
-        return "mininet"
+        return "mininet-replay" if replay else "mininet"
     return None  # loopback: no bandwidth, nothing the paper shows
 
 

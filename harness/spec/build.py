@@ -170,6 +170,17 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     from harness.emulation import dilation
 
     dev = sub["device"]
+    if dev.compute == "replay":
+        spec = replay_spec(top, mc, method, network, devices, c, sub, cls)
+        if check_method:
+            cls.check(spec)
+        return spec
+    if dev.profile != "measure":
+        raise ConfigError(f"device.profile={dev.profile} is the profile a replay uses: add device.compute=replay, "
+                          "or remove it")
+    if dev.accelerator != "cpu":
+        raise ConfigError(f"device.accelerator={dev.accelerator} is for recording profiles (astra-profile); "
+                          "astra-bench's ranks compute on the CPU (device.compute=replay replays a GPU's profile)")
     # k from the configured device count: the single-device baseline of an N-device point gets the same device
     k = dilation.factor(dev, top.devices, BACKENDS[network.name].enforces_cores)
     virt = dilation.cores_of(dev, top.devices)
@@ -187,6 +198,43 @@ def build_spec(cfg, in_sweep: bool = False, check_method: bool = True) -> RunSpe
     if check_method:
         cls.check(spec)
     return spec
+
+
+def replay_spec(top, mc, method, network, devices, c, sub, cls) -> RunSpec:
+    """The RunSpec of a replayed point: no dilation (links at their true rates), devices not held to CPU quotas
+    (they sleep through their compute), no solo samples (the verdict checks the wake-ups instead)."""
+    from harness.emulation import dilation
+
+    dev = sub["device"]
+    if dev.dilation != "auto" and float(dev.dilation) != 1.0:
+        raise ConfigError(f"device.dilation={dev.dilation:g}: a replay does not dilate time (its devices do not "
+                          "compute here): remove it")
+    if dev.profile == "reference" and dev.reference_ms is None:
+        raise ConfigError("device.profile=reference scales the profile to device.reference_ms: set "
+                          "device.reference_ms=<the single device's latency in ms>")
+    if dev.reference_ms is not None and dev.profile != "reference":
+        raise ConfigError(f"device.reference_ms={dev.reference_ms:g} under a replay scales its profile: add "
+                          "device.profile=reference")
+    if dev.accelerator != "cpu":
+        raise ConfigError(f"device.accelerator={dev.accelerator} records profiles (astra-profile); a replay reads "
+                          "one: pass its file as device.profile")
+    if len(set(dilation.cores_of(dev, top.devices))) > 1:
+        raise ConfigError("device.cores lists different speeds: a replay gives each device its profile's compute; "
+                          "record the devices' own profiles instead")
+    for key, why in (("verify", "replayed ranks compute nothing to compare"),
+                     ("interleave", "the single-device baseline is replayed as a point of its own")):
+        if getattr(top, key):
+            raise ConfigError(f"{key}=true with device.compute=replay: {why}; remove it or use device.compute=real")
+    if dev.profile not in ("measure", "reference") and not Path(dev.profile).exists():
+        raise ConfigError(f"device.profile={dev.profile} does not exist: record profiles with astra-profile "
+                          "(device.profile=<folder>), or use device.profile=measure")
+    knobs = {k: v for k, v in dataclasses.asdict(top).items() if k != "devices"}
+    knobs["solo_repeats"] = 0
+    shares = token_shares(top.split, dilation.cores_of(dev, top.devices), top.tokens, devices, cls)
+    poll = resolve_idle_poll(dev.idle_poll, BACKENDS[network.name].enforces_cores)
+    return RunSpec(model=mc, method=method, network=network, devices=devices, config=c, dilation=1.0,
+                   quota_cores=float(dilation.machine_cores()), quotas=[], shares=shares, idle_poll=poll, tick_us=0,
+                   cores_of_ranks=None, **knobs, **sub)
 
 
 def resolve_spread(dev, enforced: bool, k: float | None, quotas: list[float]) -> list[int] | None:

@@ -29,7 +29,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         **({"stream_s": spec.stream_s} if spec.stream_s else {}),  # absent when unset: older keys stay valid
         "interleave": spec.interleave if cls.communicates and not timing else None,
         **({"shares": spec.shares} if spec.shares else {}),
-        "device": {"threads": spec.device.threads, **({
+        "device": replay_identity(spec) if spec.device.compute == "replay" else {"threads": spec.device.threads, **({
             "cores": spec.device.cores, "cfs_period_us": spec.device.cfs_period_us,
             **({"pin_cores": spec.device.pin_cores} if spec.device.pin_cores else {}),  # absent: keys stay valid
             # absent when off, so points measured before these knobs keep their keys; spread's cores follow from the
@@ -47,6 +47,31 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         ident["topology"] = None
         ident["collectives"] = None
     return ident
+
+
+def profile_point(spec: RunSpec) -> dict:
+    """What a compute profile is a profile of: the settings that change what each rank computes and sends (the
+    model, the method and its options, devices, tokens, batch, the token shares)."""
+    from harness.models.ptq import model_identity
+
+    return {"model": model_identity(spec.model), "method": spec.method_class.identity(spec), "devices": spec.devices,
+            "tokens": spec.tokens, "batch": spec.batch, "shares": spec.shares}
+
+
+def replay_identity(spec: RunSpec) -> dict:
+    """A replayed device: where its profile comes from (measured here; scaled to a reference latency; a recorded
+    file, by its content) and whether idle CPUs poll (which decides how late a sleeping rank wakes)."""
+    from harness.comm.profile import file_sha, find
+
+    dev = spec.device
+    if dev.profile == "measure":
+        source = "measure"
+    elif dev.profile == "reference":
+        source = {"reference_ms": dev.reference_ms}
+    else:
+        source = {"sha": file_sha(find(dev.profile, profile_point(spec)))}
+    return {"threads": dev.threads, "compute": "replay", "profile": source,
+            **({"idle_poll": True} if spec.idle_poll else {})}
 
 
 def point_key(spec: RunSpec) -> str:

@@ -96,6 +96,18 @@ class DeviceOptions:
                        "the kernel's timer tick (4 ms at HZ=250); 0: off; auto: 500 where cyclictest can run (root, "
                        "rt-tests)",
                        lo=0, hi=100000, kind="auto_number")
+    compute: str = opt("real", "real: each device computes on this machine's CPU (the reference: it measures "
+                       "interference, caches and the real kernels; time-dilated on Mininet when the devices do not "
+                       "fit); replay: each device replays its compute profile as timed waits while its collectives "
+                       "run for real (no dilation, links at their true rates, 32 devices on two cores; validated "
+                       "against real where both run)", choices=("real", "replay"))
+    profile: str = opt("measure", "device.compute=replay: the compute profile replayed. measure: each rank's compute "
+                       "measured here, alone at this device's speed (cached in cache_dir/profiles); reference: the "
+                       "same, scaled so that the single device takes device.reference_ms; or a profile file, or a "
+                       "folder of them, recorded by astra-profile (on any machine, a GPU's included)")
+    accelerator: str = opt("cpu", "astra-profile: record the profile on this accelerator (cuda: the model on the "
+                           "GPU, the clock read after torch.cuda.synchronize); ranks of astra-bench run on the CPU",
+                           choices=("cpu", "cuda"))
 
 
 @dataclass
@@ -162,6 +174,8 @@ class RunSpec(Knobs):
     quota_cores: float = 1.0  # real cores of the first device (device.cores / k, or the reference mode's fit)
     quotas: list[float] = field(default_factory=list)  # real cores per rank (heterogeneous devices), else empty
     shares: list[int] | None = None  # content tokens per rank (split=proportional or a list); None: even
+    profile_path: str | None = None  # device.compute=replay: the profile file every rank replays (prepared)
+    profile_id: str | None = None  # ... and its content's hash
     # What the method prepares before ranks start, and what a caller feeds the ranks directly.
     codebooks: str | None = None
     model_state: str | None = None

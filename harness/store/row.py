@@ -45,6 +45,12 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
     out["idle_poll"] = spec.idle_poll if spec.backend_class.enforces_cores else None
     out["spread"] = bool(spec.cores_of_ranks) if spec.backend_class.enforces_cores else None
     out["tick_us"] = spec.tick_us if spec.backend_class.enforces_cores else None
+    out["device_compute"] = spec.device.compute
+    out["profile_id"] = spec.profile_id
+    if spec.profile_path:
+        from harness.comm.profile import load
+
+        out["profile_scale"] = load(spec.profile_path).measured.get("scale", 1.0)
     out["cpu_real_per_device"] = network.get("cpu_real_per_device")
     if network.get("cores_per_device"):  # heterogeneous devices: the virtual cores of every rank
         out["cores_per_device"] = network["cores_per_device"]

@@ -1,0 +1,181 @@
+"""Compute profiles and their replay (device.compute=replay): a recorded profile's calls are the real run's calls
+byte for byte for every method; a replay issues them again, sleeping through the recorded compute; a profile file
+round-trips; bad profiles are refused in one line; the analytic backend charges its formula on the same profile."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from threadcomm import run_ranks
+
+from harness.comm.collectives import SimulatedComm
+from harness.comm.profile import Call, RankProfile, check_matches, find, load, payload_bytes
+from harness.errors import ConfigError
+from harness.models import make_inputs
+from harness.rank.profile import record_profile
+from harness.rank.replay import ReplayPlan
+from harness.rank.worker import fresh_model
+from harness.spec.build import build_spec, compose
+from harness.spec.identity import profile_point
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = [("single", 1), ("tp", 2), ("sp", 3), ("astra", 2), ("astra", 3), ("bp_ag", 2), ("bp_sp", 2)]
+
+
+def spec_of(method: str, devices: int, tmp_path: Path, *extra: str):
+    over = [f"method={method}", f"devices={devices}", "model=vit_tiny", "tokens=50", f"cache_dir={tmp_path}"]
+    if method == "astra":
+        over += ["method.codebook_size=16", "method.kmeans_iters=2"]
+    spec = build_spec(compose(over + list(extra)))
+    return spec.method_class.prepare(spec, lambda msg: None)
+
+
+def real_calls(spec) -> list[list[tuple]]:
+    """Every rank's collective calls (op, tag, payload bytes) in one inference of the real plan over threads."""
+    def rank(comm):
+        model = fresh_model(spec)
+        inputs = make_inputs(spec.model, spec.tokens, spec.batch, seed=spec.seed)
+        spec.method_class.plan(model, comm, spec).forward(inputs)
+        return [(r.op, r.tag, r.payload_bytes) for r in comm.records]
+
+    return run_ranks(spec.devices, rank)
+
+
+@pytest.mark.parametrize("method,devices", CASES)
+def test_recorded_calls_are_the_real_runs_byte_for_byte(tmp_path, method, devices):
+    spec = spec_of(method, devices, tmp_path)
+    profile = record_profile(spec, repeats=1, warmup=0)
+    assert [r.rank for r in profile.ranks] == list(range(devices))
+    recorded = [[(c.op, c.tag, payload_bytes(c) if devices > 1 else 0) for c in r.calls] for r in profile.ranks]
+    assert recorded == real_calls(spec)
+    assert all(r.compute_s > 0 for r in profile.ranks)
+    if devices > 1:  # and replayed, the same calls move the same bytes again
+        replayed = run_ranks(devices, lambda comm: (ReplayPlan(profile.ranks[comm.rank], comm).forward(),
+                                                    [(x.op, x.tag, x.payload_bytes) for x in comm.records])[1])
+        assert replayed == recorded
+
+
+def test_replay_sleeps_through_each_segment():
+    rank = RankProfile(0, [Call(0.020, "all_gather", "a", {"shape": [4, 8], "dtype": "float32"}),
+                           Call(0.005, "all_reduce", "b", {"shape": [16], "dtype": "float32", "wire": "fp32"})], 0.030)
+    plan = ReplayPlan(rank, SimulatedComm(0, 2))
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        plan.forward()
+        took.append(time.perf_counter() - t0)
+    assert statistics.median(took) == pytest.approx(0.055, abs=0.004)
+    assert plan.segments_s[:3] == [0.020, 0.005, 0.030] and len(plan.lateness_s) == 15
+    assert [r.payload_bytes for r in plan.comm.records[:2]] == [128, 64]
+
+
+def test_a_profile_file_round_trips(tmp_path):
+    spec = spec_of("sp", 2, tmp_path)
+    profile = record_profile(spec, repeats=2, warmup=0)
+    path = profile.save(tmp_path / "p.json")
+    again = load(path)
+    assert again == profile and again.to_json() == profile.to_json()
+    assert find(path, profile_point(spec)) == path and find(tmp_path, profile_point(spec)) == path
+    half = profile.scaled(0.5)
+    assert half.ranks[1].compute_s == pytest.approx(profile.ranks[1].compute_s / 2)
+    assert half.measured["scale"] == 0.5 and half.ranks[1].calls[0].args == profile.ranks[1].calls[0].args
+
+
+def test_bad_profiles_are_refused_in_one_line(tmp_path):
+    spec = spec_of("sp", 2, tmp_path)
+    good = record_profile(spec, repeats=1, warmup=0)
+    path = good.save(tmp_path / "p.json")
+    text = path.read_text()
+    cases = {
+        "truncated": (text[: len(text) // 2], "is not a readable profile"),
+        "format": (text.replace("astra-profile/1", "other/9"), "format is 'other/9'"),
+        "ranks": (json.dumps({**json.loads(text), "ranks": json.loads(text)["ranks"][:1]}), "1 ranks for devices=2"),
+        "op": (text.replace('"all_gather"', '"broadcast"', 1), "calls 'broadcast'"),
+    }
+    for name, (content, needle) in cases.items():
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(content)
+        with pytest.raises(ConfigError) as exc:
+            load(bad)
+        assert needle in str(exc.value) and "\n" not in str(exc.value), name
+    with pytest.raises(ConfigError, match="recorded for method=sp, this point has method=tp"):
+        check_matches(good, profile_point(spec_of("tp", 2, tmp_path)))
+    with pytest.raises(ConfigError, match="recorded for devices=2, this point has devices=3"):
+        check_matches(good, profile_point(spec_of("sp", 3, tmp_path)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no profile of this point"):
+        find(tmp_path / "empty", profile_point(spec))
+
+
+def test_replay_settings_are_checked():
+    def refused(*over):
+        with pytest.raises(ConfigError) as exc:
+            build_spec(compose(["device.compute=replay", *over]))
+        return str(exc.value)
+
+    assert "a replay does not dilate time" in refused("network=mininet", "device.dilation=2")
+    assert "set device.reference_ms" in refused("device.profile=reference")
+    assert "add device.profile=reference" in refused("device.reference_ms=100")
+    assert "replayed ranks compute nothing to compare" in refused("verify=true")
+    assert "does not exist" in refused("device.profile=/nonexistent/profiles")
+    with pytest.raises(ConfigError, match="add device.compute=replay"):
+        build_spec(compose(["device.profile=reference"]))
+    spec = build_spec(compose(["device.compute=replay", "network=mininet", "devices=32", "tokens=64"]))
+    assert spec.dilation == 1.0 and spec.solo_repeats == 0 and spec.tick_us == 0 and spec.cores_of_ranks is None
+
+
+def test_analytic_charges_the_same_profile(tmp_path):
+    from harness.bench import run_point
+
+    over = ["method=sp", "devices=2", "model=vit_tiny", "tokens=50", "network=analytic", "network.bandwidth_mbps=10",
+            "device.compute=replay", f"cache_dir={tmp_path}", f"results.path={tmp_path / 'r.parquet'}", "repeats=1",
+            "warmup=0"]
+    row = run_point(compose(over), sweep=False)
+    profile = load(row_profile(tmp_path, row))
+    bits = max(sum(payload_bytes(c) for c in r.calls) for r in profile.ranks) * 8
+    slowest = max(r.compute_s for r in profile.ranks)
+    assert row["compute_source"] == "profile" and row["device_compute"] == "replay"
+    assert row["latency_ms"] == pytest.approx(1e3 * (slowest + bits / 10e6), rel=1e-6)
+
+
+def row_profile(cache: Path, row: dict) -> Path:
+    return cache / "profiles" / "replay" / f"{row['profile_id']}.json"
+
+
+@pytest.mark.slow
+def test_a_replayed_single_device_takes_its_profiles_time_on_loopback(tmp_path):
+    """The single baseline replayed through the CLI: its latency is its recorded compute (scaled to the reference);
+    a replayed sp point's rows carry the wake-up statistics and a verdict."""
+    cmd = [sys.executable, "-m", "harness.bench", "-m", "model=vit_tiny", "tokens=50", "devices=2",
+           "method=single,sp", "device.compute=replay", "device.profile=reference", "device.reference_ms=40",
+           f"cache_dir={tmp_path}", f"results.path={tmp_path / 'r.parquet'}", "repeats=5", "warmup=1",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["method"]: r for r in (json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{"))}
+    assert rows["single"]["latency_ms"] == pytest.approx(40, abs=3)
+    assert rows["single"]["profile_scale"] > 0
+    sp = rows["sp"]
+    assert sp["device_compute"] == "replay" and sp["dilation"] == 1.0 and sp["compute_inflation"] is None
+    assert sp["wake_late_p99_ms"] is not None and sp["wake_late_p50_ms"] < 1.0
+    assert sp["fidelity"] == "ok" or "woke late" in sp["fidelity"]
+    assert sp["payload_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_a_bad_profile_file_is_one_line_on_the_command_line(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"format": "astra-profile/1", "ranks": [')
+    p = subprocess.run([sys.executable, "-m", "harness.bench", "method=sp", "device.compute=replay",
+                        f"device.profile={bad}", f"results.path={tmp_path / 'r.parquet'}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "is not a readable profile" in lines[0], p.stderr
+    assert not (tmp_path / "r.parquet").exists()
