@@ -5,6 +5,8 @@ round-trips; bad profiles are refused in one line; the analytic backend charges 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -179,3 +181,25 @@ def test_a_bad_profile_file_is_one_line_on_the_command_line(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "is not a readable profile" in lines[0], p.stderr
     assert not (tmp_path / "r.parquet").exists()
+
+
+@pytest.mark.mininet
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mnexec"),
+                    reason="needs root and Mininet (apt-get install mininet; scripts/setup.sh does)")
+def test_replay_on_mininet_keeps_its_segments_and_true_link_rates(tmp_path):
+    """Replayed on Mininet hosts: the single device takes its (scaled) profile's time, a replayed sp point runs
+    undilated over links at their true rate, its collectives move the recorded bytes, and its row carries the
+    wake-up statistics."""
+    cmd = [sys.executable, "-m", "harness.bench", "-m", "model=vit_tiny", "model.hidden=128", "tokens=256",
+           "devices=2", "method=single,sp", "network=mininet", "network.bandwidth_mbps=10", "device.compute=replay",
+           "device.profile=reference", "device.reference_ms=60", f"cache_dir={tmp_path}",
+           f"results.path={tmp_path / 'r.parquet'}", "repeats=4", "warmup=2", f"hydra.sweep.dir={tmp_path / 's'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["method"]: r for r in (json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{"))}
+    assert rows["single"]["latency_ms"] == pytest.approx(60, abs=4)
+    sp = rows["sp"]
+    assert sp["dilation"] == 1.0 and sp["device_compute"] == "replay" and sp["wake_late_p50_ms"] < 1.0
+    # 2 blocks x 128 tokens x 128 x 4 B per rank: the shaped 10 Mbit/s link, not a dilated one, sets its time
+    assert sp["payload_bytes"] == 2 * 128 * 128 * 4 and sp["wire_bytes"] >= sp["payload_bytes"]
+    assert sp["comm_ms"] >= 0.8 * sp["payload_bytes"] * 8 / 10e6 * 1e3
