@@ -1,6 +1,7 @@
 """Compute replay against the references it stands in for, side by side in one run (root, Mininet):
 
     sudo python benchmarks/replay.py validate [--devices 2,4,8] [--methods ...] [--bandwidths 10,100,1000]
+                                              [--model vit_base] [--tokens 1024]
     sudo python benchmarks/replay.py scale [--devices 16,32] [--bandwidths 10,100,1000]
     sudo python benchmarks/replay.py fig1
 
@@ -27,7 +28,6 @@ from harness.report.plot import latest_points
 from harness.store.results import load
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: sweeps run from it
-VIT = ["model=vit_base", "tokens=1024"]
 KNOBS = ["++method.groups=1", "++method.codebook_size=1024", "++method.retained=1", "++method.kmeans_init=random"]
 
 
@@ -39,13 +39,17 @@ def sweep(store: Path, *overrides: str) -> float:
     return time.perf_counter() - t0
 
 
+def model(args) -> list[str]:
+    return [f"model={args.model}", f"tokens={args.tokens}"]
+
+
 def table(df: pd.DataFrame, cols: list[str]) -> str:
     return df[cols].to_markdown(index=False, floatfmt=".3g")
 
 
 def validate(args) -> None:
     grid = [f"method=single,{args.methods}", f"devices={args.devices}", f"network.bandwidth_mbps={args.bandwidths}",
-            *VIT, "network=mininet", *KNOBS, "repeats=3", "warmup=1", "budget_s=20"]
+            *model(args), "network=mininet", *KNOBS, "repeats=3", "warmup=1", "budget_s=20"]
     took = {mode: sweep(args.store, *grid, f"device.compute={mode}") for mode in ("real", "replay")}
     df = latest_points(load(args.store))
     df = df[(df["status"] == "ok") & (df["devices"] > 1)]
@@ -60,7 +64,7 @@ def validate(args) -> None:
 
 def scale(args) -> None:
     grid = [f"method=single,{args.methods}", f"devices={args.devices}", f"network.bandwidth_mbps={args.bandwidths}",
-            *VIT, *KNOBS, "device.compute=replay", "device.profile=reference", f"device.reference_ms={args.ref_ms}",
+            *model(args), *KNOBS, "device.compute=replay", "device.profile=reference", f"device.reference_ms={args.ref_ms}",
             "repeats=3", "warmup=1", "budget_s=20"]
     took = sweep(args.store, *grid, "network=mininet")
     sweep(args.store, *grid, "network=analytic", "network.collective_model=ring")
@@ -96,6 +100,9 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="methods besides single (validate: tp,sp,astra,bp_ag,bp_sp; "
                     "scale: sp,astra)")
     ap.add_argument("--bandwidths", default="10,100,1000")
+    ap.add_argument("--model", default="vit_base", help="validate, scale: the model (real compute of ViT-Base at "
+                    "1024 tokens takes minutes per point here; a smaller one validates the replay as well)")
+    ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--ref-ms", type=float, default=111.5, help="scale: the single device's latency")
     ap.add_argument("--store", type=Path, default=None)
     args = ap.parse_args()

@@ -168,6 +168,8 @@ def test_a_replayed_single_device_takes_its_profiles_time_on_loopback(tmp_path):
     assert sp["wake_late_p99_ms"] is not None and sp["wake_late_p50_ms"] < 1.0
     assert sp["fidelity"] == "ok" or "woke late" in sp["fidelity"]
     assert sp["payload_bytes"] > 0
+    # device.replay_sched=fifo: real-time ranks where the process may (root), the normal scheduler elsewhere
+    assert sp["replay_sched"] == ("fifo" if os.geteuid() == 0 else "other")
 
 
 @pytest.mark.slow
@@ -200,6 +202,24 @@ def test_replay_on_mininet_keeps_its_segments_and_true_link_rates(tmp_path):
     assert rows["single"]["latency_ms"] == pytest.approx(60, abs=4)
     sp = rows["sp"]
     assert sp["dilation"] == 1.0 and sp["device_compute"] == "replay" and sp["wake_late_p50_ms"] < 1.0
+    assert sp["replay_sched"] == "fifo"  # the workers left their hosts' CPU cgroups, whose real-time budget is 0
     # 2 blocks x 128 tokens x 128 x 4 B per rank: the shaped 10 Mbit/s link, not a dilated one, sets its time
     assert sp["payload_bytes"] == 2 * 128 * 128 * 4 and sp["wire_bytes"] >= sp["payload_bytes"]
     assert sp["comm_ms"] >= 0.8 * sp["payload_bytes"] * 8 / 10e6 * 1e3
+
+
+def test_realtime_scheduling_is_asked_for_and_given_back():
+    """``device.replay_sched=fifo``: a replayed rank asks for SCHED_FIFO (granted to root) and returns to the
+    normal scheduler; the choice is part of the point's identity."""
+    from harness.rank.worker import realtime
+    from harness.spec.identity import timing_key
+
+    got = realtime(True)
+    try:
+        assert got == (os.geteuid() == 0)
+    finally:
+        assert realtime(False) is False
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    base = ["device.compute=replay", "device.profile=measure", "method=sp", "devices=2"]
+    fifo, other = (build_spec(compose([*base, f"device.replay_sched={s}"])) for s in ("fifo", "other"))
+    assert timing_key(fifo) != timing_key(other)

@@ -175,7 +175,8 @@ MAX_LATE_SHARE = 0.01  # a replay is flagged when more than this share of its se
 def wakeups(reports: list[dict]) -> dict | None:
     """A replay's wake-ups (``harness.rank.replay``): the median and 99th percentile of how late every rank woke
     after the end of each compute segment it slept through, and the share of segments late by more than 1 ms and
-    2 % of the segment; None for ranks that computed for real."""
+    2 % of the segment, and how the ranks were scheduled (``device.replay_sched``: fifo, other, or mixed where
+    only some ranks got real-time priority); None for ranks that computed for real."""
     import numpy as np
 
     late = [x for r in reports for x in r.get("lateness_s") or ()]
@@ -183,8 +184,10 @@ def wakeups(reports: list[dict]) -> dict | None:
         return None
     segs = [x for r in reports for x in r.get("segments_s") or ()]
     over = sum(1 for a, s in zip(late, segs) if a > max(LATE_S, LATE_SHARE * s))
+    scheds = [r["sched"] for r in reports if "sched" in r]
     return {"wake_late_p50_ms": 1e3 * float(np.percentile(late, 50)),
-            "wake_late_p99_ms": 1e3 * float(np.percentile(late, 99)), "wake_late_share": over / len(late)}
+            "wake_late_p99_ms": 1e3 * float(np.percentile(late, 99)), "wake_late_share": over / len(late),
+            "replay_sched": (scheds[0] if len(set(scheds)) == 1 else "mixed") if scheds else None}
 
 
 def solo_compute_ms(reports: list[dict]) -> float | None:

@@ -152,17 +152,39 @@ def replay_rank(spec: RunSpec, comm: Comm) -> dict:
             "lateness_s": plan.lateness_s, "segments_s": plan.segments_s}
 
 
+def realtime(on: bool) -> bool:
+    """Switch this thread to SCHED_FIFO at priority 1 (``on``) or back to the normal scheduler; threads it starts
+    afterwards (gloo's) inherit the policy. Returns whether the thread now runs SCHED_FIFO (False where the
+    process may not: no root, or no such policy)."""
+    try:
+        if on:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        else:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, PermissionError, OSError):
+        pass
+    return getattr(os, "SCHED_FIFO", None) is not None and os.sched_getscheduler(0) == os.SCHED_FIFO
+
+
 def run_job(spec: RunSpec, world: int) -> dict:
-    """Join the group described by the env:// variables, run this rank, leave the group."""
+    """Join the group described by the env:// variables, run this rank, leave the group. A replayed rank runs
+    SCHED_FIFO from before the group starts (so gloo's threads inherit it) until it has left it
+    (``device.replay_sched``); its report says which it got."""
+    fifo = spec.device.compute == "replay" and spec.device.replay_sched == "fifo" and world > 1
     if world == 1:
         return run_rank(spec, LocalComm())
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=spec.timeout_s))
+    sched = "fifo" if fifo and realtime(True) else "other"
     try:
-        return run_rank(spec, DistComm(spec.collectives))
+        dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=spec.timeout_s))
+        try:
+            return {**run_rank(spec, DistComm(spec.collectives)), "sched": sched}
+        finally:
+            dist.destroy_process_group()
     finally:
-        dist.destroy_process_group()
+        if sched == "fifo":
+            realtime(False)
 
 
 def serve() -> int:

@@ -60,7 +60,8 @@ def profile_point(spec: RunSpec) -> dict:
 
 def replay_identity(spec: RunSpec) -> dict:
     """A replayed device: where its profile comes from (measured here; scaled to a reference latency; a recorded
-    file, by its content) and whether idle CPUs poll (which decides how late a sleeping rank wakes)."""
+    file, by its content), how its ranks are scheduled and whether idle CPUs poll (both decide how late a sleeping
+    rank wakes)."""
     from harness.comm.profile import file_sha, find
 
     dev = spec.device
@@ -70,7 +71,7 @@ def replay_identity(spec: RunSpec) -> dict:
         source = {"reference_ms": dev.reference_ms}
     else:
         source = {"sha": file_sha(find(dev.profile, profile_point(spec)))}
-    return {"threads": dev.threads, "compute": "replay", "profile": source,
+    return {"threads": dev.threads, "compute": "replay", "profile": source, "sched": dev.replay_sched,
             **({"idle_poll": True} if spec.idle_poll else {})}
 
 

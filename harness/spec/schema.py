@@ -105,6 +105,11 @@ class DeviceOptions:
                        "measured here, alone at this device's speed (cached in cache_dir/profiles); reference: the "
                        "same, scaled so that the single device takes device.reference_ms; or a profile file, or a "
                        "folder of them, recorded by astra-profile (on any machine, a GPU's included)")
+    replay_sched: str = opt("fifo", "device.compute=replay: how the ranks are scheduled. fifo: each rank and its "
+                            "gloo threads run SCHED_FIFO at priority 1 where the process may (root), so a rank whose "
+                            "sleep ended or whose message arrived runs at once instead of up to a scheduler tick "
+                            "later behind another rank (the kernel's real-time throttling keeps 5 % for everything "
+                            "else); other: the normal scheduler", choices=("fifo", "other"))
     accelerator: str = opt("cpu", "astra-profile: record the profile on this accelerator (cuda: the model on the "
                            "GPU, the clock read after torch.cuda.synchronize); ranks of astra-bench run on the CPU",
                            choices=("cpu", "cuda"))

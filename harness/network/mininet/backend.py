@@ -116,7 +116,8 @@ class MininetBackend(Backend):
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
                pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, spec.tick_us, net.htb_burst_ms,
-               net.htb_stock, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None)
+               net.htb_stock, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None,
+               dev.compute == "replay" and dev.replay_sched == "fifo")
         self.setup_s = 0.0
         session = current(key if net.reuse else None)
         if session is None:
@@ -124,7 +125,8 @@ class MininetBackend(Backend):
             sess_dir.mkdir(parents=True)
             session = keep(Session(key[0], spec.devices, list(spec.quotas) or spec.quota_cores, key[3], net,
                                    sess_dir, period_us=dev.cfs_period_us, key=key, cpus=pinned and pinned[0],
-                                   idle_poll=spec.idle_poll, spread=spec.cores_of_ranks, tick_us=spec.tick_us))
+                                   idle_poll=spec.idle_poll, spread=spec.cores_of_ranks, tick_us=spec.tick_us,
+                                   realtime=key[-1]))
             self.setup_s = session.setup_s
         measured: dict = {}
         try:

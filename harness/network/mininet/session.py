@@ -160,12 +160,14 @@ class Session:
     def __init__(self, topology: str, n: int, cores: float | list[float], threads: int, net: MininetOptions,
                  workdir: Path, workers: bool = True, period_us: int = 5000, key: tuple = (),
                  cpus: str | None = None, idle_poll: bool = False, spread: list[int] | None = None,
-                 tick_us: int = 0):
+                 tick_us: int = 0, realtime: bool = False):
         """``cores``: each host's real CPU quota in cores (``device.cores`` / k), or one per host. ``cpus``: a
         cpuset every host is pinned to (``device.pin_cores``), or None. ``idle_poll``: hold the CPUs in the polling
         idle state for the session's life (``harness.idle``). ``spread``: the core each host is pinned to
         (``device.spread``), or None. ``tick_us``: run a ticker on the hosts' cores at this interval for the
-        session's life (``harness.tick``), 0: none."""
+        session's life (``harness.tick``), 0: none. ``realtime``: the ranks may run SCHED_FIFO (a replay with
+        ``device.replay_sched=fifo``): their workers leave their hosts' CPU cgroups, whose real-time budget is
+        zero, for the root's (replayed devices have no CPU quota to keep; the cpuset and cpuacct groups stay)."""
         from mininet.link import Link
         from mininet.log import setLogLevel
         from mininet.net import Mininet
@@ -233,6 +235,9 @@ class Session:
             for r, h in enumerate(self.hosts if workers else []):
                 env = rank_env(r, n, self.hosts[0].IP(), 0, f"{h.name}-eth0", threads)
                 self.workers.append(Worker(h, r, env, workdir / f"rank{r}.log"))
+            if realtime:
+                for w in self.workers:
+                    (CGROUP_CPU / "cgroup.procs").write_text(str(w.proc.pid))
             self._save_state()
             deadline = time.monotonic() + 120
             for w in self.workers:
