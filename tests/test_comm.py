@@ -1,4 +1,4 @@
-"""The real gloo collectives of ``DistComm`` on loopback: the p2p, ring, auto and gloo implementations give the
+"""The real gloo collectives of ``DistComm`` on loopback: the p2p, ring, bruck, auto and gloo implementations give the
 same results (and the all-to-all delivers uneven blocks to the right ranks), with uneven chunking (a tensor size
 not divisible by the group), for 3 ranks; the ring and auto ones also on tensors large enough for auto's ring."""
 
@@ -31,7 +31,7 @@ def _rank(rank: int, world: int, port: int, results) -> None:
         shard = torch.arange(4, dtype=torch.uint8) + 10 * rank
         out = {}
         big = torch.randn(3, 100_003)  # 400 kB per all-reduce chunk, 1.2 MB per all-gather shard: auto goes round
-        for impl in ("p2p", "ring", "auto", "gloo"):
+        for impl in ("p2p", "ring", "bruck", "auto", "gloo"):
             comm = DistComm(impl)
             out[impl] = (comm.all_reduce(x.clone()), torch.stack(comm.all_gather(shard)))
             assert [r.payload_bytes for r in comm.records] == [70 * 4, 4]
@@ -74,7 +74,7 @@ def test_p2p_collectives_match_gloo():
         torch.randn(2, 7, 5, generator=g)
     bigs = [torch.randn(3, 100_003, generator=g) for g in gens]
     for r in range(world):
-        for impl in ("p2p", "ring", "auto", "gloo"):
+        for impl in ("p2p", "ring", "bruck", "auto", "gloo"):
             red, gathered = results[r][impl]
             assert torch.allclose(red, expect_sum, atol=1e-5)
             assert gathered.tolist() == [[10 * j + i for i in range(4)] for j in range(world)]

@@ -33,8 +33,9 @@ class Knobs:
     timeout_s: float = opt(300.0, "a rank not finished by then fails the run (collectives time out too)", above=0,
                            hi=7 * 86400)
     collectives: str = opt("auto", "collectives from gloo send/recv: p2p (direct exchange), ring (N-1 steps, one "
-                           "flow per link), auto (ring for steps of >= 64 kB, p2p below); gloo: gloo's own",
-                           choices=("auto", "p2p", "ring", "gloo"))
+                           "flow per link), bruck (all-gather in log2 N rounds), auto (ring for steps of >= 64 kB, p2p "
+                           "below); gloo: gloo's own",
+                           choices=("auto", "p2p", "ring", "bruck", "gloo"))
     cache_dir: str = opt("results/cache", "where k-means codebooks are cached")
     budget_s: float | None = opt(None, "adaptive repeats: a point's warm-ups and repeats stop once they have used this "
                                  "many (real) seconds, after at least one timed inference; an inference longer than "
