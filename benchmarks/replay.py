@@ -28,7 +28,14 @@ from harness.report.plot import latest_points
 from harness.store.results import load
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: sweeps run from it
-KNOBS = ["++method.groups=1", "++method.codebook_size=1024", "++method.retained=1", "++method.kmeans_init=random"]
+
+
+def knobs(methods: str) -> list[str]:
+    """The methods' own settings for a sweep over ``methods`` (a knob only where some method has it)."""
+    names = set(methods.split(","))
+    out = ["++method.groups=1", "++method.codebook_size=1024", "++method.kmeans_init=random"] if "astra" in names \
+        else []
+    return out + (["++method.retained=1"] if names & {"bp_ag", "bp_sp"} else [])
 
 
 def sweep(store: Path, *overrides: str) -> float:
@@ -49,7 +56,7 @@ def table(df: pd.DataFrame, cols: list[str]) -> str:
 
 def validate(args) -> None:
     grid = [f"method=single,{args.methods}", f"devices={args.devices}", f"network.bandwidth_mbps={args.bandwidths}",
-            *model(args), "network=mininet", *KNOBS, "repeats=3", "warmup=1", "budget_s=20"]
+            *model(args), "network=mininet", *knobs(args.methods), "repeats=3", "warmup=1", "budget_s=20"]
     took = {mode: sweep(args.store, *grid, f"device.compute={mode}") for mode in ("real", "replay")}
     df = latest_points(load(args.store))
     df = df[(df["status"] == "ok") & (df["devices"] > 1)]
@@ -64,9 +71,9 @@ def validate(args) -> None:
 
 def scale(args) -> None:
     grid = [f"method=single,{args.methods}", f"devices={args.devices}", f"network.bandwidth_mbps={args.bandwidths}",
-            *model(args), *KNOBS, "device.compute=replay", "device.profile=reference", f"device.reference_ms={args.ref_ms}",
+            *model(args), *knobs(args.methods), "device.compute=replay", "device.profile=reference", f"device.reference_ms={args.ref_ms}",
             "repeats=3", "warmup=1", "budget_s=20"]
-    took = sweep(args.store, *grid, "network=mininet")
+    took = sweep(args.store, *grid, "network=mininet", "network.htb_burst_ms=1")
     sweep(args.store, *grid, "network=analytic", "network.collective_model=ring")
     df = latest_points(load(args.store))
     df = df[(df["status"] == "ok") & (df["devices"] > 1)]

@@ -100,8 +100,8 @@ class DeviceOptions:
     compute: str = opt("real", "real: each device computes on this machine's CPU (the reference: it measures "
                        "interference, caches and the real kernels; time-dilated on Mininet when the devices do not "
                        "fit); replay: each device replays its compute profile as timed waits while its collectives "
-                       "run for real (no dilation, links at their true rates, 32 devices on two cores; validated "
-                       "against real where both run)", choices=("real", "replay"))
+                       "run for real (no dilation, links at their true rates, many devices on two cores; compared "
+                       "with real where both run: benchmarks/replay.py validate)", choices=("real", "replay"))
     profile: str = opt("measure", "device.compute=replay: the compute profile replayed. measure: each rank's compute "
                        "measured here, alone at this device's speed (cached in cache_dir/profiles); reference: the "
                        "same, scaled so that the single device takes device.reference_ms; or a profile file, or a "
