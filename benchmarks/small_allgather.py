@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import time
 
 import torch
 import torch.multiprocessing as mp
+
+from harness.launch import free_port
 
 
 def _rank(rank: int, world: int, port: int, impl: str, sched: str, sleep_ms: float, nbytes: int, repeats: int,
@@ -48,12 +49,6 @@ def _rank(rank: int, world: int, port: int, impl: str, sched: str, sleep_ms: flo
             out[(impl, sched)] = sorted(took)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

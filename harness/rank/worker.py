@@ -170,11 +170,11 @@ def run_job(spec: RunSpec, world: int) -> dict:
     """Join the group described by the env:// variables, run this rank, leave the group. A replayed rank runs
     SCHED_FIFO from before the group starts (so gloo's threads inherit it) until it has left it
     (``device.replay_sched``); its report says which it got."""
-    fifo = spec.device.compute == "replay" and spec.device.replay_sched == "fifo" and world > 1
     if world == 1:
         return run_rank(spec, LocalComm())
     import torch.distributed as dist
 
+    fifo = spec.device.compute == "replay" and spec.device.replay_sched == "fifo"
     sched = "fifo" if fifo and realtime(True) else "other"
     try:
         dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=spec.timeout_s))
