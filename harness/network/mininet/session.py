@@ -33,6 +33,17 @@ MAX_BW = 1000.0
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1 cpu controller, where CPULimitedHost puts each host
 
 
+def leave_host_cgroup(pid: int) -> None:
+    """Move a process (all its threads) from its host's CPU cgroup, whose real-time budget is 0, to the root one,
+    and check that it is there."""
+    (CGROUP_CPU / "cgroup.procs").write_text(str(pid))
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctls, path = line.split(":", 2)
+        if "cpu" in ctls.split(",") and path != "/":
+            raise RunFailed(f"could not move rank process {pid} out of its host's CPU cgroup ({path}): "
+                            "real-time replay needs it; run with device.replay_sched=other")
+
+
 def host_throttled_s(host: str) -> float | None:
     """Seconds the host's CPU cgroup has been throttled by its CFS quota so far (None if unreadable)."""
     from harness.emulation.cpustat import throttled_seconds
@@ -235,9 +246,6 @@ class Session:
             for r, h in enumerate(self.hosts if workers else []):
                 env = rank_env(r, n, self.hosts[0].IP(), 0, f"{h.name}-eth0", threads)
                 self.workers.append(Worker(h, r, env, workdir / f"rank{r}.log"))
-            if realtime:
-                for w in self.workers:
-                    (CGROUP_CPU / "cgroup.procs").write_text(str(w.proc.pid))
             self._save_state()
             deadline = time.monotonic() + 120
             for w in self.workers:
@@ -245,6 +253,11 @@ class Session:
                     w.wait_line(deadline)
                 except queue.Empty:
                     raise RunFailed(f"rank {w.rank} did not start within 120 s: {w.ended()}") from None
+            if realtime:
+                # Only once a worker said it is ready: mnexec attaches itself to its host's cgroup as it starts,
+                # and a move made before that would be undone.
+                for w in self.workers:
+                    leave_host_cgroup(w.proc.pid)
         except BaseException:
             self.close()
             raise
