@@ -89,6 +89,29 @@ def test_a_profile_file_round_trips(tmp_path):
     assert half.measured["scale"] == 0.5 and half.ranks[1].calls[0].args == profile.ranks[1].calls[0].args
 
 
+def test_a_cached_profile_is_measured_again_when_the_machine_changed_speed(tmp_path, monkeypatch):
+    """A VM's speed drifts: a cached profile is reused only while the speed probe agrees with the one taken when it
+    was recorded, and a recording during which the probe moved is taken again."""
+    from harness.rank import profile as prof
+
+    spec = spec_of("sp", 2, tmp_path)
+    speed = iter([10.0, 10.2,  # the first recording: probe before and after
+                  10.1,  # a cache hit at the same speed
+                  13.0, 13.0, 15.0, 13.1, 13.2])  # 30 % slower: recorded again; the first recording drifted
+    monkeypatch.setattr(prof, "speed_probe", lambda threads=1: next(speed))
+    said = []
+    first = prof.measured(spec, said.append, repeats=1, warmup=0)
+    assert first.measured["probe_ms"] == pytest.approx(10.1) and first.measured["probe_drift"] == pytest.approx(0.02)
+    assert first.measured["spread"] >= 0
+    assert prof.measured(spec, said.append, repeats=1, warmup=0) == first and len(said) == 1
+    again = prof.measured(spec, said.append, repeats=1, warmup=0)
+    assert again.measured["probe_ms"] == pytest.approx(13.15)
+    assert "0.78x the speed it was measured at" in said[1] and "moved 15 %" in said[2]
+    assert next(speed, None) is None  # every probe was taken: the cache was not trusted blindly
+    monkeypatch.setattr(prof, "speed_probe", lambda threads=1: 13.5)  # within DRIFT of 13.15: the cache serves
+    assert prof.measured(spec, said.append, repeats=1, warmup=0) == again and len(said) == 4
+
+
 def test_bad_profiles_are_refused_in_one_line(tmp_path):
     spec = spec_of("sp", 2, tmp_path)
     good = record_profile(spec, repeats=1, warmup=0)

@@ -13,12 +13,14 @@ File format (JSON, ``FORMAT``)::
      "point": {"model": "vit_base", "method": {...method options...}, "devices": 4, "tokens": 1024, "batch": 1,
                "shares": null},
      "device": {"name": "cpu1", "threads": 1, "host": ..., "cpu_model": ..., "torch": ..., "accelerator": "cpu"},
-     "measured": {"repeats": 3, "warmup": 1, "scale": 1.0},
+     "measured": {"repeats": 3, "warmup": 1, "scale": 1.0, "spread": 0.02, "probe_ms": 27.5, "probe_drift": 0.01},
      "ranks": [{"rank": 0, "tail_s": 0.012,
                 "calls": [{"compute_s": 0.051, "op": "all_gather", "tag": "block0",
                            "args": {"shape": [1, 257, 768], "dtype": "float32"}}, ...]}, ...]}
 
-``args`` per op: ``all_gather``: the rank's shard (``shape``, ``dtype``); ``all_reduce``: the tensor and its
+``measured``: ``spread`` is the largest relative spread of a rank's recorded inferences; ``probe_ms`` this machine's
+speed probe (``harness.rank.profile.speed_probe``) around the recording and ``probe_drift`` how far it moved (CPU
+recordings only: a cached profile is used only while the probe still agrees). ``args`` per op: ``all_gather``: the rank's shard (``shape``, ``dtype``); ``all_reduce``: the tensor and its
 ``wire`` format; ``all_to_all``: the ``parts`` sent (a shape each), ``recv_shapes`` and the ``dtype``. A profile of
 the single-device baseline has one rank and no calls: its whole inference is ``tail_s``.
 
