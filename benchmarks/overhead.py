@@ -1,5 +1,5 @@
 """The harness's own cost per point of a large grid: a sweep on the analytic backend with the paper's compute profile
-(``network.compute=paper``: nothing runs, so every second is the harness's — composing the job's config, checking
+(``network.compute=fitted``: nothing runs, so every second is the harness's — composing the job's config, checking
 it, building the spec and the row, writing the store), as one ``astra-bench -m`` run over ``--points`` jobs.
 
     python benchmarks/overhead.py --points 1000
@@ -20,7 +20,7 @@ from pathlib import Path
 from harness.store.results import load
 
 # ViT-Base at 1024 tokens is the shape the paper's compute profile covers (results/paper/compute_profile.csv)
-FIXED = ["model=vit_base", "tokens=1024", "network=analytic", "network.compute=paper", "network.mbps_unit=1048576",
+FIXED = ["model=vit_base", "tokens=1024", "network=analytic", "network.compute=fitted", "network.mbps_unit=1048576",
          "network.collective_model=paper", "repeats=1", "warmup=0", "solo_repeats=0"]
 
 

@@ -150,7 +150,7 @@ TRAFFIC_CASES = [
 @pytest.mark.parametrize("world", [1, 3, 4])
 @pytest.mark.parametrize("method,opts", TRAFFIC_CASES)
 def test_every_method_predicts_its_recorded_traffic(tiny_cfg, kind, world, method, opts):
-    """``Method.traffic`` (what network.compute=paper charges without running anything) equals the collectives the
+    """``Method.traffic`` (what network.compute=fitted charges without running anything) equals the collectives the
     plan really issues, rank by rank, op by op, byte for byte."""
     from harness.spec.build import make_spec
 

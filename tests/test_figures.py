@@ -111,7 +111,7 @@ def report_store(tmp_path):
     from harness.spec.build import build_spec, compose
 
     path = tmp_path / "paper.parquet"
-    base = ["model=vit_base", "network=analytic", "network.compute=paper", "network.collective_model=paper",
+    base = ["model=vit_base", "network=analytic", "network.compute=fitted", "network.collective_model=paper",
             "network.mbps_unit=1048576", "repeats=1", "warmup=0", "solo_repeats=0", "tokens=1024",
             f"results.path={path}"]
     run_point(build_spec(compose([*base, "method=single"])), sweep=False)
@@ -256,7 +256,7 @@ def test_report_figures_and_readme(tmp_path):
 
     ours = {c for cs in colours(figures(store())["speedup_vs_bandwidth"]).values() for c in cs}
     plot_colours = {m: next(iter(cs)) for m, cs in colours(figures(store())["speedup_vs_bandwidth"]).items()}
-    fig1 = report.draw_panels(tables["fig1"], "bandwidth_mbps", "devices", "paper-compute", plt, logx=True)
+    fig1 = report.draw_panels(tables["fig1"], "bandwidth_mbps", "devices", "paper-fitted", plt, logx=True)
     fig3 = report.breakdown_figure(tables["fig3"], plt)
     for name, fig in (("fig1", fig1), ("fig3", fig3)):
         check_legends(fig, name)

@@ -16,7 +16,7 @@ def latency_store(tmp_path_factory):
     from harness.spec.build import build_spec, compose
 
     store = tmp_path_factory.mktemp("nb") / "latency.parquet"
-    base = ["model=vit_base", "network=analytic", "network.compute=paper", "network.collective_model=paper",
+    base = ["model=vit_base", "network=analytic", "network.compute=fitted", "network.collective_model=paper",
             "network.mbps_unit=1048576", "repeats=1", "warmup=0", "solo_repeats=0", f"results.path={store}"]
     shaped = [["method=astra", "method.groups=16", "devices=4"], ["method=bp_ag", "devices=4"],
               ["method=bp_sp", "devices=4"], ["method=tp", "devices=4"],
@@ -65,8 +65,8 @@ def test_every_notebook_is_tested():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,words", [
-    ("latency_figures", ["paper-compute", "ASTRA G=1", "BP+AG Nb=1", "over TP", "fig1"]),
-    ("device_scaling", ["ASTRA G=1", "paper-compute", "fig7"]),
+    ("latency_figures", ["paper-fitted", "ASTRA G=1", "BP+AG Nb=1", "over TP", "fig1"]),
+    ("device_scaling", ["ASTRA G=1", "paper-fitted", "fig7"]),
     ("token_scaling", ["fitted jointly", "fig8"]),
 ])
 def test_latency_notebooks_run(latency_store, name, words):

@@ -11,10 +11,13 @@ bits ÷ bandwidth for every collective the rank issued, and added to compute wit
 - ``collective_model=paper``: what the paper's simulator appears to charge (the paper's latency model): one send of the rank's
   own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor; all-to-all: its input).
 
-``compute=paper`` takes each rank's compute from the compute profile the paper's figures imply
-(``results/paper/compute_profile.csv``, ``harness.paper``) instead of measuring it, and charges the collectives the
-method predicts (``Method.traffic``) without running anything: the paper's own latency model, with our methods'
-real traffic. Only for the paper's latency model (ViT-Base shape) at the points its figures cover.
+``compute=predicted`` takes each rank's compute from the multiply-adds its own code does (``harness.network.work``)
+at the paper's device speed — one parameter, the paper's single device at 1024 tokens (111.5 ms) over our single
+device's multiply-adds — and charges the collectives the method predicts (``Method.traffic``) without running
+anything: a prediction of the paper's figures. ``compute=fitted`` takes instead the compute that best fits each of
+the paper's curves (``results/paper/compute_profile.csv``, ``harness.network.paper``: 54 values fitted to 260
+cells), which checks the traffic accounting, not the compute. Both only for the paper's latency model (ViT-Base
+shape); ``fitted`` only at the points the figures cover.
 
 ``mbps_unit`` is 10^6 bit/s by default (the paper appears to use 2^20). ``wire_overhead`` scales payload bits to
 account for framing (1.0 = none, as in the paper). No root needed; any number of devices.
@@ -45,9 +48,11 @@ class AnalyticOptions(ShapedOptions):
                                 choices=("ring", "paper"))
     wire_overhead: float = opt(1.0, "multiply payload bits by this (e.g. 1.046 for TCP/IPv4/Ethernet framing)",
                                above=0)
-    compute: str = opt("measured", "measured: profile each rank's compute on this machine; paper: the per-device "
-                       "compute the paper's figures imply (results/paper/compute_profile.csv), nothing run",
-                       choices=("measured", "paper"))
+    compute: str = opt("measured", "measured: profile each rank's compute on this machine; predicted: each rank's "
+                       "multiply-adds at the paper's device speed (1 parameter, from its single device), nothing run; "
+                       "fitted: the per-device compute that fits each of the paper's curves "
+                       "(results/paper/compute_profile.csv), a consistency check of the traffic accounting",
+                       choices=("measured", "predicted", "fitted"))
 
 
 def paper_compute_ms(spec) -> float:
@@ -74,19 +79,25 @@ class AnalyticBackend(Backend):
         self.bw = device_bandwidths(spec.network.bandwidth_mbps, spec.devices)
         self.budget = {**self.budget, "oversubscribed": False}  # ranks are profiled, never co-scheduled over cores
         self.runs_ranks = spec.network.compute == "measured" and spec.device.compute == "real"
-        if spec.device.compute == "replay" and spec.network.compute != "measured":
-            raise ConfigError("network.compute=paper and device.compute=replay both give the compute: use one")
+        mode = spec.network.compute
+        if spec.device.compute == "replay" and mode != "measured":
+            raise ConfigError(f"network.compute={mode} and device.compute=replay both give the compute: use one")
         self.reused = False
-        if spec.network.compute == "paper":
+        if mode in ("fitted", "predicted"):
             m = spec.model
             if (m.kind, m.layers, m.hidden) != ("vit", 12, 768):
-                raise ConfigError(f"network.compute=paper is the paper's latency model (a 12-layer, 768-wide ViT); "
+                raise ConfigError(f"network.compute={mode} is the paper's latency model (a 12-layer, 768-wide ViT); "
                                   f"model={m.name} is {m.kind} {m.layers}x{m.hidden}: use model=vit_base or "
                                   "network.compute=measured")
             if spec.batch != 1:
-                raise ConfigError(f"network.compute=paper times one request (batch 1), not batch={spec.batch}: "
+                raise ConfigError(f"network.compute={mode} times one request (batch 1), not batch={spec.batch}: "
                                   "drop batch or use network.compute=measured")
-            self.paper_compute_s = 1e-3 * paper_compute_ms(spec)
+            if mode == "fitted":
+                self.paper_compute_s = [1e-3 * paper_compute_ms(spec)] * spec.devices
+            else:
+                from harness.network.paper import predicted_compute_ms
+
+                self.paper_compute_s = [1e-3 * ms for ms in predicted_compute_ms(spec)]
 
     def bandwidths(self) -> list[float]:
         return self.bw
@@ -94,13 +105,24 @@ class AnalyticBackend(Backend):
     @classmethod
     def identity(cls, spec) -> dict:
         ident = super().identity(spec)
-        if spec.network.compute == "paper":  # a re-derived profile is a different measurement
+        if spec.network.compute == "fitted":  # a re-derived profile is a different measurement
             import hashlib
 
             from harness.network.paper import PROFILE
 
             ident["compute_profile_sha"] = hashlib.sha256(PROFILE.read_bytes()).hexdigest()[:16] if PROFILE.is_file() \
                 else None
+        return ident
+
+    @classmethod
+    def identity_alone(cls, spec) -> dict:
+        """A single device's compute differs between the sources of compute (absent when measured: older keys stay
+        valid)."""
+        ident = super().identity_alone(spec)
+        if spec.network.compute != "measured":
+            ident["compute"] = spec.network.compute
+            if spec.network.compute == "fitted":
+                ident["compute_profile_sha"] = cls.identity(spec).get("compute_profile_sha")
         return ident
 
     def cached_profile(self, spec, workdir: Path) -> list[dict]:
@@ -146,12 +168,12 @@ class AnalyticBackend(Backend):
         return sorted(reports, key=lambda r: r["rank"])
 
     def paper_reports(self, spec) -> list[dict]:
-        """Rank reports as the paper's simulator would time them: its compute for the point, and the collectives
-        the method issues (predicted from shapes), answered in no time."""
+        """Rank reports as the paper's simulator would time them: the fitted or predicted compute of each rank, and
+        the collectives the method issues (predicted from shapes), answered in no time."""
         out = []
         for r in range(spec.devices):
             records = [[op, tag, nbytes, 0.0, None] for op, tag, nbytes in spec.method_class.traffic(spec, r)]
-            out.append({"rank": r, "world": spec.devices, "latency_s": [self.paper_compute_s], "comm_s": [0.0],
+            out.append({"rank": r, "world": spec.devices, "latency_s": [self.paper_compute_s[r]], "comm_s": [0.0],
                         "records": records, "payload_bytes": sum(rec[2] for rec in records), "max_abs_err": None,
                         "wire_bytes": None, "warmups": 0})
         return out

@@ -82,6 +82,12 @@ class Backend:
                 ident[k] = None
         return ident
 
+    @classmethod
+    def identity_alone(cls, spec) -> dict:
+        """The network options that change what a one-device point measures (no links: by default only which
+        backend ran it)."""
+        return {"name": spec.network.name}
+
     def bandwidths(self) -> list[float] | None:
         """Per-device link rate in Mbit/s, or None for an unshaped network."""
         return None

@@ -12,7 +12,7 @@ per-device compute that best reproduces the curve's speedups (least squares, eac
 reading can tell: 2 % of the value, at least half the ±0.01 reading step), and for token
 counts whose single-device latency the paper does not print it fits that latency jointly over the curves at that
 token count (1024 tokens: 111.5 ms, read off Fig. 3). ``python -m harness.paper`` writes the result to
-``results/paper/compute_profile.csv``, which ``network=analytic network.compute=paper`` uses instead of measuring
+``results/paper/compute_profile.csv``, which ``network=analytic network.compute=fitted`` uses instead of measuring
 compute here: our methods' own traffic (``Method.traffic``) is charged on top, so comparing its output with the
 paper's cells tests the traffic accounting, not a copy of the paper's numbers.
 """
@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
 from harness.paths import PAPER_DIR
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PROFILE = PAPER_DIR / "compute_profile.csv"
 SPEEDUP_FIGURES = ("fig1_speedup", "fig7_speedup", "fig8_speedup")
@@ -144,7 +148,7 @@ def profile():
 
 
 def compute_ms(method: str, groups, retained, devices: int, tokens: int) -> float:
-    """The paper's per-device compute for this point (``network.compute=paper``); ConfigError naming what exists
+    """The paper's per-device compute for this point (``network.compute=fitted``); ConfigError naming what exists
     when the paper's figures imply none."""
     df = profile()
     cls = method_class(method)
@@ -158,10 +162,74 @@ def compute_ms(method: str, groups, retained, devices: int, tokens: int) -> floa
         pts = sorted({(int(r.devices), int(r.tokens)) for r in have.itertuples()})
         extra = "".join(f" {k}={v}" for k, v in knobs.items())
         raise ConfigError(
-            f"network.compute=paper: the paper's figures imply no compute for {method}{extra} at "
+            f"network.compute=fitted: the paper's figures imply no compute for {method}{extra} at "
             f"devices={devices} tokens={tokens} (they cover (devices, tokens) {pts} for {method}): use one of "
             "those points or network.compute=measured")
     return float(hit["compute_ms"].iloc[0])
+
+
+def fitted_parameters() -> tuple[int, int]:
+    """(parameters, cells) of the fitted check: one compute value per curve, plus each single-device latency the
+    paper does not print, fitted to the figures' speedup cells."""
+    df = profile()
+    curves = int((df["devices"] > 1).sum())
+    singles = int(((df["devices"] == 1) & df["source"].str.startswith("fitted")).sum())
+    return curves + singles, int(df["cells"].sum())
+
+
+def cross_validate() -> pd.DataFrame:
+    """The fitted check scored on cells it was not fitted to: each curve's compute fitted on every other bandwidth
+    (the 1st, 3rd, ...) and scored on the rest, and the other way round; the single-device latency as in
+    ``derive_profile``. One row per held-out cell: figure, curve, bandwidth, paper, predicted, gap."""
+    import pandas as pd
+
+    prof = profile()
+    single_at = {int(r.tokens): float(r.compute_ms) for r in prof[prof["devices"] == 1].itertuples()}
+    rows = []
+    for name in SPEEDUP_FIGURES:
+        cells = load(name)
+        cells = cells[cells["speedup"] > 0]
+        for key, cur in cells.groupby(["method", "groups", "retained", "devices", "tokens"], dropna=False):
+            cur = cur.sort_values("bandwidth_mbps").reset_index(drop=True)
+            single = single_at[int(key[4])]
+            comm = [paper_comm_ms(key[0], key[1], key[2], int(key[3]), int(key[4]), b) for b in cur["bandwidth_mbps"]]
+            for half in (0, 1):
+                fit = [(s, c) for i, (s, c) in enumerate(zip(cur["speedup"], comm)) if i % 2 == half]
+                if not fit:
+                    continue
+                compute, _ = _fit_compute(single, fit)
+                for i, (s, c, b) in enumerate(zip(cur["speedup"], comm, cur["bandwidth_mbps"])):
+                    if i % 2 != half:
+                        pred = single / (compute + c)
+                        rows.append({"figure": name.split("_")[0], "method": key[0], "groups": key[1],
+                                     "retained": key[2], "devices": int(key[3]), "tokens": int(key[4]),
+                                     "bandwidth_mbps": float(b), "paper": float(s), "predicted": pred,
+                                     "gap": pred / s - 1})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ the prediction
+PREDICTED_PARAMETERS = 1  # ms per multiply-add, from Fig. 3's single-device latency
+
+
+def ms_per_mac(spec) -> float:
+    """The prediction's one parameter: the paper's single device (111.5 ms at 1024 tokens, Fig. 3) over the
+    multiply-adds of our single device at 1024 tokens, counted on its code (``harness.network.work``)."""
+    from harness.network.work import rank_macs
+    from harness.parallel import METHODS
+
+    name = baseline_name()
+    single = spec.replace(method=METHODS[name].Options(name=name), devices=1, shares=None, tokens=1024)
+    return SINGLE_1024_MS / rank_macs(single)[0]
+
+
+def predicted_compute_ms(spec) -> list[float]:
+    """Each rank's compute under ``network.compute=predicted``: its multiply-adds (counted on its own code) at the
+    paper's device speed (``ms_per_mac``) — nothing fitted to the figures' cells."""
+    from harness.network.work import rank_macs
+
+    k = ms_per_mac(spec)
+    return [k * m for m in rank_macs(spec)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,20 @@ class Astra(SequenceParallel):
         return spec.replace(codebooks=str(path))
 
     @classmethod
+    def prepare_shapes(cls, spec, workdir: Path):
+        """Codebooks of the run's shape (random values: the work does not depend on them) instead of fitting them."""
+        o, mc = spec.method, spec.model
+        if vq_mode(o) != "kmeans":
+            return cls.prepare(spec, lambda msg: None)
+        from safetensors.torch import save_file
+
+        g = torch.Generator().manual_seed(spec.seed)
+        books = torch.randn(mc.layers, o.groups, o.codebook_size, mc.hidden // o.groups, generator=g)
+        path = Path(workdir) / f"shapes-G{o.groups}-K{o.codebook_size}-{mc.layers}x{mc.hidden}.safetensors"
+        save_file({"codebooks": books}, str(path))
+        return spec.replace(codebooks=str(path))
+
+    @classmethod
     def _checkpoint_weights(cls, spec, path: Path, log) -> str | None:
         """For an astra-train checkpoint directory: check it fits this run, return its fine-tuned weights file."""
         if not (path.is_dir() and (path / "manifest.json").is_file()):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -90,6 +91,12 @@ class Method:
         return spec
 
     @classmethod
+    def prepare_shapes(cls, spec, workdir: Path):
+        """Like ``prepare``, for counting work (``harness.network.work``): only the shapes of what the ranks read
+        matter, so files are made of the right shapes without fitting anything. Default: ``prepare``."""
+        return cls.prepare(spec, lambda msg: None)
+
+    @classmethod
     def columns(cls, spec) -> dict:
         """Row columns this method fills besides the common ones (e.g. ASTRA's groups, codebook_size, vq)."""
         return {}
@@ -102,7 +109,7 @@ class Method:
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
         """The collectives rank ``rank`` issues in one inference of ``spec``, as (op, tag, payload bytes), exactly as
-        its ``Comm`` records them — derived from shapes, without running anything (``network.compute=paper``
+        its ``Comm`` records them — derived from shapes, without running anything (``network.compute=fitted``
         charges these; tests hold every method's prediction to its recorded traffic)."""
         raise NotImplementedError(f"method {cls.name} does not predict its traffic")
 

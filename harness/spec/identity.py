@@ -42,7 +42,7 @@ def identity(spec: RunSpec, timing: bool = False) -> dict:
         "topology": spec.topology.name if backend.uses_topology else None,
     }
     # one device: bandwidth, topology and the network's knobs do not matter
-    ident["network"] = backend.identity(spec) if cls.communicates else {"name": spec.network.name}
+    ident["network"] = backend.identity(spec) if cls.communicates else backend.identity_alone(spec)
     if not cls.communicates:
         ident["topology"] = None
         ident["collectives"] = None
