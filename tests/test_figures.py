@@ -276,3 +276,16 @@ def test_report_figures_and_readme(tmp_path):
         style.plain(b) for b in sorted(tables["fig1"]["bandwidth_mbps"].unique())]
     plt.close(fig1)
     plt.close(fig3)
+
+
+def test_a_difference_inside_the_intervals_is_not_resolved():
+    from harness.report.compare import change, resolved
+
+    assert resolved(10, 11, 12, 13) is True and resolved(10, 12.5, 12, 13) is False
+    assert resolved(10, None, 12, 13) is None and resolved(10, float("nan"), 12, 13) is None
+    assert change((50, 49, 51), (40, 39, 41)) == "+25.0 %"
+    assert change((41, 40, 42), (40, 39, 41.5)) == "+2.5 % (not resolved)"
+    assert change((41, None, None), (40, 39, 41)) == "+2.5 % (no interval)"
+    import numpy as np
+
+    assert change(tuple(np.float64(x) for x in (41, 40, 42)), (40, 39, 41.5)) == "+2.5 % (not resolved)"

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from harness.network import paper
+from harness.report.compare import resolved
 from harness.report.plot import latest_points
 from harness.store.provenance import describe, stamp
 from harness.store.results import load
@@ -159,17 +160,24 @@ def ratio_table(ours: pd.DataFrame) -> pd.DataFrame:
         part = ours[(ours["source"] == src) & (ours["devices"] == 4) & (ours["tokens"] == 1024)]
         if part.empty:
             continue
-        vals = []
+        vals, notes = [], []
+        ci = ["latency_ci_low_ms", "latency_ci_high_ms"]
         for r in out.itertuples():  # the method's latency over the baseline's, both at r's bandwidth
             at = part["bandwidth_mbps"] == r.bandwidth_mbps
-            mine = part.loc[at & (part["method"] == r.method) & (part["groups"] == r.groups), "latency_ms"]
+            mine = part[at & (part["method"] == r.method) & (part["groups"] == r.groups)]
             sel = at & (part["method"] == r.baseline)
             if pd.notna(r.baseline_retained):
                 sel &= part["retained"] == r.baseline_retained
-            base = part.loc[sel, "latency_ms"]
-            vals.append(float(base.iloc[0]) / float(mine.iloc[0]) if len(base) and len(mine) else np.nan)
+            base = part[sel]
+            ok = len(base) and len(mine)
+            vals.append(float(base["latency_ms"].iloc[0]) / float(mine["latency_ms"].iloc[0]) if ok else np.nan)
+            apart = resolved(*(pd.to_numeric(x[c], errors="coerce").iloc[0] for x in (mine, base) for c in ci)) \
+                if ok and all(c in part.columns for c in ci) else None
+            notes.append("not resolved" if apart is False else None)  # the two intervals overlap: no winner
         out[src] = vals
         out[f"{src} gap"] = _gap(out[src], out["paper"])
+        if any(notes):
+            out[f"{src} note"] = notes
     out.insert(0, "label", [f"{label(m, g, None)} over {label(b, None, r)}"
                             for m, g, b, r in zip(out["method"], out["groups"], out["baseline"], out["baseline_retained"])])
     return out.drop(columns=["method", "groups", "baseline", "baseline_retained"])
