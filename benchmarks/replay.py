@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report.compare import resolved
 from harness.report.plot import latest_points
 from harness.store.results import load
 
@@ -63,11 +64,16 @@ def validate(args) -> None:
     df = latest_points(load(args.store))
     df = df[(df["status"] == "ok") & (df["devices"] > 1)]
     keys = ["method", "devices", "bandwidth_mbps"]
-    pair = df.pivot_table(index=keys, columns="device_compute", values="speedup", aggfunc="last").reset_index()
+    vals = ["speedup", "speedup_ci_low", "speedup_ci_high"]
+    wide = df.pivot_table(index=keys, columns="device_compute", values=vals, aggfunc="last")
+    pair = pd.DataFrame({"real": wide["speedup"]["real"], "replay": wide["speedup"]["replay"]}).reset_index()
     pair["gap"] = pair["replay"] / pair["real"] - 1
     pair["within 5 %"] = pair["gap"].abs() <= 0.05
+    apart = [resolved(*(wide[(c, mode)].iloc[i] for mode in ("real", "replay") for c in vals[1:]))
+             for i in range(len(wide))]
+    pair["intervals"] = ["apart" if a else "overlap (not resolved)" if a is False else "" for a in apart]
     print(f"## replay against real compute ({took:.0f} s)\n")
-    print(table(pair, [*keys, "real", "replay", "gap", "within 5 %"]))
+    print(table(pair, [*keys, "real", "replay", "gap", "within 5 %", "intervals"]))
     print(f"\n{int(pair['within 5 %'].sum())} of {len(pair)} points within 5 %")
 
 

@@ -52,8 +52,9 @@ def test_sweep_knob_of_some_methods_is_passed_on_as_force_add():
     (["-m", "network=analytic", "network.bandwidth_mbps=10", "100"],
      "write network.bandwidth_mbps=10,100 with -m (network.bandwidth_mbps=[a,b] is not a sweep but one point with a "
      "rate per device"),
-    (["experiment=paper_fig1"], "experiment=paper_fig1 is a sweep over method, method.codebook_size, method.groups, "
-                                "method.retained, network.bandwidth_mbps, devices: run it with -m"),
+    (["experiment=paper_fig1"], "experiment=paper_fig1 is a sweep over method, method.codebook_size, "
+                                "method.kv_table, method.groups, method.retained, network.bandwidth_mbps, devices, "
+                                "network.compute: run it with -m"),
     (["experiment=main", "devices=2"], "run it with -m (astra-bench -m experiment=main ...)"),
     (["results.path=/proc/astra/out.parquet"], "results.path=/proc/astra/out.parquet: cannot write in /proc/astra"),
     (["-m", "method=sp,tp", "results.path=/proc/astra/out.parquet"], "cannot write in /proc/astra"),

@@ -105,7 +105,7 @@ def test_work_counts_are_the_multiply_adds_of_each_ranks_code(tmp_path):
     """Counted on fake tensors, the multiply-adds equal the hand count: a single ViT (65 tokens = 64 patches and the
     class token) and an ASTRA rank of four (17 local rows with its class-token replica; K/V projected for all 65
     rows from the decoded remote embeddings; its 16 local patches encoded against K = 16 codewords)."""
-    from harness.network.work import count_ranks
+    from harness.rank.work import count_ranks
 
     def spec(*over):
         return build_spec(compose(["model=vit_tiny", "tokens=64", f"cache_dir={tmp_path}", *over]))
@@ -120,6 +120,7 @@ def test_work_counts_are_the_multiply_adds_of_each_ranks_code(tmp_path):
     assert got == [rank] * 4
 
 
+@pytest.mark.slow
 def test_predicted_compute_has_one_parameter_and_counts_each_methods_work(tmp_path):
     """network.compute=predicted: the single device is the paper's 111.5 ms at 1024 tokens (the one parameter); an
     ASTRA rank of four does 0.375 of its multiply-adds (0.352 without its codeword distances; Fig. 3: 39.2 / 111.5 =

@@ -11,7 +11,7 @@ bits ÷ bandwidth for every collective the rank issued, and added to compute wit
 - ``collective_model=paper``: what the paper's simulator appears to charge (the paper's latency model): one send of the rank's
   own payload per collective (all-gather: its shard; all-reduce: 1/N of the tensor; all-to-all: its input).
 
-``compute=predicted`` takes each rank's compute from the multiply-adds its own code does (``harness.network.work``)
+``compute=predicted`` takes each rank's compute from the multiply-adds its own code does (``harness.rank.work``)
 at the paper's device speed — one parameter, the paper's single device at 1024 tokens (111.5 ms) over our single
 device's multiply-adds — and charges the collectives the method predicts (``Method.traffic``) without running
 anything: a prediction of the paper's figures. ``compute=fitted`` takes instead the compute that best fits each of

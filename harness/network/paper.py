@@ -210,12 +210,51 @@ def cross_validate() -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ the prediction
 PREDICTED_PARAMETERS = 1  # ms per multiply-add, from Fig. 3's single-device latency
+_COUNTS: dict[str, list[float]] = {}
+
+
+def rank_macs(spec) -> list[float]:
+    """Multiply-adds of one inference, per rank, counted on the ranks' own code (``harness.rank.work``, in a process
+    of its own): once per point (model, method and options, devices, tokens, batch, shares), then kept in this
+    process and in ``cache_dir/work/``."""
+    import dataclasses
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from harness.errors import RunFailed
+    from harness.launch import REPO_ROOT
+
+    point = {"model": dataclasses.asdict(spec.model), "method": dataclasses.asdict(spec.method),
+             "devices": spec.devices, "tokens": spec.tokens, "batch": spec.batch, "shares": spec.shares,
+             "seed": spec.seed}
+    key = json.dumps(point, sort_keys=True, default=str)
+    if key in _COUNTS:
+        return _COUNTS[key]
+    path = Path(spec.cache_dir).resolve() / "work" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    try:
+        counts = json.loads(path.read_text())["macs"]
+    except (OSError, ValueError, KeyError):
+        with tempfile.TemporaryDirectory(prefix="astra-work-") as tmp:
+            spec_path = Path(tmp) / "spec.json"
+            spec_path.write_text(spec.to_json())
+            p = subprocess.run([sys.executable, "-m", "harness.rank.work", "--spec", str(spec_path), "--out",
+                                str(path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=spec.timeout_s,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RunFailed(f"counting the ranks' work failed: {tail}")
+        counts = json.loads(path.read_text())["macs"]
+    _COUNTS[key] = counts
+    return counts
 
 
 def ms_per_mac(spec) -> float:
     """The prediction's one parameter: the paper's single device (111.5 ms at 1024 tokens, Fig. 3) over the
-    multiply-adds of our single device at 1024 tokens, counted on its code (``harness.network.work``)."""
-    from harness.network.work import rank_macs
+    multiply-adds of our single device at 1024 tokens, counted on its code (``harness.rank.work``)."""
     from harness.parallel import METHODS
 
     name = baseline_name()
@@ -226,8 +265,6 @@ def ms_per_mac(spec) -> float:
 def predicted_compute_ms(spec) -> list[float]:
     """Each rank's compute under ``network.compute=predicted``: its multiply-adds (counted on its own code) at the
     paper's device speed (``ms_per_mac``) — nothing fitted to the figures' cells."""
-    from harness.network.work import rank_macs
-
     k = ms_per_mac(spec)
     return [k * m for m in rank_macs(spec)]
 

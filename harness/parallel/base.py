@@ -92,7 +92,7 @@ class Method:
 
     @classmethod
     def prepare_shapes(cls, spec, workdir: Path):
-        """Like ``prepare``, for counting work (``harness.network.work``): only the shapes of what the ranks read
+        """Like ``prepare``, for counting work (``harness.rank.work``): only the shapes of what the ranks read
         matter, so files are made of the right shapes without fitting anything. Default: ``prepare``."""
         return cls.prepare(spec, lambda msg: None)
 

@@ -140,6 +140,16 @@ def scene_title(df: pd.DataFrame, head: str) -> str:
         k = pd.to_numeric(df["dilation"], errors="coerce").dropna()
         if (k > 1).any():
             parts.append("dilated k=" + "/".join(f"{v:.3g}" for v in sorted(k.unique())))
+    if "device_compute" in df.columns and (df["device_compute"] == "replay").any():
+        parts.append("replayed devices")
+    # the regime: how fast the single device is decides what a link's rate means for the methods
+    base = (df["timing_key"] == df["baseline_key"]) if {"timing_key", "baseline_key"} <= set(df.columns) \
+        else (df["devices"] == 1)  # the single-device baselines are their own baselines
+    single = df[base & (df["status"] == "ok")]
+    ms = pd.to_numeric(single.get("latency_ms"), errors="coerce").dropna() if len(single) else pd.Series([], dtype=float)
+    if len(ms):
+        lo, hi = ms.min(), ms.max()
+        parts.append(f"single {lo:.3g} ms" if hi <= lo * 1.005 else f"single {lo:.3g}–{hi:.3g} ms")
     return ", ".join(parts)
 
 

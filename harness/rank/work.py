@@ -8,17 +8,16 @@ decoded remote tokens, the block-parallel methods' restructured layers. Element-
 argmin, look-ups, bit packing) is not counted. Counting a point takes the time to build its ranks' plans (seconds),
 not to run them, at any token count.
 
-``network.compute=predicted`` turns the counts into compute times with one constant (``harness.network.paper``).
+``network.compute=predicted`` turns the counts into compute times with one constant (``harness.network.paper``);
+the analytic backend runs this module in a process of its own (``python -m harness.rank.work``) and caches the
+counts (``harness.network.paper.rank_macs``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
-
-_COUNTS: dict[str, list[float]] = {}
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -26,13 +25,6 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     b, h, n, d = query_shape
     m, dv = key_shape[-2], value_shape[-1]
     return 2 * b * h * n * m * d + 2 * b * h * n * m * dv
-
-
-def point_key(spec) -> str:
-    """What the counts depend on: the model, the method and its options, devices, tokens, batch and shares."""
-    from harness.spec.identity import profile_point
-
-    return json.dumps(profile_point(spec), sort_keys=True, default=str)
 
 
 def count_ranks(spec) -> list[float]:
@@ -62,19 +54,23 @@ def count_ranks(spec) -> list[float]:
     return out
 
 
-def rank_macs(spec) -> list[float]:
-    """Multiply-adds of one inference, per rank: counted once per point and kept in this process and in
-    ``cache_dir/work/``."""
-    key = point_key(spec)
-    if key in _COUNTS:
-        return _COUNTS[key]
-    path = Path(spec.cache_dir).resolve() / "work" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
-    try:
-        counts = json.loads(path.read_text())["macs"]
-    except (OSError, ValueError, KeyError):
-        from harness.errors import atomic_write
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.rank.work --spec S --out O``: count every rank of a spec, write {"macs": [...]} to O."""
+    import argparse
 
-        counts = count_ranks(spec)
-        atomic_write(path, json.dumps({"point": json.loads(key), "macs": counts}))
-    _COUNTS[key] = counts
-    return counts
+    from harness.errors import atomic_write
+    from harness.spec.schema import RunSpec
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    counts = count_ranks(RunSpec.from_json(Path(args.spec).read_text()))
+    atomic_write(args.out, json.dumps({"macs": counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
