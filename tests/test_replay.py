@@ -99,6 +99,8 @@ def test_a_cached_profile_is_measured_again_when_the_machine_changed_speed(tmp_p
                   10.1,  # a cache hit at the same speed
                   13.0, 13.0, 15.0, 13.1, 13.2])  # 30 % slower: recorded again; the first recording drifted
     monkeypatch.setattr(prof, "speed_probe", lambda threads=1: next(speed))
+    monkeypatch.setattr(prof, "FRESH_S", 0.0)  # every use checks the machine (in a sweep: after 2 minutes)
+    monkeypatch.setattr(prof, "_FRESH", {})
     said = []
     first = prof.measured(spec, said.append, repeats=1, warmup=0)
     assert first.measured["probe_ms"] == pytest.approx(10.1) and first.measured["probe_drift"] == pytest.approx(0.02)
@@ -110,6 +112,9 @@ def test_a_cached_profile_is_measured_again_when_the_machine_changed_speed(tmp_p
     assert next(speed, None) is None  # every probe was taken: the cache was not trusted blindly
     monkeypatch.setattr(prof, "speed_probe", lambda threads=1: 13.5)  # within DRIFT of 13.15: the cache serves
     assert prof.measured(spec, said.append, repeats=1, warmup=0) == again and len(said) == 4
+    monkeypatch.setattr(prof, "FRESH_S", 120.0)
+    monkeypatch.setattr(prof, "speed_probe", lambda threads=1: 99.0)  # would mean re-recording ...
+    assert prof.measured(spec, said.append, repeats=1, warmup=0) == again and len(said) == 4  # ... but just checked
 
 
 def test_bad_profiles_are_refused_in_one_line(tmp_path):

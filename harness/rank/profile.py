@@ -135,11 +135,12 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
     """This point's profile measured here, from the cache (``cache_dir/profiles``) when this machine measured it
     before: keyed by what the profile is of, the device's threads, the CPU, torch and the weights. A cached profile
     is used only while this machine runs at the speed it was measured at (``speed_probe`` within ``DRIFT``);
-    otherwise, and when the probe moved during the recording, it is measured again (up to ``ATTEMPTS`` times)."""
+    otherwise, and when the probe moved during the recording, it is measured again (up to ``ATTEMPTS`` times). A
+    profile checked or recorded in this process less than ``FRESH_S`` ago is used as it is, so the profiles of one
+    point (a reference profile and its single device) come from one measurement."""
     import hashlib
     import json
 
-    from harness.comm.profile import load
     from harness.spec.identity import profile_point
     from harness.store.provenance import provenance
 
@@ -152,6 +153,21 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
     path = Path(spec.cache_dir).resolve() / "profiles" / (f"{spec.model.name}-{spec.method.name}-N{spec.devices}-"
                                                            f"T{spec.tokens}-{digest}.json")
     what = f"{spec.method.name} N={spec.devices} T={spec.tokens}"
+    fresh = _FRESH.get(path)
+    if fresh and time.monotonic() - fresh[0] < FRESH_S:  # checked a moment ago (the single of a reference profile)
+        return fresh[1]
+    profile = _measured(spec, log, path, what, repeats, warmup)
+    _FRESH[path] = (time.monotonic(), profile)
+    return profile
+
+
+FRESH_S = 120.0  # a profile checked or recorded this long ago is used again without probing the machine
+_FRESH: dict = {}
+
+
+def _measured(spec, log, path: Path, what: str, repeats: int, warmup: int) -> Profile:
+    from harness.comm.profile import load
+
     if path.is_file():
         cached = load(path)
         then, now = cached.measured.get("probe_ms"), speed_probe(spec.device.threads)
