@@ -148,8 +148,8 @@ def scene_title(df: pd.DataFrame, head: str) -> str:
     single = df[base & (df["status"] == "ok")]
     ms = pd.to_numeric(single.get("latency_ms"), errors="coerce").dropna() if len(single) else pd.Series([], dtype=float)
     if len(ms):
-        lo, hi = ms.min(), ms.max()
-        parts.append(f"single {lo:.3g} ms" if hi <= lo * 1.005 else f"single {lo:.3g}–{hi:.3g} ms")
+        lo, hi = (f"{v:.0f}" if v >= 100 else f"{v:.3g}" for v in (ms.min(), ms.max()))
+        parts.append(f"single {lo} ms" if lo == hi else f"single {lo}–{hi} ms")
     return ", ".join(parts)
 
 
