@@ -136,7 +136,11 @@ def run(argv: list[str]) -> dict | None:
             shaping = Shaper(iface, bw[rank], spec.network.htb_burst_ms) if bw else contextlib.nullcontext()
             dist.barrier()
             with shaping:
-                report = run_rank(spec, DistComm(spec.collectives))
+                comm = DistComm(spec.collectives)
+                try:
+                    report = run_rank(spec, comm)
+                finally:
+                    comm.close()
                 reports: list | None = [None] * spec.devices if rank == 0 else None
                 dist.gather_object(report, reports, dst=0)
     finally:

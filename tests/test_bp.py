@@ -143,6 +143,7 @@ TRAFFIC_CASES = [
     ("sp", {"exchange_dtype": "fp16"}), ("sp", {"exchange_dtype": "int8"}),
     ("tp", {"exchange_dtype": "fp16"}), ("tp", {"exchange_dtype": "int8"}),
     ("bp_ag", {"retained": 2}), ("bp_sp", {"retained": 1}), ("bp_sp", {"retained": 2, "final_reshard": False}),
+    ("ring_attn", {}), ("galaxy", {"tiles": 3}), ("galaxy", {"tiles": 1}),
 ]
 
 

@@ -197,7 +197,7 @@ def run_sigkill_rank(d: Path, args: list[str], rank: int = 1) -> Run:
 # --------------------------------------------------------------------------------------------------------------------
 
 MODELS = ("vit_tiny", "gpt2_tiny")
-METHODS = ("single", "tp", "sp", "astra", "bp_ag", "bp_sp")
+METHODS = ("single", "tp", "sp", "astra", "bp_ag", "bp_sp", "ring_attn", "galaxy")
 POINT = ["devices=2", "tokens=50", "verify=true", "repeats=2", "warmup=1"]
 
 

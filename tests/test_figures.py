@@ -21,7 +21,7 @@ from harness.report import paper_report as report
 from harness.report import plot, style  # noqa: E402
 from harness.store.results import median_ci, summarize, with_speedup  # noqa: E402
 
-STEMS = {"speedup_vs_bandwidth", "speedup_vs_devices", "latency_breakdown", "bytes_per_method"}
+STEMS = {"speedup_vs_bandwidth", "speedup_vs_devices", "over_best_baseline", "latency_breakdown", "bytes_per_method"}
 SPEEDUP_TICK = re.compile(r"^\d+(\.\d+)?×$")
 NUMBER_TICK = re.compile(r"^\d+(\.\d+)?$")
 BYTES_TICK = re.compile(r"^\d+(\.\d+)? (B|KiB|MiB|GiB)$")
@@ -192,6 +192,13 @@ def test_astra_plot_figures(tmp_path):
     astra = {ln.get_label(): ln.get_marker() for ln in figs["speedup_vs_bandwidth"].axes[0].get_lines()
              if ln.get_gid() == "astra"}
     assert set(astra) == {"astra G=1", "astra G=16"} and len(set(astra.values())) == 2
+
+    # ASTRA over the fastest other method: ASTRA's colour, its own 1x line
+    best = figs["over_best_baseline"]
+    assert "fastest other method" in best.axes[0].get_ylabel()
+    assert {ln.get_gid() for a in best.axes for ln in a.get_lines() if ln.get_gid()} == {"astra"}
+    labels = [t.get_text() for leg in legends(best) for t in leg.get_texts()]
+    assert "1× = as fast as the fastest other" in labels and style.ONE_X["label"] not in labels
 
     ax = figs["latency_breakdown"].axes[0]
     assert ax.get_xscale() == "linear" and ax.get_xlim() == (0, 100)

@@ -8,6 +8,8 @@ elsewhere (interface counters on emulated networks) or modelled (analytic backen
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,78 @@ class CommRecord:
     wire_bytes: int | None = None  # what this rank's busiest interface sent meanwhile (``wire_ifaces`` set)
     start: float | None = None  # time.perf_counter() when the rank entered it: CLOCK_MONOTONIC, one clock for every
     # process of a machine (network namespaces share it), so the ranks of a Mininet point can be lined up
+    # A collective started without waiting (``Comm.start_*``): ``seconds`` is the time the rank spent posting it and
+    # waiting for it; ``posted`` when the post returned, ``wait_start`` when the rank began to wait, ``hidden`` how
+    # long the transfer ran before the wait (from the post to the earlier of its end and the wait; the rank may have
+    # been waiting for another collective meanwhile: ``Comm.hidden_seconds`` takes that out). No wire bytes: other
+    # collectives run in the same window.
+    posted: float | None = None
+    wait_start: float | None = None
+    hidden: float = 0.0
+
+    def busy(self) -> list[tuple[float, float]]:
+        """The intervals the rank spent inside this collective (empty without a start time)."""
+        if self.start is None:
+            return []
+        if self.wait_start is None:
+            return [(self.start, self.start + self.seconds)]
+        return [(self.start, self.posted), (self.wait_start, self.wait_start + self.seconds - (self.posted - self.start))]
+
+    def row(self) -> list:
+        """As rank reports carry it: op, tag, payload bytes, seconds, wire bytes, start, wait start, posted,
+        hidden (the last three None/0 for a blocking collective)."""
+        return [self.op, self.tag, self.payload_bytes, self.seconds, self.wire_bytes, self.start, self.wait_start,
+                self.posted, self.hidden]
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Disjoint sorted intervals covering ``spans``."""
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _finished(run: Callable):
+    """Run a started collective on the communication thread; its result and when it finished."""
+    return run(), time.perf_counter()
+
+
+class Pending:
+    """A collective started with ``Comm.start_*``: its transfer runs (on the group's communication thread) while
+    the rank goes on computing; ``wait()`` blocks until it is done and returns its result, once. Every pending
+    collective is waited for, at the latest by the next blocking collective of its group."""
+
+    def __init__(self, comm: Comm, op: str, tag: str, nbytes: int, t0: float, future: Future | None, value=None):
+        self.comm, self.op, self.tag, self.nbytes, self.t0 = comm, op, tag, nbytes, t0
+        self.future, self.value, self.done = future, value, False
+        self.number: int | None = None  # its number in the inference, where a recording comm notes it
+        self.posted = time.perf_counter()
+        # recorded when posted (records keep the order collectives were issued in), completed by ``wait``
+        self.record = CommRecord(op, tag, nbytes if comm.world > 1 else 0, self.posted - t0, None, t0, self.posted)
+        comm.records.append(self.record)
+
+    def wait(self):
+        if self.done:
+            return self.value
+        comm = self.comm
+        comm._waiting(self)
+        w0 = time.perf_counter()
+        if self.future is not None:
+            self.value, finished = self.future.result()
+        else:
+            finished = self.posted
+        w1 = time.perf_counter()
+        self.done = True
+        comm._pending.remove(self)
+        rec = self.record
+        rec.seconds, rec.wait_start = (self.posted - self.t0) + (w1 - w0), w0
+        rec.hidden = max(0.0, min(finished, w0) - self.posted) if self.future is not None else 0.0
+        comm._waited(self)
+        return self.value
 
 
 class Comm:
@@ -41,11 +115,14 @@ class Comm:
         self.records: list[CommRecord] = []
         self.local = False  # answer collectives locally (this rank alone: see SimulatedComm)
         self.wire_ifaces: list[str] = []  # interfaces whose tx counters each collective reads (Mininet hosts)
+        self._pending: list[Pending] = []  # started, not yet waited for (in the order they were started)
+        self._executor: ThreadPoolExecutor | None = None  # the communication thread, made on the first start
 
     # -- public API -------------------------------------------------------------------------------------------
     def all_gather(self, t: torch.Tensor, tag: str = "") -> list[torch.Tensor]:
         """Gather equal-shaped tensors from all ranks (rank order). Pad uneven shards before calling."""
         t = t.contiguous()
+        self.drain()
         tx0 = self._tx()
         t0 = time.perf_counter()
         if self.world == 1:
@@ -62,6 +139,7 @@ class Comm:
         value in that format, by rows of the last dimension: a reduce-scatter of row ranges (each rank sums its
         range in fp32, in rank order) and an all-gather of the summed ranges, both encoded — so every rank ends
         with identical values, and the payload is the encoded tensor."""
+        self.drain()
         tx0 = self._tx()
         t0 = time.perf_counter()
         nbytes = t.numel() * t.element_size()
@@ -85,6 +163,7 @@ class Comm:
         slot ``rank`` of the result is ``parts[rank]`` itself. The payload is the bytes of all parts (the rank's
         input), of which (N-1)/N leave the rank when the parts are equal."""
         parts = [p.contiguous() for p in parts]
+        self.drain()
         tx0 = self._tx()
         t0 = time.perf_counter()
         if self.world == 1:
@@ -97,6 +176,72 @@ class Comm:
         self._record("all_to_all", tag, sum(p.numel() * p.element_size() for p in parts), t0, tx0)
         return out
 
+    def reduce_scatter(self, parts: list[torch.Tensor], tag: str = "") -> torch.Tensor:
+        """``parts[j]`` is this rank's contribution to rank j's result (equal shapes over j on every rank); returns
+        the sum over ranks of their ``parts[rank]`` (summed once, by this rank). The payload is the bytes of all
+        parts, of which (N-1)/N leave the rank."""
+        self.drain()
+        return self.start_reduce_scatter(parts, tag).wait()
+
+    # -- started now, waited for later: the transfer overlaps what the rank computes meanwhile ---------------------
+    def start_all_gather(self, t: torch.Tensor, tag: str = "") -> Pending:
+        """``all_gather`` started without waiting; ``.wait()`` returns the list of shards."""
+        t = t.contiguous()
+        return self._start("all_gather", tag, t.numel() * t.element_size(), lambda: self._all_gather(t),
+                           lambda: [t.clone() for _ in range(self.world)], (t,))
+
+    def start_reduce_scatter(self, parts: list[torch.Tensor], tag: str = "") -> Pending:
+        """``reduce_scatter`` started without waiting; ``.wait()`` returns this rank's sum."""
+        parts = [p.contiguous() for p in parts]
+        return self._start("reduce_scatter", tag, sum(p.numel() * p.element_size() for p in parts),
+                           lambda: self._reduce_scatter(parts), lambda: parts[self.rank].clone(), (parts,))
+
+    def start_shift(self, t: torch.Tensor, tag: str = "") -> Pending:
+        """One step round the ring of ranks: send ``t`` to rank+1 and receive a tensor of the same shape and dtype
+        from rank-1 (``.wait()`` returns it). The payload is ``t``'s bytes."""
+        t = t.contiguous()
+        return self._start("shift", tag, t.numel() * t.element_size(), lambda: self._shift(t), lambda: t.clone(),
+                           (t,))
+
+    def _start(self, op: str, tag: str, nbytes: int, run: Callable, alone: Callable, args: tuple) -> Pending:
+        """Post ``run`` (the collective, on this group's communication thread, in posting order) or, for a rank
+        alone (one rank, ``local``), answer with ``alone()`` at once."""
+        self._posting(op, tag, args)
+        t0 = time.perf_counter()
+        if self.world == 1 or self.local:
+            p = Pending(self, op, tag, nbytes, t0, None, alone())
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"comm{self.rank}")
+            p = Pending(self, op, tag, nbytes, t0, self._executor.submit(_finished, run))
+        self._pending.append(p)
+        self._posted(p)
+        return p
+
+    def close(self) -> None:
+        """Stop the communication thread (a failed rank: transfers not yet begun are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def drain(self) -> None:
+        """Wait for every collective started and not yet waited for, in the order they were started."""
+        while self._pending:
+            self._pending[0].wait()
+
+    # hooks for a comm that notes what its rank does (``harness.comm.profile.RecordingComm``)
+    def _posting(self, op: str, tag: str, args: tuple) -> None:
+        pass
+
+    def _posted(self, p: Pending) -> None:
+        pass
+
+    def _waiting(self, p: Pending) -> None:
+        pass
+
+    def _waited(self, p: Pending) -> None:
+        pass
+
     def agree_max(self, value: float) -> float:
         """The largest ``value`` over ranks (not recorded): how ranks take one decision, e.g. to stop repeating."""
         return value
@@ -105,6 +250,7 @@ class Comm:
         """Synchronise ranks; not recorded (used between timed repeats)."""
 
     def reset(self) -> None:
+        self.drain()
         self.records.clear()
 
     @property
@@ -113,7 +259,21 @@ class Comm:
 
     @property
     def seconds(self) -> float:
+        """Time the rank spent in collectives (waiting for them; a started one's transfer while it computed is not
+        counted: see ``hidden_seconds``)."""
         return sum(r.seconds for r in self.records)
+
+    @property
+    def hidden_seconds(self) -> float:
+        """Time during which at least one started collective was transferring while its rank computed: the union of
+        the started collectives' transfers up to their waits, less the time the rank spent in any collective
+        (posting, waiting, a blocking one). Two transfers in flight at once count once."""
+        flight = _union([(r.posted, r.posted + r.hidden) for r in self.records if r.hidden > 0])
+        busy = _union([iv for r in self.records for iv in r.busy()])
+        total = 0.0
+        for a, b in flight:
+            total += b - a - sum(max(0.0, min(b, d) - max(a, c)) for c, d in busy)
+        return total
 
     # -- internals --------------------------------------------------------------------------------------------
     def _tx(self) -> list[int] | None:
@@ -137,6 +297,21 @@ class Comm:
 
     def _all_to_all(self, parts: list[torch.Tensor], recv_shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def _reduce_scatter(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Default: every rank's ``parts[j]`` to rank j (all-to-all), summed in rank order."""
+        got = self._all_to_all(parts, [tuple(parts[self.rank].shape)] * self.world)
+        total = got[0].clone()
+        for g in got[1:]:
+            total += g
+        return total
+
+    def _shift(self, t: torch.Tensor) -> torch.Tensor:
+        """Default: an all-to-all in which only the successor gets ``t`` (empty parts elsewhere)."""
+        w, r = self.world, self.rank
+        empty = t.new_empty(0)
+        parts = [t if j == (r + 1) % w else empty for j in range(w)]
+        return self._all_to_all(parts, [tuple(t.shape) if j == (r - 1) % w else (0,) for j in range(w)])[(r - 1) % w]
 
     def _all_reduce_wire(self, rows: torch.Tensor, wire: str) -> None:
         """``all_reduce`` in a wire format, from the group's all-to-all and all-gather (unrecorded)."""
@@ -294,10 +469,20 @@ class DistComm(Comm):
         self._exchange([total] * self.world, done)  # all-gather of the reduced chunks
         flat.copy_(torch.cat(done))
 
-    def _ring_all_reduce(self, flat: torch.Tensor, chunks: list[torch.Tensor]) -> None:
-        """Ring reduce-scatter (at step s rank r passes its partial sum of chunk r-s-1 on and adds its own copy to
-        the partial of chunk r-s-2 it receives; after N-1 steps it holds the full sum of chunk r), then a ring
-        all-gather of the reduced chunks."""
+    def _reduce_scatter(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self._ring(parts[0].numel() * parts[0].element_size()):
+            return self._ring_reduce_scatter(parts)[self.rank]
+        mine = parts[self.rank]
+        got = [mine if j == self.rank else torch.empty_like(mine) for j in range(self.world)]
+        self._exchange(parts, got)  # everyone sends me their part of my share
+        total = got[0].clone()
+        for g in got[1:]:
+            total += g
+        return total
+
+    def _ring_reduce_scatter(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Ring reduce-scatter: at step s rank r passes its partial sum of chunk r-s-1 on and adds its own copy to
+        the partial of chunk r-s-2 it receives; after N-1 steps slot r holds the full sum of chunk r."""
         w, r = self.world, self.rank
         partial = [c.clone() for c in chunks]
         for s in range(w - 1):
@@ -305,6 +490,16 @@ class DistComm(Comm):
             got = torch.empty_like(chunks[recv_c])
             self._ring_step(partial[send_c], got)
             partial[recv_c] = got.add_(chunks[recv_c])
+        return partial
+
+    def _shift(self, t: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(t)
+        self._ring_step(t, out)
+        return out
+
+    def _ring_all_reduce(self, flat: torch.Tensor, chunks: list[torch.Tensor]) -> None:
+        """A ring reduce-scatter, then a ring all-gather of the reduced chunks."""
+        partial = self._ring_reduce_scatter(chunks)
         self._ring_all_gather(partial)
         flat.copy_(torch.cat(partial))
 
@@ -315,9 +510,11 @@ class DistComm(Comm):
         return out
 
     def barrier(self) -> None:
+        self.drain()
         self.dist.barrier()
 
     def agree_max(self, value: float) -> float:
+        self.drain()
         t = torch.tensor([float(value)], dtype=torch.float64)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return float(t.item())

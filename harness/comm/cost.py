@@ -1,21 +1,105 @@
-"""What a collective costs on a link, as the paper's simulator charges it (bits ÷ bandwidth, no overlap): the
-analytic backend's network model and the fidelity verdict's expectation for an emulated point."""
+"""What a collective costs on a link, as the paper's simulator charges it (bits ÷ bandwidth), and a rank's timeline
+when some collectives overlap its compute: the analytic backend's network model and the fidelity verdict's
+expectation for an emulated point."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 TCP_FRAMING = 1514 / 1448  # link bytes per payload byte in full-size TCP/IPv4 segments (timestamps on) in Ethernet
 # frames: what HTB counts against a link's rate
 
 
 def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float, model: str, overhead: float) -> float:
-    if world <= 1 or nbytes == 0:
+    """Seconds a collective of ``nbytes`` payload (as ``Comm`` records it) keeps a rank's link busy. ``shift`` (one
+    ring step) sends the payload once; ``reduce_scatter`` (N-1)/N of it (``model=paper``: the rank's 1/N share)."""
+    if world <= 1 or nbytes == 0 or op == "wait":
         return 0.0
-    if model == "paper":
+    if op == "shift":
+        volume = nbytes
+    elif model == "paper":
         volume = nbytes if op in ("all_gather", "all_to_all") else nbytes / world
     elif op == "all_gather":
         volume = (world - 1) * nbytes
-    elif op == "all_to_all":
+    elif op in ("all_to_all", "reduce_scatter"):
         volume = (world - 1) / world * nbytes
     else:
         volume = 2 * (world - 1) / world * nbytes
     return volume * 8 * overhead / (bw_mbps * unit)
+
+
+def timeline(events: list, tail_s: float, charge: Callable[[str, int], float]) -> tuple[float, float, float]:
+    """One rank's inference with its collectives charged by ``charge(op, payload bytes)``: (latency, the time it
+    waited for collectives, the time started collectives transferred while it computed).
+
+    ``events`` in the rank's order, each ``[compute before it, kind, number, op, payload bytes]``: ``call`` a
+    blocking collective (it starts when the link is free and the rank waits for it), ``post`` a started one (it
+    starts when the link is free, the rank goes on at once), ``wait`` the rank waits for started collective
+    ``number``. The link carries one transfer at a time, in the order they were issued, so a pipeline of tiles or
+    ring steps costs the longer of compute and transfer per step, plus its fill and drain. ``tail_s``: compute after
+    the last event. With only blocking calls this is compute + Σ charges, the paper's model."""
+    t = link = waited = hidden = 0.0
+    done: dict = {}
+    for compute, kind, number, op, nbytes in events:
+        t += compute
+        if kind == "wait":
+            start, end, took = done.pop(number)
+            waited += max(0.0, end - t)
+            hidden += took - max(0.0, end - t)
+            t = max(t, end)
+            continue
+        took = charge(op, nbytes)
+        start = max(t, link)
+        link = start + took
+        if kind == "post":
+            done[number] = (start, link, took)
+        else:
+            waited += link - t
+            t = link
+    return t + tail_s, waited, hidden
+
+
+def record_events(records: list, t0: float, latency_s: float) -> tuple[list, float] | None:
+    """The events of ``timeline`` from a rank's recorded collectives (rows of ``CommRecord.row``: op, tag, payload,
+    seconds, wire bytes, start, wait start, posted, hidden) in an inference that started at ``t0`` and took
+    ``latency_s``: the compute before each is the time since the rank left the previous one. None without start
+    times."""
+    marks = []
+    for i, rec in enumerate(records):
+        if len(rec) < 6 or rec[5] is None:
+            return None
+        op, nbytes, seconds, start = rec[0], rec[2], rec[3], rec[5]
+        wait_start = rec[6] if len(rec) > 6 else None
+        if wait_start is None:
+            marks.append((start, start + seconds, "call", i, op, nbytes))
+        else:
+            posted = rec[7]
+            marks.append((start, posted, "post", i, op, nbytes))
+            marks.append((wait_start, wait_start + seconds - (posted - start), "wait", i, op, 0))
+    marks.sort(key=lambda m: m[0])
+    events, mark = [], t0
+    for begin, end, kind, i, op, nbytes in marks:
+        events.append([max(0.0, begin - mark), kind, i, op, nbytes])
+        mark = max(mark, end)
+    return events, max(0.0, t0 + latency_s - mark)
+
+
+def overlapped(rep: dict, charge) -> tuple[float | None, float]:
+    """A rank whose collectives overlap its compute (started ones, ``Comm.start_*``): (the time it waits for them,
+    the time they transfer hidden under compute) from its timeline (``harness.comm.cost.timeline``: a link carrying
+    one transfer at a time, each started one overlapping the compute up to its wait). (None, 0) when every
+    collective blocks."""
+    if rep.get("events") is not None:  # a replay profile's calls
+        events, tail = rep["events"], rep["tail_s"]
+    else:
+        recs = rep.get("records") or []
+        if not any(len(rec) > 6 and rec[6] is not None for rec in recs) or rep.get("records_t0") is None:
+            return None, 0.0
+        got = record_events(recs, rep["records_t0"], rep["latency_s"][-1])
+        if got is None:
+            return None, 0.0
+        events, tail = got
+    if not any(e[1] == "post" for e in events):
+        return None, 0.0
+    _latency, waited, hidden = timeline(events, tail, charge)
+    return waited, hidden

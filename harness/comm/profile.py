@@ -21,7 +21,11 @@ File format (JSON, ``FORMAT``)::
 ``measured``: ``spread`` is the largest relative spread of a rank's recorded inferences; ``probe_ms`` this machine's
 speed probe (``harness.rank.profile.speed_probe``) around the recording and ``probe_drift`` how far it moved (CPU
 recordings only: a cached profile is used only while the probe still agrees). ``args`` per op: ``all_gather``: the rank's shard (``shape``, ``dtype``); ``all_reduce``: the tensor and its
-``wire`` format; ``all_to_all``: the ``parts`` sent (a shape each), ``recv_shapes`` and the ``dtype``. A profile of
+``wire`` format; ``all_to_all``: the ``parts`` sent (a shape each), ``recv_shapes`` and the ``dtype``;
+``reduce_scatter``: the ``parts`` and the ``dtype``; ``shift`` (one step round the ring): the tensor sent. A
+collective started without waiting (``Comm.start_*``, the overlapped methods) carries ``"async": k`` (its number in
+the inference), and the moment the rank waited for it is an entry of its own, ``{"op": "wait", "args": {"async":
+k}}``, whose ``compute_s`` is the compute the transfer overlapped. A profile of
 the single-device baseline has one rank and no calls: its whole inference is ``tail_s``.
 
 Profiles are exchanged between machines (``astra-profile`` records one on any machine with torch, a GPU's with
@@ -42,7 +46,7 @@ from harness.comm.collectives import Comm, SimulatedComm
 from harness.errors import ConfigError, atomic_write
 
 FORMAT = "astra-profile/1"
-OPS = ("all_gather", "all_reduce", "all_to_all")
+OPS = ("all_gather", "all_reduce", "all_to_all", "reduce_scatter", "shift", "wait")
 
 
 @dataclass
@@ -165,12 +169,15 @@ POINT_KEYS = ("model", "method", "devices", "tokens", "batch", "shares")
 # -------------------------------------------------------------------------------------------------- recording
 def describe_call(op: str, args: tuple) -> dict:
     """The buffers of a collective call, as shapes and dtypes (what a replay needs to move the same bytes)."""
-    if op == "all_gather":
+    if op in ("all_gather", "shift"):
         (t,) = args
         return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     if op == "all_reduce":
         t, wire = args
         return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "wire": wire}
+    if op == "reduce_scatter":
+        (parts,) = args
+        return {"parts": [list(p.shape) for p in parts], "dtype": str(parts[0].dtype).removeprefix("torch.")}
     parts, recv_shapes = args
     return {"parts": [list(p.shape) for p in parts], "recv_shapes": [list(s) for s in recv_shapes],
             "dtype": str(parts[0].dtype).removeprefix("torch.")}
@@ -207,22 +214,43 @@ class RecordingComm(SimulatedComm):
         self.mark = time.perf_counter()
 
     def all_gather(self, t, tag=""):
+        self.drain()  # started collectives end first (their waits are events of their own)
         self._note("all_gather", tag, (t,))
         out = super().all_gather(t, tag)
         self._done()
         return out
 
     def all_reduce(self, t, tag="", wire="fp32"):
+        self.drain()  # started collectives end first (their waits are events of their own)
         self._note("all_reduce", tag, (t, wire))
         out = super().all_reduce(t, tag, wire)
         self._done()
         return out
 
     def all_to_all(self, parts, recv_shapes, tag=""):
+        self.drain()  # started collectives end first (their waits are events of their own)
         self._note("all_to_all", tag, (parts, recv_shapes))
         out = super().all_to_all(parts, recv_shapes, tag)
         self._done()
         return out
+
+    # a started collective is two events: its post (``args["async"]`` numbers it within the inference) and the
+    # moment the rank waits for it (op ``wait``), each with the compute before it
+    def _posting(self, op, tag, args):
+        self._note(op, tag, args)
+        self.calls[-1].args["async"] = sum(1 for c in self.calls if c.op != "wait") - 1
+
+    def _posted(self, p):
+        p.number = self.calls[-1].args["async"]
+        self._done()
+
+    def _waiting(self, p):
+        self.sync()
+        now = time.perf_counter()
+        self.calls.append(Call(now - self.mark, "wait", p.tag, {"async": p.number}))
+
+    def _waited(self, p):
+        self._done()
 
 
 def median_profile(runs: list[tuple[list[Call], float]], rank: int) -> RankProfile:
@@ -242,19 +270,29 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
           "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 
 
-def issue(comm: Comm, call: Call, buffers: dict) -> None:
+def issue(comm: Comm, call: Call, buffers: dict, pending: dict | None = None) -> None:
     """Make ``call`` on ``comm`` with zero buffers of its recorded shapes (made once per call and kept in
-    ``buffers``), so it moves exactly the recorded bytes."""
-    key = id(call)
+    ``buffers``), so it moves exactly the recorded bytes. A started call (``args["async"]``) is kept in ``pending``
+    until its ``wait``."""
     a = call.args
+    if call.op == "wait":
+        pending.pop(a["async"]).wait()
+        return
+    key = id(call)
     if key not in buffers:
         dtype = DTYPES[a["dtype"]]
         if call.op == "all_to_all":
             buffers[key] = ([torch.zeros(s, dtype=dtype) for s in a["parts"]], [tuple(s) for s in a["recv_shapes"]])
+        elif call.op == "reduce_scatter":
+            buffers[key] = [torch.zeros(s, dtype=dtype) for s in a["parts"]]
         else:
             buffers[key] = torch.zeros(a["shape"], dtype=dtype)
     buf = buffers[key]
-    if call.op == "all_gather":
+    if "async" in a:
+        start = {"all_gather": comm.start_all_gather, "reduce_scatter": comm.start_reduce_scatter,
+                 "shift": comm.start_shift}[call.op]
+        pending[a["async"]] = start(buf, call.tag)
+    elif call.op == "all_gather":
         comm.all_gather(buf, call.tag)
     elif call.op == "all_reduce":
         comm.all_reduce(buf, call.tag, a.get("wire", "fp32"))
@@ -267,8 +305,10 @@ def payload_bytes(call: Call) -> int:
     from harness.comm.wire import row_bytes
 
     a = call.args
+    if call.op == "wait":
+        return 0
     size = torch.empty((), dtype=DTYPES[a["dtype"]]).element_size()
-    if call.op == "all_to_all":
+    if call.op in ("all_to_all", "reduce_scatter"):
         return sum(size * _numel(s) for s in a["parts"])
     if call.op == "all_reduce" and a.get("wire", "fp32") != "fp32":
         rows = _numel(a["shape"][:-1])
@@ -289,8 +329,11 @@ def reports(profile: Profile) -> list[dict]:
     world = len(profile.ranks)
     out = []
     for r in profile.ranks:
-        records = [[c.op, c.tag, payload_bytes(c) if world > 1 else 0, 0.0, None] for c in r.calls]
+        calls = [c for c in r.calls if c.op != "wait"]
+        records = [[c.op, c.tag, payload_bytes(c) if world > 1 else 0, 0.0, None] for c in calls]
+        events = [[c.compute_s, "wait" if c.op == "wait" else "post" if "async" in c.args else "call",
+                   c.args.get("async"), c.op, payload_bytes(c) if world > 1 else 0] for c in r.calls]
         out.append({"rank": r.rank, "world": world, "latency_s": [r.compute_s], "comm_s": [0.0], "records": records,
                     "payload_bytes": sum(rec[2] for rec in records), "max_abs_err": None, "wire_bytes": None,
-                    "warmups": 0, "solo_compute_s": [r.compute_s]})
+                    "warmups": 0, "solo_compute_s": [r.compute_s], "events": events, "tail_s": r.tail_s})
     return out

@@ -214,7 +214,7 @@ def scale_row(row: dict, k: float) -> dict:
         real = row.get(col)
         out[col.replace("_ms", "_real_ms")] = real
         out[col] = None if real is None else real / k
-    for col in ("latency_ci_low_ms", "latency_ci_high_ms"):  # the interval follows its latency
+    for col in ("latency_ci_low_ms", "latency_ci_high_ms", "comm_hidden_ms"):  # emulated time, no *_real copy
         if row.get(col) is not None:
             out[col] = row[col] / k
     return out

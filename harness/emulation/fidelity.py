@@ -134,6 +134,8 @@ def comm_split(reports: list[dict]) -> tuple[float, float] | None:
     count = len(recs[0])
     if count == 0 or any(len(rr) != count for rr in recs):
         return None
+    if any(len(rec) > 6 and rec[6] is not None for rr in recs for rec in rr):
+        return None  # overlapped collectives have no single entry and exit to line up
     wait, transfer = 0.0, 0.0
     for i in range(count):
         ranks = [rr[i] for rr in recs]
@@ -201,16 +203,26 @@ def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, ove
     every collective it issued charged bits ÷ bandwidth (``network=analytic``'s ring model, 10^6 bit/s; payload
     bits × ``overhead``: 1.0 is the paper's formula, ``TCP_FRAMING`` the frames on the wire), the slowest rank.
     Beside ``latency_ms`` it shows what the emulated network adds to the formula."""
-    from harness.comm.cost import charge_seconds
+    from harness.comm.cost import charge_seconds, record_events, timeline
 
     solo = solo_medians(reports)
     if bandwidth_mbps is None or solo is None:
         return None
     out = []
     for r, alone in zip(reports, solo):
-        comm = sum(charge_seconds(rec[0], rec[2], r["world"], bandwidth_mbps, 1e6, "ring", overhead)
-                   for rec in r["records"])
-        out.append(alone / k + comm)
+        def charge(op, nbytes, world=r["world"]):
+            return charge_seconds(op, nbytes, world, bandwidth_mbps, 1e6, "ring", overhead)
+
+        got = None
+        if any(len(rec) > 6 and rec[6] is not None for rec in r["records"]) and r.get("records_t0") is not None:
+            got = record_events(r["records"], r["records_t0"], r["latency_s"][-1])
+        if got is not None:  # overlapped collectives: the rank's own timeline, its compute scaled to its solo ÷ k
+            events, tail = got
+            scale = (alone / k) / max(sum(e[0] for e in events) + tail, 1e-12)
+            latency, _, _ = timeline([[e[0] * scale, *e[1:]] for e in events], tail * scale, charge)
+            out.append(latency)
+            continue
+        out.append(alone / k + sum(charge(rec[0], rec[2]) for rec in r["records"]))
     return 1e3 * max(out)
 
 

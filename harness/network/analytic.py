@@ -3,7 +3,10 @@
 Each rank's compute is measured for real in a fresh process (``harness.profile``: the rank runs its actual plan;
 collectives are answered locally), with the device's thread budget — all ranks at once when the machine has the
 cores (so co-located devices contend for memory as they do on Mininet), one at a time when it does not. Communication is charged as
-bits ÷ bandwidth for every collective the rank issued, and added to compute with no overlap:
+bits ÷ bandwidth for every collective the rank issued, and added to compute — with no overlap for the collectives a
+rank waits for, while a collective a method starts and waits for later (``ring_attn``, ``galaxy``) runs during the
+compute up to its wait, on a link that carries one transfer at a time (``harness.comm.cost.timeline``: per tile or
+ring step the longer of compute and transfer, plus the pipeline's fill and drain):
 
 - ``collective_model=ring`` (default): a ring all-gather sends (N-1) shards per rank, a ring all-reduce
   2(N-1)/N of the tensor, an all-to-all the (N-1)/N of its input meant for others; on a star every host has its own link, so these run in parallel across hosts and the
@@ -32,7 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.comm.cost import charge_seconds
+from harness.comm.cost import charge_seconds, overlapped
 from harness.errors import ConfigError, atomic_write
 from harness.launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
 from harness.network.base import Backend, Result, ShapedOptions, device_bandwidths, register
@@ -84,6 +87,10 @@ class AnalyticBackend(Backend):
             raise ConfigError(f"network.compute={mode} and device.compute=replay both give the compute: use one")
         self.reused = False
         if mode in ("fitted", "predicted"):
+            if getattr(spec.method_class, "overlaps", False):
+                raise ConfigError(f"network.compute={mode} is the paper's latency model, which knows no overlap of "
+                                  f"communication with compute; method={spec.method.name} overlaps them: use "
+                                  "network.compute=measured")
             m = spec.model
             if (m.kind, m.layers, m.hidden) != ("vit", 12, 768):
                 raise ConfigError(f"network.compute={mode} is the paper's latency model (a 12-layer, 768-wide ViT); "
@@ -190,10 +197,16 @@ class AnalyticBackend(Backend):
         for rep in reports:
             r = rep["rank"]
             bw = min(self.bw) if net.collective_model == "ring" else self.bw[r % len(self.bw)]
-            comm = sum(charge_seconds(op, b, world, bw, net.mbps_unit, net.collective_model, net.wire_overhead)
-                       for op, _tag, b, *_ in rep["records"])
+
+            def charge(op, nbytes, bw=bw):
+                return charge_seconds(op, nbytes, world, bw, net.mbps_unit, net.collective_model, net.wire_overhead)
+
             compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
-            out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute)})
+            comm, hidden = overlapped(rep, charge)
+            if comm is None:  # every collective blocks: compute + the sum of the charges, the paper's model
+                comm, hidden = sum(charge(op, b) for op, _tag, b, *_ in rep["records"]), 0.0
+            out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute),
+                        "comm_hidden_s": [hidden] * len(compute)})
         replay = spec.device.compute == "replay"
         return Result(out, {"profile_reused": self.reused if self.runs_ranks and not replay else None,
                             "compute_source": "profile" if replay else net.compute})

@@ -73,6 +73,7 @@ def vq_mode(o: AstraOptions) -> str:
 class Astra(SequenceParallel):
     name = "astra"
     title = "ASTRA"
+    is_proposed = True
     Options = AstraOptions
 
     # -- the controller's side ------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ class Method:
     Options: type = MethodOptions
     communicates = True  # False: runs on one device, so bandwidth, topology and devices= do not matter
     is_baseline = False  # the single-device run speedups are measured against
+    is_proposed = False  # the method this project studies: reports set it against the fastest of the others
+    overlaps = False  # starts collectives and waits for them later, computing meanwhile (``comm_hidden_ms``)
 
     def __init__(self, model: Transformer, comm: Comm, opts: dict | None = None):
         self.model = model

@@ -30,6 +30,7 @@ class ReplayPlan:
     def __init__(self, profile: RankProfile, comm: Comm):
         self.profile, self.comm = profile, comm
         self.buffers: dict = {}
+        self.pending: dict = {}  # started calls not yet waited for, by number
         self.lateness_s: list[float] = []  # every wake-up of every inference so far
         self.segments_s: list[float] = []  # the segment each wake-up ended
 
@@ -37,7 +38,7 @@ class ReplayPlan:
         mark = time.perf_counter()
         for call in self.profile.calls:
             self._wait(mark, call.compute_s)
-            issue(self.comm, call, self.buffers)
+            issue(self.comm, call, self.buffers, self.pending)
             mark = time.perf_counter()
         self._wait(mark, self.profile.tail_s)
         return Output(None)

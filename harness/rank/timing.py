@@ -50,9 +50,11 @@ class Timing:
         self.turn = 0  # solo samples so far: whose turn it is to run alone
         self.ifaces = list(spec.wire_ifaces)
         self.probe = Probe()
-        self.cols: dict[str, list] = {k: [] for k in ("latency_s", "comm_s", "wire_bytes", "cpu_s", "runqueue_wait_s",
+        self.cols: dict[str, list] = {k: [] for k in ("latency_s", "comm_s", "hidden_s", "wire_bytes", "cpu_s",
+                                                      "runqueue_wait_s",
                                                       "throttled_s", "idle_cores", "single_s", "solo_s")}
         self.records: list = []
+        self.records_t0: float | None = None  # when the inference of ``records`` started (perf_counter)
         self.warmups = 0
         self.out = None
         self.starts: list[float] = []  # stream mode: each request's start, real seconds after the stream began
@@ -72,6 +74,7 @@ class Timing:
         used, m1 = self.probe.delta(s0, self.probe.read()), idle_seconds()
         c["latency_s"].append(took)
         c["comm_s"].append(comm.seconds)
+        c["hidden_s"].append(comm.hidden_seconds)
         if self.ifaces:
             # Once every rank is done, every byte sent has been received, so it has left its sender's interface:
             # a rank whose collectives end while its own last sends still wait in the link's queue would otherwise
@@ -83,6 +86,7 @@ class Timing:
         c["throttled_s"].append(used.throttled_s)
         c["idle_cores"].append(None if m0 is None or m1 is None else (m1[0] - m0[0], m1[1] - m0[1]))
         self.records = list(comm.records)
+        self.records_t0 = t0
         c["single_s"].append(None)
         c["solo_s"].append(None)
         if pair:
@@ -198,7 +202,9 @@ class Timing:
             spent = [sum(x) for x in zip(*c["idle_cores"])]
             if spent[1] >= 0.5:
                 idle = spent[0] / spent[1] * (os.cpu_count() or 1)
-        return {"latency_s": c["latency_s"], "comm_s": c["comm_s"], "wire_bytes": c["wire_bytes"] if self.ifaces else None,
+        return {"latency_s": c["latency_s"], "comm_s": c["comm_s"],
+                "comm_hidden_s": c["hidden_s"],  # time started collectives transferred while the rank computed
+                "records_t0": self.records_t0, "wire_bytes": c["wire_bytes"] if self.ifaces else None,
                 "cpu_s": c["cpu_s"],  # process CPU time per repeat (all threads; includes collectives' own work)
                 "runqueue_wait_s": kept("runqueue_wait_s"), "throttled_s": kept("throttled_s"),
                 "idle_cores": idle,  # the machine's idle cores during the timed repeats (None: too short to tell)

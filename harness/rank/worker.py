@@ -101,9 +101,9 @@ def run_rank(spec: RunSpec, comm: Comm) -> dict:
         "payload_bytes": sum(rec.payload_bytes for rec in timing.records),
         "collectives": len(timing.records),
         "payload_by_tag": per_tag,
-        # the last repeat's collectives: op, tag, payload bytes, seconds, wire bytes of the busiest interface, start
-        "records": [[rec.op, rec.tag, rec.payload_bytes, rec.seconds, rec.wire_bytes, rec.start]
-                    for rec in timing.records],
+        # the last repeat's collectives: op, tag, payload bytes, seconds, wire bytes of the busiest interface, start,
+        # and for a started one when the rank waited, when its post returned and how long it ran hidden
+        "records": [rec.row() for rec in timing.records],
         "solo_compute_s": solo,
         "has_output": out is not None and out.logits is not None,
         "max_abs_err": None,
@@ -146,8 +146,7 @@ def replay_rank(spec: RunSpec, comm: Comm) -> dict:
     return {"rank": comm.rank, "world": comm.world, "threads": torch.get_num_threads(), **timing.report(),
             "payload_bytes": sum(rec.payload_bytes for rec in timing.records), "collectives": len(timing.records),
             "payload_by_tag": per_tag,
-            "records": [[rec.op, rec.tag, rec.payload_bytes, rec.seconds, rec.wire_bytes, rec.start]
-                        for rec in timing.records],
+            "records": [rec.row() for rec in timing.records],
             "solo_compute_s": [plan.profile.compute_s], "has_output": False, "max_abs_err": None,
             "lateness_s": plan.lateness_s, "segments_s": plan.segments_s}
 
@@ -178,9 +177,11 @@ def run_job(spec: RunSpec, world: int) -> dict:
     sched = "fifo" if fifo and realtime(True) else "other"
     try:
         dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=spec.timeout_s))
+        comm = DistComm(spec.collectives)
         try:
-            return {**run_rank(spec, DistComm(spec.collectives)), "sched": sched}
+            return {**run_rank(spec, comm), "sched": sched}
         finally:
+            comm.close()
             dist.destroy_process_group()
     finally:
         if sched == "fifo":

@@ -244,7 +244,7 @@ def shared_legend(fig, axes, handles=()):
     return fig.legend(entries.values(), entries.keys(), loc="outside lower center", fontsize="small", ncols=ncols)
 
 
-def speedup_figure(df: pd.DataFrame, x: str, panel: str, title: str, plt):
+def speedup_figure(df: pd.DataFrame, x: str, panel: str, title: str, plt, one_x: str | None = None):
     """The speedup against ``x``, one panel per value of ``panel`` (NaN: the unshaped network), one line per label:
     the method's colour, the variant's marker, 95 % interval bars where the rows have them, the 1x line."""
     keys = df[panel].fillna(-1)
@@ -264,7 +264,7 @@ def speedup_figure(df: pd.DataFrame, x: str, panel: str, title: str, plt):
                 drew_bars = True
                 ax.errorbar(g[x], g["speedup"], yerr=bars, fmt="none", ecolor=color, elinewidth=1, capsize=2.5)
         mark_unfaithful(ax, part, x)
-        ax.axhline(1.0, **ONE_X)
+        ax.axhline(1.0, **{**ONE_X, **({"label": one_x} if one_x else {})})
         ax.set_yscale("log")
         speedup_axis(ax.yaxis)
         if x == "bandwidth_mbps":
@@ -283,6 +283,23 @@ def speedup_figure(df: pd.DataFrame, x: str, panel: str, title: str, plt):
                                                        if drew_bars else ""))
     shared_legend(fig, axes)
     fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def over_best_figure(shaped: pd.DataFrame, title: str, plt):
+    """The proposed method's speedup over the fastest other method (single device included) at each bandwidth,
+    one panel per device count; None without points of it on a shaped network."""
+    from harness.parallel import METHODS
+    from harness.report.compare import over_best_baseline
+
+    best = over_best_baseline(shaped)
+    if best.empty:
+        return None
+    name = next(n for n, cls in METHODS.items() if cls.is_proposed)
+    best = best.assign(method=name, speedup=best["over_best"])
+    fig = speedup_figure(best, "bandwidth_mbps", "devices", title, plt, one_x="1× = as fast as the fastest other")
+    fig.axes[0].set_ylabel(f"{METHODS[name].title} over the fastest other method\n(1× = as fast; single device "
+                           "included)")
     return fig
 
 
@@ -376,6 +393,9 @@ def scene_figures(df: pd.DataFrame, title: str, plt, note=None) -> dict:
         figs["speedup_vs_bandwidth"] = speedup_figure(shaped, "bandwidth_mbps", "devices", title, plt)
     if multi.loc[multi["devices"] > 1, "devices"].nunique() > 1:  # one device count is not a curve
         figs["speedup_vs_devices"] = speedup_figure(multi, "devices", "bandwidth_mbps", title, plt)
+    best = over_best_figure(shaped, title, plt)
+    if best is not None:
+        figs["over_best_baseline"] = best
     if not done.empty:
         figs["latency_breakdown"] = breakdown_figure(done, title, plt)
     sent = done[pd.to_numeric(done["payload_bytes"], errors="coerce") > 0]
@@ -394,6 +414,8 @@ def plot_scene(df: pd.DataFrame, out: Path, suffix: str, title: str, plt, note=N
 
 
 def main(argv: list[str] | None = None) -> None:
+    from harness.report.compare import over_best_baseline
+
     ap = argparse.ArgumentParser(prog="astra-plot", description="tables and speedup plots from astra-bench results")
     ap.add_argument("results", help="a results file (.parquet/.csv) or a directory of them")
     ap.add_argument("--out", default=None, help="where to write the figures (default: beside the results)")
@@ -405,6 +427,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     pts = latest_points(df)
     print(markdown_table(pts))
+    best = over_best_baseline(pts)
+    if not best.empty:
+        print("\nOver the best baseline (the fastest other method at the same point; single device included):\n")
+        print(best.to_markdown(index=False, floatfmt=".3g"))
     for line in describe(pts):
         print(f"astra-plot: {line}", file=sys.stderr)
     src = Path(args.results)

@@ -14,8 +14,9 @@ import zlib
 
 import numpy as np
 
-PALETTE = ["#0072b2", "#d55e00", "#009e73", "#e69f00", "#cc79a7", "#56b4e9"]  # Okabe-Ito, yellow left out
-SPARE = ["#882255", "#117733", "#aa4499", "#44aa99", "#999933", "#332288"]  # Tol's: names outside the registry
+PALETTE = ["#0072b2", "#d55e00", "#009e73", "#e69f00", "#cc79a7", "#56b4e9",  # Okabe-Ito, yellow left out
+           "#882255", "#44aa99"]  # then two of Tol's (more methods than Okabe-Ito has colours)
+SPARE = ["#117733", "#aa4499", "#999933", "#332288", "#ddcc77", "#661100"]  # Tol's: names outside the registry
 BASELINE_COLOR = "#7f7f7f"
 ONE_X = {"color": "black", "lw": 1.0, "ls": ":", "label": "1× = single device"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]

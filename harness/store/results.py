@@ -65,11 +65,12 @@ def summarize(reports: list[dict]) -> dict:
     confidence interval of the median latency (``median_ci``).
     """
     repeats = len(reports[0]["latency_s"])
-    lat, comm = [], []
+    lat, comm, hidden = [], [], []
     for i in range(repeats):
         slowest = max(reports, key=lambda r: r["latency_s"][i])
         lat.append(slowest["latency_s"][i])
         comm.append(slowest["comm_s"][i])
+        hidden.append((slowest.get("comm_hidden_s") or [0.0] * repeats)[i])
     def worst(key: str) -> float | None:
         """Max over ranks of the per-rank median of a per-repeat quantity, in ms (None where not measured)."""
         vals = [statistics.median(r[key]) for r in reports if r.get(key)]
@@ -85,6 +86,7 @@ def summarize(reports: list[dict]) -> dict:
         "latency_ci_high_ms": None if high is None else 1e3 * high,
         "compute_ms": 1e3 * statistics.median(a - b for a, b in zip(lat, comm)),
         "comm_ms": 1e3 * statistics.median(comm),
+        "comm_hidden_ms": 1e3 * statistics.median(hidden),
         "payload_bytes": max(r["payload_bytes"] for r in reports),
         "max_abs_err": max(errs) if errs else None,
         "wire_bytes": max(wires) if wires else None,

@@ -29,7 +29,8 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         "bandwidth_per_device": network.get("bandwidth_per_device"),
         "groups": None, "codebook_size": None, "repeats": spec.repeats if error is None else 0,  # timed inferences
         "latency_ms": None, "latency_p90_ms": None, "latency_ci_low_ms": None,
-        "latency_ci_high_ms": None, "compute_ms": None, "comm_ms": None, "payload_bytes": None,
+        "latency_ci_high_ms": None, "compute_ms": None, "comm_ms": None, "comm_hidden_ms": None,
+        "payload_bytes": None,
         "wire_bytes": None, "max_abs_err": None,
         "cpu_per_device": network.get("cpu_per_device", float(spec.device.threads)),
         "oversubscribed": network.get("oversubscribed", False),

@@ -1,0 +1,115 @@
+"""The baselines that overlap communication with compute (``ring_attn``, ``galaxy``) beside the paper's (``tp``,
+``sp``) and ASTRA, on the emulated network and in the analytic overlap model, in one run:
+
+    sudo python benchmarks/overlap.py [--devices 2,4] [--bandwidths 10,100,1000] [--backends mininet,analytic]
+    python benchmarks/overlap.py --backends analytic                      (no root: the model alone)
+    python benchmarks/overlap.py --tiles 1,2,4,8,16 --backends analytic  (galaxy's tile count)
+
+ViT-Base, 1024 tokens (``experiment=overlap``: one-core devices, time-dilated on Mininet). Prints, per device count
+and bandwidth, every method's speedup over the single device, the share of its communication that ran hidden under
+compute (``comm_hidden_ms`` ÷ (``comm_hidden_ms`` + ``comm_ms``)), ASTRA over the fastest other method, and, for
+every Mininet point, the analytic model's latency for it — the ``analytic`` backend's row (compute profiled apart)
+and the row's own ``analytic_wire_ms`` (the timeline fed with the point's own compute, frames counted) — with the
+gap to the measured latency. With ``--tiles``, galaxy runs once per tile count. Rows go to ``--store`` (default
+``results/overlap/overlap.parquet``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.compare import over_best_baseline
+from harness.report.plot import add_labels, latest_points
+from harness.store.results import load
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = "single,tp,galaxy,sp,ring_attn,astra"
+
+
+def label_of(config: str) -> str:
+    m = json.loads(config)["method"]
+    return f"galaxy tiles={m['tiles']}" if m["name"] == "galaxy" else m["name"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", default="2,4")
+    ap.add_argument("--bandwidths", default="10,100,1000")
+    ap.add_argument("--backends", default="mininet,analytic")
+    ap.add_argument("--methods", default=METHODS)
+    ap.add_argument("--tiles", default=None, help="galaxy tile counts to sweep (default: galaxy's default)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--store", type=Path, default=ROOT / "results" / "overlap" / "overlap.parquet")
+    ap.add_argument("--no-run", action="store_true", help="only print the tables of the store")
+    args = ap.parse_args()
+    backends = args.backends.split(",")
+    common = ["experiment=overlap", f"devices={args.devices}", f"network.bandwidth_mbps={args.bandwidths}",
+              f"method={args.methods}", f"repeats={args.repeats}", f"results.path={args.store}",
+              "results.allow_failures=true"]
+    if args.tiles:
+        common.append(f"++method.tiles={args.tiles}")
+    took = {}
+    if not args.no_run:
+        for backend in backends:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "harness.bench", "-m", *common, f"network={backend}"], cwd=ROOT,
+                           check=False)
+            took[backend] = time.perf_counter() - t0
+    df = latest_points(load(args.store))
+    df = df[(df["status"] == "ok") & (df["model"] == "vit_base") & (df["tokens"] == 1024)].copy()
+    df["variant"] = df["config"].map(label_of)
+    for backend in backends:
+        part = df[df["network"] == backend]
+        if part.empty:
+            continue
+        part = add_labels(part.drop(columns="label"))  # labels that tell this backend's points apart
+        single = part[part["method"] == "single"]
+        print(f"\n## {backend}: speedup over one device (hidden share of communication)"
+              + (f", {took[backend]:.0f} s" if backend in took else "")
+              + (f"; single {float(single['latency_ms'].iloc[-1]):.0f} ms" if len(single) else "") + "\n")
+        rows = []
+        for (devices, variant), g in part[part["method"] != "single"].groupby(["devices", "variant"]):
+            row = {"N": devices, "method": variant}
+            for _, r in g.sort_values("bandwidth_mbps").iterrows():
+                hid, comm = float(r.get("comm_hidden_ms") or 0), float(r["comm_ms"] or 0)
+                share = f" ({100 * hid / (hid + comm):.0f} %)" if hid + comm > 0 and hid > 0 else ""
+                flag = "" if r.get("fidelity") in (None, "ok") or pd.isna(r.get("fidelity")) else " *"
+                row[f"{r['bandwidth_mbps']:g} Mbit/s"] = f"{r['speedup']:.3g}{share}{flag}"
+            rows.append(row)
+        print(pd.DataFrame(rows).to_markdown(index=False))
+        best = over_best_baseline(part)
+        if not best.empty:
+            print("\nASTRA over the fastest other method:\n")
+            print(best[["devices", "bandwidth_mbps", "speedup", "best_baseline", "best_speedup", "over_best",
+                        "resolved"]].to_markdown(index=False, floatfmt=".3g"))
+    emu, model = df[df["network"] == "mininet"], df[df["network"] == "analytic"]
+    if not emu.empty:
+        key = ["variant", "devices", "bandwidth_mbps"]
+        both = emu.merge(model[[*key, "latency_ms"]].rename(columns={"latency_ms": "analytic_backend_ms"}), on=key,
+                         how="left")
+        both = both[both["method"] != "single"]
+        out = pd.DataFrame({
+            "N": both["devices"], "Mbit/s": both["bandwidth_mbps"], "method": both["variant"],
+            "mininet ms": both["latency_ms"], "hidden ms": both["comm_hidden_ms"],
+            "analytic backend ms": both["analytic_backend_ms"],
+            "gap": both["analytic_backend_ms"] / both["latency_ms"] - 1,
+            "own timeline ms": both["analytic_wire_ms"], "own gap": both["analytic_wire_ms"] / both["latency_ms"] - 1,
+            "fidelity": both["fidelity"]}).sort_values(["N", "Mbit/s", "method"])
+        print("\n## the analytic overlap model against Mininet\n")
+        print(out.to_markdown(index=False, floatfmt=".3g"))
+        for col in ("gap", "own gap"):
+            g = out[col].dropna().abs()
+            if len(g):
+                print(f"{col}: {int((g <= 0.10).sum())}/{len(g)} within 10 %, median {100 * g.median():.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
