@@ -5,17 +5,10 @@ not divisible by the group), for 3 ranks; the ring and auto ones also on tensors
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from threadcomm import run_gloo
 
 
 def _rank(rank: int, world: int, port: int, results) -> None:
@@ -53,21 +46,7 @@ def _rank(rank: int, world: int, port: int, results) -> None:
 @pytest.mark.slow
 def test_p2p_collectives_match_gloo():
     world = 3
-    with mp.Manager() as manager:
-        results = manager.dict()
-        ctx = mp.start_processes(_rank, args=(world, _free_port(), results), nprocs=world, join=False,
-                                 start_method="spawn")
-        import time
-
-        deadline = time.monotonic() + 120
-        try:
-            while not ctx.join(timeout=5):  # True once every rank exited cleanly (raises if one failed)
-                assert time.monotonic() < deadline, "ranks did not finish"
-        finally:
-            for p in ctx.processes:  # ours, by handle
-                if p.is_alive():
-                    p.kill()
-        results = dict(results)
+    results = run_gloo(_rank, world)
     expect_sum = sum(torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(r)) for r in range(world))
     gens = [torch.Generator().manual_seed(r) for r in range(world)]
     for g in gens:

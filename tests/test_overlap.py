@@ -6,34 +6,16 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from threadcomm import run_ranks
+from threadcomm import max_err, run_gloo, run_method
 
 from harness.comm.collectives import SimulatedComm
 from harness.comm.cost import overlapped, timeline
 from harness.models import build_model, make_inputs
 from harness.parallel import METHODS
-
-
-def run_method(model, inputs, method, world, opts=None, all_positions=True):
-    def fn(comm):
-        plan = METHODS[method](copy.deepcopy(model), comm, opts or {})
-        comm.reset()
-        out = plan.forward(inputs, all_positions=all_positions)
-        return out, plan, list(comm.records)
-
-    return run_ranks(world, fn)
-
-
-def max_err(results, ref):
-    errs = [(o.logits - p.reference_slice(ref, o)).abs().max().item() for o, p, _ in results if o.logits is not None]
-    assert errs, "no rank produced an output"
-    return max(errs)
 
 
 @pytest.mark.parametrize("kind", ["vit", "gpt2"])
@@ -141,12 +123,6 @@ def test_overlapped_reads_records_of_a_local_run(tiny_cfg):
 
 
 # -- the real thing: gloo on loopback ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, world: int, port: int, results) -> None:
     import torch.distributed as dist
 
@@ -177,19 +153,7 @@ def test_started_collectives_run_while_the_rank_computes():
     """On gloo, for the direct and the ring implementations: started collectives deliver the right values, and the
     time they ran hidden under the rank's (sleeping) compute is counted."""
     world = 3
-    with mp.Manager() as manager:
-        results = manager.dict()
-        ctx = mp.start_processes(_rank, args=(world, _free_port(), results), nprocs=world, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + 120
-        try:
-            while not ctx.join(timeout=5):
-                assert time.monotonic() < deadline, "ranks did not finish"
-        finally:
-            for p in ctx.processes:  # ours, by handle
-                if p.is_alive():
-                    p.kill()
-        results = dict(results)
+    results = run_gloo(_rank, world)
     for r in range(world):
         for impl in ("p2p", "ring"):
             gathered, shifted, summed, hidden, ops = results[r][impl]

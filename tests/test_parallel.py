@@ -1,31 +1,12 @@
 """Exactness of the parallel plans against the single-device model, on in-process thread groups."""
 
-import copy
 
 import pytest
 import torch
-from threadcomm import run_ranks
+from threadcomm import max_err, run_method
 
 from harness.models import build_model, make_inputs
 from harness.parallel import METHODS, partition, vq
-
-
-def run_method(model, inputs, method, world, opts=None, all_positions=True):
-    """Run ``method`` on ``world`` ranks; return per-rank (Output, plan, records)."""
-
-    def fn(comm):
-        plan = METHODS[method](copy.deepcopy(model), comm, opts or {})
-        comm.reset()
-        out = plan.forward(inputs, all_positions=all_positions)
-        return out, plan, list(comm.records)
-
-    return run_ranks(world, fn)
-
-
-def max_err(results, ref):
-    errs = [(o.logits - p.reference_slice(ref, o)).abs().max().item() for o, p, _ in results if o.logits is not None]
-    assert errs, "no rank produced an output"
-    return max(errs)
 
 
 @pytest.mark.parametrize("kind", ["vit", "gpt2"])

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from harness.comm.wire import row_ranges
 from harness.errors import ConfigError
 from harness.options import opt
-from harness.parallel.base import Method, MethodOptions, Output, partition, register, sequence_length, traffic_of
-from harness.parallel.tp import _rows
+from harness.parallel.base import Method, MethodOptions, Output, register, sequence_length, traffic_of
+from harness.parallel.tp import _rows, head_shard
 
 
 @dataclass
@@ -91,16 +91,12 @@ class Galaxy(Method):
         if cfg.heads < n:
             raise ValueError(f"galaxy needs a head per device: {cfg.heads} heads over {n} devices")
         self.tiles = int(self.opts.get("tiles", 4))
-        h0, h1 = partition(cfg.heads, n)[r]
-        mine = slice(h0 * cfg.head_dim, h1 * cfg.head_dim)
-        f0, f1 = partition(cfg.mlp_ratio * cfg.hidden, n)[r]
-        d = cfg.hidden
+        mine, cols, qkv_rows = head_shard(cfg, n, r)
         self.weights = []
         for blk in model.blocks:  # this rank's heads and MLP columns; the row-parallel halves keep their bias apart
-            qkv = _rows(blk.attn.qkv, [slice(k * d + mine.start, k * d + mine.stop) for k in range(3)])
-            fc = _rows(blk.mlp.fc, [slice(f0, f1)])
-            self.weights.append({"qkv": qkv, "proj_w": blk.attn.proj.weight[:, mine], "proj_b": blk.attn.proj.bias,
-                                 "fc": fc, "out_w": blk.mlp.proj.weight[:, f0:f1], "out_b": blk.mlp.proj.bias})
+            self.weights.append({"qkv": _rows(blk.attn.qkv, qkv_rows), "proj_w": blk.attn.proj.weight[:, mine],
+                                 "proj_b": blk.attn.proj.bias, "fc": _rows(blk.mlp.fc, [cols]),
+                                 "out_w": blk.mlp.proj.weight[:, cols], "out_b": blk.mlp.proj.bias})
         self.layout: list[list[tuple[int, int]]] = []
         self.seq = 0
 

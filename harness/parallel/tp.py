@@ -40,6 +40,16 @@ def _rows(linear: nn.Linear, parts: list[slice]) -> nn.Linear:
     return new
 
 
+def head_shard(cfg, world: int, rank: int) -> tuple[slice, slice, list[slice]]:
+    """This rank's share of a block under tensor parallelism, heads and MLP columns as even as possible (12 heads
+    over 8 devices: 2,2,2,2,1,1,1,1): (its attention channels, its MLP columns, its rows of the fused q|k|v)."""
+    h0, h1 = partition(cfg.heads, world)[rank]
+    mine = slice(h0 * cfg.head_dim, h1 * cfg.head_dim)
+    f0, f1 = partition(cfg.mlp_ratio * cfg.hidden, world)[rank]
+    d = cfg.hidden
+    return mine, slice(f0, f1), [slice(k * d + mine.start, k * d + mine.stop) for k in range(3)]
+
+
 @dataclass
 class TensorParallelOptions(MethodOptions):
     name: str = opt("tp", "the method")
@@ -93,17 +103,13 @@ class TensorParallel(Method):
         n, r = comm.world, comm.rank
         if cfg.heads < n:
             raise ValueError(f"tp needs a head per device: {cfg.heads} heads over {n} devices")
-        # heads and MLP columns as even as possible (12 heads over 8 devices: 2,2,2,2,1,1,1,1)
-        h0, h1 = partition(cfg.heads, n)[r]
-        mine = slice(h0 * cfg.head_dim, h1 * cfg.head_dim)
-        f0, f1 = partition(cfg.mlp_ratio * cfg.hidden, n)[r]
-        d = cfg.hidden
+        mine, cols, qkv_rows = head_shard(cfg, n, r)
         for i, blk in enumerate(model.blocks):
-            blk.attn.qkv = _rows(blk.attn.qkv, [slice(k * d + mine.start, k * d + mine.stop) for k in range(3)])
+            blk.attn.qkv = _rows(blk.attn.qkv, qkv_rows)
             wire = str(self.opts.get("exchange_dtype", "fp32"))
             blk.attn.proj = RowParallelLinear(blk.attn.proj, mine, comm, f"block{i}.attn", wire)
-            blk.mlp.fc = _rows(blk.mlp.fc, [slice(f0, f1)])
-            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, slice(f0, f1), comm, f"block{i}.mlp", wire)
+            blk.mlp.fc = _rows(blk.mlp.fc, [cols])
+            blk.mlp.proj = RowParallelLinear(blk.mlp.proj, cols, comm, f"block{i}.mlp", wire)
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, all_positions: bool = False) -> Output:
