@@ -87,11 +87,14 @@ def run_point(cfg: DictConfig | RunSpec, sweep: bool | None = None) -> dict:
     if info.get("oversubscribed"):
         log(f"WARNING: {spec.devices} devices x {info['cpu_real_per_device']:g} cores exceed this machine's "
             f"{os.cpu_count()} cores: ranks compete for CPU (row marked oversubscribed=true)")
-    if backend.runs_ranks or spec.device.compute == "replay":  # e.g. k-means codebooks: for ranks that will run
+    replay = spec.device.compute == "replay"
+    if replay:
+        from harness.rank.profile import prepare, recorded_layers
+    # e.g. k-means codebooks, for ranks that will run their plan or a profile's recording (replayed ranks need none;
+    # a recording on fewer blocks than the model's makes its own, of that depth)
+    if (backend.runs_ranks and not replay) or (replay and recorded_layers(spec) == spec.model.layers):
         spec = spec.method_class.prepare(spec, log)
-    if spec.device.compute == "replay":  # the compute profile every rank replays
-        from harness.rank.profile import prepare
-
+    if replay:  # the compute profile every rank replays
         spec = prepare(spec, log)
     with tempfile.TemporaryDirectory(prefix="astra-run-") as wd:
         result = backend.run(spec, Path(wd))

@@ -30,7 +30,7 @@ def log(msg: str) -> None:
 
 
 def job(cfg: DictConfig) -> dict | None:
-    from harness.rank.profile import record_profile
+    from harness.rank.profile import record_profile, recorded_layers
     from harness.spec.build import build_spec
     from harness.store.results import in_sweep
 
@@ -49,7 +49,8 @@ def job(cfg: DictConfig) -> dict | None:
             cfg.device.profile, cfg.device.accelerator, cfg.device.compute = "measure", "cpu", "real"
             cfg.network = {"name": "loopback", "port": None}  # a profile does not depend on the network
         spec = build_spec(cfg, in_sweep=in_sweep(), check_method=True)
-        spec = spec.method_class.prepare(spec, log)
+        if recorded_layers(spec) == spec.model.layers:  # a recording on fewer blocks prepares its own files
+            spec = spec.method_class.prepare(spec, log)
         profile = record_profile(spec, accelerator=accelerator)
         point = hashlib.sha256(json.dumps(profile.point, sort_keys=True).encode()).hexdigest()[:8]
         name = f"{spec.model.name}-{spec.method.name}-N{spec.devices}-T{spec.tokens}-{point}"

@@ -21,6 +21,11 @@ def tiny_cfg():
         base = dict(layers=2, hidden=64, heads=4, tokens=tokens, num_classes=10, patch_size=4, vocab_size=100,
                     max_positions=64, ln_eps=1e-5)
         base.update(kw)
+        if kind == "llama":  # grouped-query (two query heads per key/value head), an inner width no multiple of
+            base.setdefault("kv_heads", max(1, base["heads"] // 2))  # the hidden size, an untied LM head
+            base.setdefault("mlp_hidden", base["hidden"] * 11 // 4)
+            base.setdefault("tie_embeddings", False)
+            base.setdefault("rope_theta", 500.0)
         return ModelConfig(name=f"{kind}_test", kind=kind, **base)
 
     return make

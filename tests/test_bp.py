@@ -27,7 +27,7 @@ def cfg_of(tiny_cfg, kind, tokens=13):
     return tiny_cfg(kind, tokens, layers=4, hidden=48, heads=12)  # 48 channels, 12 heads: N = 1..4 all divide
 
 
-@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+@pytest.mark.parametrize("kind", ["vit", "gpt2", "llama"])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("retained", [1, 2, 4])
 def test_bp_plans_equal_the_bp_model_on_one_device(tiny_cfg, kind, world, retained):
@@ -42,7 +42,7 @@ def test_bp_plans_equal_the_bp_model_on_one_device(tiny_cfg, kind, world, retain
         assert got, f"{method}: no rank produced an output"
         for o, p in got:
             assert (o.logits - p.reference_slice(ref, o)).abs().max().item() <= 1e-5
-        if kind == "gpt2":  # every position is produced by exactly one rank (bp_sp) or by all of them (bp_ag)
+        if cfg.decoder:  # every position is produced by exactly one rank (bp_sp) or by all of them (bp_ag)
             covered = sorted({int(i) for o, _ in got for i in o.positions})
             assert covered == list(range(13))
         outs[method] = got[0][0].logits if kind == "vit" else torch.cat([o.logits for o, _ in got], 1)[:, :13]
@@ -147,7 +147,7 @@ TRAFFIC_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+@pytest.mark.parametrize("kind", ["vit", "gpt2", "llama"])
 @pytest.mark.parametrize("world", [1, 3, 4])
 @pytest.mark.parametrize("method,opts", TRAFFIC_CASES)
 def test_every_method_predicts_its_recorded_traffic(tiny_cfg, kind, world, method, opts):

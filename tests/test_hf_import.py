@@ -135,3 +135,69 @@ def test_missing_tensor_and_bad_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "activation_function": "relu"}))
     with pytest.raises(WeightLoadError, match="activation_function='relu' is not supported"):
         config_from_hf(tmp_path)
+
+
+def tiny_llama(kind: str = "llama", tied: bool = False, rope_scaling: dict | None = None, seed: int = 4):
+    """A Llama-layout causal LM with grouped-query attention (8 query heads over 2 key/value heads)."""
+    common = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 88, "num_hidden_layers": 2,
+              "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+              "rope_theta": 500.0, "tie_word_embeddings": tied, "attn_implementation": "eager"}
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**common, rope_scaling=rope_scaling)
+        model = transformers.LlamaForCausalLM(cfg)
+    elif kind == "mistral":
+        cfg = transformers.MistralConfig(**common, sliding_window=48)
+        model = transformers.MistralForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    randomize(model, seed=seed)
+    return model.eval()
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize("kind,tied,rope", [("llama", False, None), ("llama", True, LLAMA3_ROPE),
+                                            ("mistral", False, None), ("qwen2", True, None)])
+def test_llama_logits_match(tmp_path, kind, tied, rope):
+    hf = tiny_llama(kind, tied, rope)
+    save(hf, tmp_path, "safetensors")
+    cfg = config_from_hf(tmp_path, tokens=40)
+    assert (cfg.kind, cfg.hidden, cfg.layers, cfg.heads, cfg.n_kv_heads, cfg.inner) == ("llama", 32, 2, 8, 2, 88)
+    assert (cfg.tie_embeddings, cfg.qkv_bias, cfg.rope_theta) == (tied, kind == "qwen2", 500.0)
+    assert cfg.max_positions == (48 if kind == "mistral" else 64)  # mistral: its sliding window
+    ours = build_model(cfg)
+    ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = hf(input_ids=ids).logits
+        got = ours(ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_llama_rope_scaling_matters(tmp_path):
+    """The llama3 frequency rescaling is applied: the same weights without it give other logits."""
+    hf = tiny_llama("llama", False, LLAMA3_ROPE)
+    save(hf, tmp_path, "safetensors")
+    cfg = config_from_hf(tmp_path, tokens=40)
+    plain = build_model(ModelConfig(**{**cfg.to_dict(), "rope_scaling": None}))
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert (plain(ids) - hf(input_ids=ids).logits).abs().max() > 1e-3
+
+
+def test_llama_unsupported_rope_is_one_line(tmp_path):
+    hf = tiny_llama("llama", False, {"rope_type": "dynamic", "factor": 2.0})
+    save(hf, tmp_path, "safetensors")
+    with pytest.raises(WeightLoadError, match="rope type 'dynamic' is not supported"):
+        config_from_hf(tmp_path)
+
+
+def test_llama_missing_head_names_tensor(tmp_path):
+    hf = tiny_llama("llama", True)
+    save(hf, tmp_path, "safetensors")
+    cfg = config_from_hf(tmp_path, tokens=8)
+    untied = ModelConfig(**{**cfg.to_dict(), "tie_embeddings": False})
+    with pytest.raises(WeightLoadError, match="lm_head.weight"):
+        build_model(untied)

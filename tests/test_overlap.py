@@ -18,7 +18,7 @@ from harness.models import build_model, make_inputs
 from harness.parallel import METHODS
 
 
-@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+@pytest.mark.parametrize("kind", ["vit", "gpt2", "llama"])
 @pytest.mark.parametrize("method,opts", [("ring_attn", {}), ("galaxy", {}), ("galaxy", {"tiles": 1}),
                                          ("galaxy", {"tiles": 3})])
 @pytest.mark.parametrize("world", [2, 3, 4, 8])
@@ -29,7 +29,7 @@ def test_overlapped_methods_equal_single(tiny_cfg, kind, method, opts, world):
     cfg = tiny_cfg(kind, tokens, heads=8, hidden=64)
     model = build_model(cfg, seed=1)
     x = make_inputs(cfg, tokens, batch=2, seed=1)
-    ref = model(x, all_positions=True) if kind == "gpt2" else model(x)
+    ref = model(x, all_positions=True) if cfg.decoder else model(x)
     res = run_method(model, x, method, world, opts)
     assert max_err(res, ref) <= 1e-4
     records = [r for _, _, recs in res for r in recs]

@@ -9,7 +9,7 @@ from harness.models import build_model, make_inputs
 from harness.parallel import METHODS, partition, vq
 
 
-@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+@pytest.mark.parametrize("kind", ["vit", "gpt2", "llama"])
 @pytest.mark.parametrize("method", ["tp", "sp"])
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_tp_sp_equal_single(tiny_cfg, kind, method, world):
@@ -17,7 +17,7 @@ def test_tp_sp_equal_single(tiny_cfg, kind, method, world):
     cfg = tiny_cfg(kind, tokens, heads=4, hidden=48)  # tp over 3 ranks: uneven heads (2, 1, 1)
     model = build_model(cfg, seed=1)
     x = make_inputs(cfg, tokens, batch=2, seed=1)
-    ref = model(x, all_positions=True) if kind == "gpt2" else model(x)
+    ref = model(x, all_positions=True) if cfg.decoder else model(x)
     res = run_method(model, x, method, world)
     assert max_err(res, ref) <= 1e-4
 
@@ -33,7 +33,7 @@ def test_tp_twelve_heads_on_eight_devices(tiny_cfg):
     assert widths == [8, 8, 8, 8, 4, 4, 4, 4]  # 2 or 1 heads of 4
 
 
-@pytest.mark.parametrize("kind", ["vit", "gpt2"])
+@pytest.mark.parametrize("kind", ["vit", "gpt2", "llama"])
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_astra_lossless_equals_sp(tiny_cfg, kind, world):
     cfg = tiny_cfg(kind, 11)

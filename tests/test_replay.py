@@ -4,6 +4,7 @@ round-trips; bad profiles are refused in one line; the analytic backend charges 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -253,3 +254,43 @@ def test_realtime_scheduling_is_asked_for_and_given_back():
     base = ["device.compute=replay", "device.profile=measure", "method=sp", "devices=2"]
     fifo, other = (build_spec(compose([*base, f"device.replay_sched={s}"])) for s in ("fifo", "other"))
     assert timing_key(fifo) != timing_key(other)
+
+
+@pytest.mark.slow  # astra's k-means (scikit-learn) starts a process
+@pytest.mark.parametrize("method,devices", [("single", 1), ("tp", 3), ("sp", 3), ("astra", 3), ("ring_attn", 3),
+                                            ("galaxy", 2)])
+def test_a_profile_of_two_blocks_stands_for_the_whole_depth(tmp_path, method, devices):
+    """``device.profile_layers=2``: recorded on 2 of 5 blocks, the profile makes exactly the calls of a recording of
+    all 5 (tags, shapes, started collectives and their waits renumbered), and its compute is of the same size."""
+    spec = spec_of(method, devices, tmp_path, "model=llama_tiny", "model.layers=5", "tokens=32")
+    full = record_profile(spec, repeats=1, warmup=1)
+    short = record_profile(spec.replace(device=dataclasses.replace(spec.device, profile_layers=2)), repeats=1,
+                           warmup=1)
+    assert short.point == full.point and short.measured["layers_recorded"] == 2
+    for a, b in zip(full.ranks, short.ranks):
+        assert [(c.op, c.tag, c.args) for c in a.calls] == [(c.op, c.tag, c.args) for c in b.calls]
+        assert 0.3 < b.compute_s / a.compute_s < 3  # the same work (timing on this machine is not held closer)
+
+
+def test_repeating_blocks_adds_the_last_blocks_segments():
+    from harness.comm.profile import repeat_blocks
+
+    calls = [Call(1.0, "mark", "block0", {}), Call(2.0, "all_gather", "block0", {}),
+             Call(0.5, "mark", "block1", {}), Call(3.0, "all_gather", "block1.attn", {"async": 1}),
+             Call(4.0, "wait", "block1.attn", {"async": 1}), Call(0.25, "mark", "end", {})]
+    out = repeat_blocks(RankProfile(0, calls, tail_s=0.125), 4)
+    assert [(c.op, c.tag, c.args) for c in out.calls] == [
+        ("all_gather", "block0", {}), ("all_gather", "block1.attn", {"async": 1}), ("wait", "block1.attn", {"async": 1}),
+        ("all_gather", "block2.attn", {"async": 2}), ("wait", "block2.attn", {"async": 2}),
+        ("all_gather", "block3.attn", {"async": 3}), ("wait", "block3.attn", {"async": 3})]
+    assert [c.compute_s for c in out.calls] == [3.0, 3.5, 4.0, 3.5, 4.0, 3.5, 4.0]
+    assert out.tail_s == 0.375
+    with pytest.raises(RuntimeError, match="no block marks"):
+        repeat_blocks(RankProfile(0, calls[:2], 0.0), 4)
+
+
+def test_block_parallel_profiles_need_every_block(tmp_path):
+    spec = build_spec(compose(["method=bp_ag", "devices=2", "model=llama_tiny", "model.layers=4", "tokens=16",
+                               f"cache_dir={tmp_path}", "device.profile_layers=2"]))
+    with pytest.raises(ConfigError, match="blocks of different kinds"):
+        record_profile(spec, repeats=1, warmup=0)

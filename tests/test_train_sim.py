@@ -19,16 +19,17 @@ T = 23
 
 
 def small(kind: str) -> ModelConfig:
+    llama = {"kv_heads": 2, "mlp_hidden": 72, "tie_embeddings": False, "rope_theta": 500.0} if kind == "llama" else {}
     return ModelConfig(name="t", kind=kind, layers=2, hidden=32, heads=4, patch_size=2, channels=1, num_classes=5,
-                       vocab_size=64, max_positions=64, tokens=T, ln_eps=1e-5)
+                       vocab_size=64, max_positions=64, tokens=T, ln_eps=1e-5, **llama)
 
 
 def full_logits(model, x):
-    return model(x, all_positions=True) if model.cfg.kind == "gpt2" else model(x)
+    return model(x, all_positions=True) if model.cfg.decoder else model(x)
 
 
 CASES = [("vit", True, 2), ("vit", True, 3), ("vit", False, 3), ("vit", False, 4), ("gpt2", False, 2),
-         ("gpt2", False, 4)]
+         ("gpt2", False, 4), ("llama", False, 2), ("llama", False, 3)]
 
 
 @pytest.mark.parametrize("kind,dct,n", CASES)
@@ -68,7 +69,7 @@ def test_simulation_matches_distributed_runtime(kind, dct, n):
         assert torch.allclose(got, want, atol=1e-5)
 
 
-LOSS_CASES = [("vit", True, 3), ("vit", False, 4), ("gpt2", False, 3)]
+LOSS_CASES = [("vit", True, 3), ("vit", False, 4), ("gpt2", False, 3), ("llama", False, 3)]
 
 
 @pytest.mark.parametrize("fill", ["mask", "zero"])

@@ -236,9 +236,17 @@ class RecordingComm(SimulatedComm):
 
     # a started collective is two events: its post (``args["async"]`` numbers it within the inference) and the
     # moment the rank waits for it (op ``wait``), each with the compute before it
+    def block_mark(self, tag: str) -> None:
+        """Note where a block (``block{i}``) or the model's end (``end``) begins: a ``mark`` pseudo-call, which
+        ``repeat_blocks`` uses and removes (a saved profile has none)."""
+        self.sync()
+        now = time.perf_counter()
+        self.calls.append(Call(now - self.mark, "mark", tag, {}))
+        self.mark = now
+
     def _posting(self, op, tag, args):
         self._note(op, tag, args)
-        self.calls[-1].args["async"] = sum(1 for c in self.calls if c.op != "wait") - 1
+        self.calls[-1].args["async"] = sum(1 for c in self.calls if c.op not in ("wait", "mark")) - 1
 
     def _posted(self, p):
         p.number = self.calls[-1].args["async"]
@@ -263,6 +271,45 @@ def median_profile(runs: list[tuple[list[Call], float]], rank: int) -> RankProfi
     calls = [Call(statistics.median(run[0][i].compute_s for run in runs), c.op, c.tag, c.args)
              for i, c in enumerate(first)]
     return RankProfile(rank, calls, statistics.median(tail for _, tail in runs))
+
+
+def repeat_blocks(profile: RankProfile, layers: int) -> RankProfile:
+    """A rank's profile recorded on a shallower model with ``mark`` calls at each block's start and at the end of
+    the blocks, as the same rank of the model ``layers`` blocks deep: the last recorded block (its compute and its
+    calls, tags ``block{i}...`` renamed) repeated up to the depth, the marks folded into the compute after them, and
+    the started collectives renumbered. The first block keeps its own segments (it also holds what runs once, such
+    as a plan's first-inference setup)."""
+    import re
+
+    calls, marks = profile.calls, [i for i, c in enumerate(profile.calls) if c.op == "mark"]
+    blocks = [i for i in marks if calls[i].tag.startswith("block")]
+    end = next((i for i in marks if calls[i].tag == "end"), None)
+    if len(blocks) < 2 or end is None or calls[blocks[-1]].tag != f"block{len(blocks) - 1}":
+        raise RuntimeError(f"rank {profile.rank}: the recording has no block marks to repeat (a method that runs "
+                           "its blocks without their first norm)")
+    last = len(blocks) - 1
+    body = calls[blocks[-1]:end]
+    out = calls[:end]
+    for i in range(last + 1, layers):
+        out += [Call(c.compute_s, c.op, re.sub(rf"^block{last}(?=\.|$)", f"block{i}", c.tag), dict(c.args))
+                for c in body]
+    out += calls[end:]
+    merged, carry, numbers, count = [], 0.0, {}, 0
+    for c in out:
+        if c.op == "mark":
+            carry += c.compute_s
+            continue
+        args = dict(c.args)
+        if "async" in args:
+            if c.op == "wait":
+                args["async"] = numbers[args["async"]]
+            else:
+                numbers[args["async"]] = count
+                args["async"] = count
+        count += c.op != "wait"
+        merged.append(Call(c.compute_s + carry, c.op, c.tag, args))
+        carry = 0.0
+    return RankProfile(profile.rank, merged, profile.tail_s + carry)
 
 
 # -------------------------------------------------------------------------------------------------- replaying

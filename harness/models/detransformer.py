@@ -30,46 +30,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.config import ModelConfig
-from harness.models.transformer import MLP, Attention, Block, Transformer, init_weights
+from harness.models.transformer import MLP, Attention, Block, Transformer, init_weights, norm
 
 VARIANTS = ("a", "b")
 
 
-class SubAttention(Attention):
-    """Attention from ``width`` channels through ``heads`` heads of ``head_dim`` back to ``width`` channels."""
-
-    def __init__(self, width: int, heads: int, head_dim: int, causal: bool):
-        nn.Module.__init__(self)
-        self.heads = heads
-        self.head_dim = head_dim
-        self.qkv = nn.Linear(width, 3 * heads * head_dim)
-        self.proj = nn.Linear(heads * head_dim, width)
-        self.causal = causal
-
-
-class SubMLP(MLP):
-    def __init__(self, width: int, inner: int, approximate: str):
-        nn.Module.__init__(self)
-        self.fc = nn.Linear(width, inner)
-        self.proj = nn.Linear(inner, width)
-        self.approximate = approximate
-
-
 class SubBlock(Block):
-    """One decoupled sub-layer: a pre-LN Transformer layer on a D/N channel shard of every token."""
+    """One decoupled sub-layer: a pre-norm Transformer layer (the model's family: LayerNorm/GELU, or
+    RMSNorm/rotary/grouped-query/SwiGLU) on a D/N channel shard of every token."""
 
     def __init__(self, cfg: ModelConfig, parts: int, variant: str):
         nn.Module.__init__(self)
         width = cfg.hidden // parts
         if variant == "a":
-            heads, inner = cfg.heads, cfg.mlp_ratio * cfg.hidden
-        else:
-            heads, inner = cfg.heads // parts, (2 + cfg.mlp_ratio) * cfg.hidden - 2 * cfg.hidden // parts
+            heads, kv_heads, inner = cfg.heads, cfg.n_kv_heads, cfg.inner
+        else:  # the weight count of one original layer: the MLP takes what the narrower attention leaves
+            heads, kv_heads = cfg.heads // parts, max(1, cfg.n_kv_heads // parts)
+            inner = 2 * cfg.hidden + cfg.inner - 2 * cfg.hidden // parts
         self.cfg = cfg  # init_weights reads cfg.layers for the residual-projection scaling
-        self.ln1 = nn.LayerNorm(width, eps=cfg.ln_eps)
-        self.attn = SubAttention(width, heads, cfg.head_dim, cfg.causal)
-        self.ln2 = nn.LayerNorm(width, eps=cfg.ln_eps)
-        self.mlp = SubMLP(width, inner, "tanh" if cfg.kind == "gpt2" else "none")
+        self.ln1 = norm(cfg, width)
+        self.attn = Attention(cfg, width, heads, kv_heads)
+        self.ln2 = norm(cfg, width)
+        self.mlp = MLP(cfg, width, inner)
 
 
 def check_shape(cfg: ModelConfig, parts: int, retained: int, variant: str) -> str | None:
@@ -82,6 +64,9 @@ def check_shape(cfg: ModelConfig, parts: int, retained: int, variant: str) -> st
     if cfg.hidden % parts:
         return (f"block parallelism splits the hidden size {cfg.hidden} into devices={parts} channel shards: "
                 f"use a device count dividing {cfg.hidden}")
+    if variant == "b" and not cfg.heads % parts and (cfg.heads // parts) % max(1, cfg.n_kv_heads // parts):
+        return (f"method.sub_block=b gives each sub-block {cfg.heads // parts} heads over "
+                f"{max(1, cfg.n_kv_heads // parts)} key/value heads, which do not group evenly: use sub_block=a")
     if variant == "b" and cfg.heads % parts:
         return (f"method.sub_block=b gives each sub-block heads/devices heads, but heads={cfg.heads} is not "
                 f"divisible by devices={parts}: use sub_block=a or devices dividing {cfg.heads}")
@@ -137,13 +122,13 @@ class DecoupledModel(nn.Module):
         m = self.base
         t = inputs.shape[1]
         pos = torch.arange(t)
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             return m.embed_tokens(inputs, pos)
         return torch.cat([m.embed_cls(inputs.shape[0]), m.embed_tokens(inputs, pos)], 1)
 
     def embed_shard(self, inputs: torch.Tensor, part: int) -> torch.Tensor:
         """Channels ``part`` of ``embed(inputs)``, computing only those (a device never needs the others)."""
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             return self.shard(self.embed(inputs), part)
         m, w = self.base, self.width
         cols = slice(part * w, (part + 1) * w)
@@ -154,7 +139,7 @@ class DecoupledModel(nn.Module):
 
     def head(self, h: torch.Tensor, all_positions: bool = True) -> torch.Tensor:
         """Final LayerNorm and head on full-width states: ViT the class token (row 0), GPT2 every row (or the last)."""
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             return self.base.logits(self.base.ln_f(h if all_positions else h[:, -1:]))
         return self.base.logits(self.base.ln_f(h[:, 0]))
 

@@ -1,4 +1,5 @@
-"""Import HF ``ViTForImageClassification`` / ``GPT2LMHeadModel`` checkpoints into our plain models.
+"""Import HF ``ViTForImageClassification`` / ``GPT2LMHeadModel`` / Llama-layout causal LM checkpoints
+(``LlamaForCausalLM``, ``MistralForCausalLM`` within its sliding window, ``Qwen2ForCausalLM``) into our plain models.
 
 ``config_from_hf(dir)`` turns ``config.json`` into a :class:`ModelConfig`; ``load_hf_weights(model, dir)`` renames
 (and, where the layouts differ, reshapes) the checkpoint tensors onto the model. Loading is strict: every parameter
@@ -20,7 +21,8 @@ from harness.models.config import ModelConfig
 PREFIXES = ("vit.", "transformer.")
 # Checkpoint entries with no parameter of ours behind them: GPT2's causal-mask buffers, its tied LM head (checked
 # against wte below) and ViTModel's unused pooler.
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight", "pooler.dense.weight", "pooler.dense.bias")
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight", "pooler.dense.weight", "pooler.dense.bias",
+                    "rotary_emb.inv_freq")
 # transformers>=5 names ViT modules differently in memory (a raw ``torch.save(model.state_dict())``) than on disk
 # (``save_pretrained`` and Hub checkpoints); rewrite the in-memory names to the on-disk ones.
 V5_VIT_NAMES = [
@@ -121,10 +123,53 @@ def config_from_hf(path, tokens: int | None = None) -> ModelConfig:
             max_positions=c["n_positions"],
             tokens=tokens if tokens is not None else c["n_positions"],
         )
-    raise WeightLoadError(f"{file}: model_type={kind!r} is not supported: import a 'vit' or 'gpt2' checkpoint")
+    if kind in LLAMA_TYPES:
+        return _llama_config(c, file, tokens, common)
+    raise WeightLoadError(f"{file}: model_type={kind!r} is not supported: import a 'vit', 'gpt2' or Llama-layout "
+                          f"({', '.join(LLAMA_TYPES)}) checkpoint")
 
 
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _llama_config(c: dict, file: Path, tokens: int | None, common: dict) -> ModelConfig:
+    kind = c["model_type"]
+    act = c.get("hidden_act", "silu")
+    _require(act == "silu", f"{file}: hidden_act={act!r} is not supported: only SwiGLU (silu) Llama layouts import")
+    for key in ("attention_bias", "mlp_bias"):
+        _require(not c.get(key, False), f"{file}: {key}=true is not supported: import a checkpoint without it")
+    hidden, heads = c["hidden_size"], c["num_attention_heads"]
+    head_dim = c.get("head_dim") or hidden // heads
+    _require(head_dim * heads == hidden, f"{file}: head_dim={head_dim} x {heads} heads is not hidden_size={hidden}: "
+                                         "only head_dim = hidden_size / num_attention_heads is supported")
+    rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})  # transformers 5 / 4
+    theta = float(rope.pop("rope_theta", c.get("rope_theta", 10000.0)))
+    kind_rope = rope.get("rope_type", rope.get("type", "default"))
+    _require(kind_rope in ("default", "llama3"), f"{file}: rope type {kind_rope!r} is not supported: only default "
+                                                 "and llama3 rotary positions import")
+    positions = c.get("max_position_embeddings", 2048)
+    window = c.get("sliding_window") if (kind == "mistral" or c.get("use_sliding_window")) else None
+    if window:  # attention within the window equals full attention: allow no longer sequences
+        positions = min(positions, int(window))
+    return ModelConfig(
+        **{**common, "kind": "llama"},
+        layers=c["num_hidden_layers"],
+        hidden=hidden,
+        heads=heads,
+        kv_heads=c.get("num_key_value_heads") or heads,
+        mlp_hidden=c["intermediate_size"],
+        ln_eps=c.get("rms_norm_eps", 1e-6),
+        vocab_size=c["vocab_size"],
+        max_positions=positions,
+        rope_theta=theta,
+        rope_scaling=rope if kind_rope == "llama3" else None,
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        qkv_bias=kind == "qwen2",
+        tokens=tokens if tokens is not None else positions,
+    )
+
+
+def _read_state_dict(path: Path, kind: str = "vit") -> tuple[dict[str, torch.Tensor], Path]:
     _check_dir(path)
     if (file := path / "model.safetensors").is_file():
         from safetensors.torch import load_file
@@ -137,6 +182,8 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
             f"no model.safetensors or pytorch_model.bin in {path}: save the HF model there with save_pretrained "
             "(sharded checkpoints are not supported)"
         )
+    if kind == "llama":
+        return {k.removeprefix("model."): v for k, v in sd.items()}, file
     for pre in PREFIXES:
         sd = {k.removeprefix(pre): v for k, v in sd.items()}
     if any(k.startswith("layers.") for k in sd):
@@ -199,6 +246,26 @@ def _gpt2_tensors(t: _Source, layers: int) -> dict[str, tuple[str, torch.Tensor]
     return out
 
 
+def _llama_tensors(t: _Source, cfg: ModelConfig) -> dict[str, tuple[str, torch.Tensor]]:
+    out = {"wte.weight": ("embed_tokens.weight", t("embed_tokens.weight")), "ln_f.weight": ("norm.weight",
+                                                                                            t("norm.weight"))}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = ("lm_head.weight", t("lm_head.weight"))
+    for i in range(cfg.layers):
+        s, d = f"layers.{i}.", f"blocks.{i}."
+        names = [f"{s}self_attn.{n}_proj.weight" for n in "qkv"]
+        out[f"{d}attn.qkv.weight"] = ("|".join(names), torch.cat([t(n) for n in names]))
+        if cfg.qkv_bias:
+            names = [f"{s}self_attn.{n}_proj.bias" for n in "qkv"]
+            out[f"{d}attn.qkv.bias"] = ("|".join(names), torch.cat([t(n) for n in names]))
+        names = [f"{s}mlp.{n}_proj.weight" for n in ("gate", "up")]  # our fc is gate|up
+        out[f"{d}mlp.fc.weight"] = ("|".join(names), torch.cat([t(n) for n in names]))
+        for ours, theirs in [("attn.proj", "self_attn.o_proj"), ("mlp.proj", "mlp.down_proj"),
+                             ("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")]:
+            out[f"{d}{ours}.weight"] = (f"{s}{theirs}.weight", t(f"{s}{theirs}.weight"))
+    return out
+
+
 def _shape_fix(name: str, theirs: torch.Size, cfg: ModelConfig) -> str:
     if name == "pos_embed" and len(theirs) == 3:
         n = theirs[1] - 1
@@ -209,14 +276,25 @@ def _shape_fix(name: str, theirs: torch.Size, cfg: ModelConfig) -> str:
 
 
 def load_hf_weights(model: nn.Module, path) -> None:
-    """Copy the HF checkpoint in ``path`` into ``model`` (a ViT or GPT2 built from a matching config), strictly."""
+    """Copy the HF checkpoint in ``path`` into ``model`` (a ViT, GPT2 or Llama built from a matching config),
+    strictly."""
     path, cfg = Path(path), model.cfg
-    sd, file = _read_state_dict(path)
+    sd, file = _read_state_dict(path, cfg.kind)
     cfg_file = path / "config.json"
-    if cfg_file.is_file() and (kind := _read_config(path).get("model_type")) != cfg.kind:
-        raise WeightLoadError(f"{path} holds a {kind!r} checkpoint but the model is {cfg.kind!r}: {CONFIG_FIX}")
+    if cfg_file.is_file():
+        kind = _read_config(path).get("model_type")
+        if ("llama" if kind in LLAMA_TYPES else kind) != cfg.kind:
+            raise WeightLoadError(f"{path} holds a {kind!r} checkpoint but the model is {cfg.kind!r}: {CONFIG_FIX}")
     t = _Source(sd, file)
-    tensors = (_vit_tensors if cfg.kind == "vit" else _gpt2_tensors)(t, cfg.layers)
+    if cfg.kind == "llama":
+        tensors = _llama_tensors(t, cfg)
+        if cfg.tie_embeddings:  # a tied head may be saved beside the embedding; it must be the same matrix
+            head = sd.get("lm_head.weight")
+            _require(head is None or torch.equal(head, sd["embed_tokens.weight"]),
+                     f"{file}: lm_head.weight differs from embed_tokens.weight but tie_word_embeddings is true")
+            t.used.add("lm_head.weight")
+    else:
+        tensors = (_vit_tensors if cfg.kind == "vit" else _gpt2_tensors)(t, cfg.layers)
 
     if cfg.kind == "gpt2" and "lm_head.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["wte.weight"]):
         raise WeightLoadError(f"{file}: lm_head.weight differs from wte.weight: only tied-embedding GPT2 is supported")

@@ -46,7 +46,7 @@ def group_for(bits: int, group: int | None) -> int:
 
 def misfit_width(mc, group: int) -> int | None:
     """The smallest input width of ``mc``'s block linears that ``group`` columns do not divide (None: all fit)."""
-    bad = sorted(w for w in {mc.hidden, mc.mlp_ratio * mc.hidden} if group and group < w and w % group)
+    bad = sorted(w for w in {mc.hidden, mc.inner} if group and group < w and w % group)
     return bad[0] if bad else None
 
 

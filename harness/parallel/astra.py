@@ -263,11 +263,12 @@ class Astra(SequenceParallel):
             return True
         if str(mode).lower() in ("false", "off", "no"):
             return False
-        size = self.cfg.layers * self.groups * self.codebook_size * 2 * self.cfg.hidden * 4
+        size = self.cfg.layers * self.groups * self.codebook_size * 2 * self.cfg.n_kv_heads * self.cfg.head_dim * 4
         return size <= max_mb * 2**20
 
     def kv_table(self, index: int) -> torch.Tensor:
-        """(G, K, 2*hidden): the K|V projection (without bias) of every group's codewords."""
+        """(G, K, 2 x kv width): the K|V projection (without bias) of every group's codewords; rotary keys are
+        rotated after the lookup, at each remote token's position (``split_kv``)."""
         w, _ = self.kv_weights[index]
         g, dg = self.groups, self.cfg.hidden // self.groups
         w_groups = w.view(w.shape[0], g, dg).permute(1, 2, 0)  # (G, dg, 2D)
@@ -297,14 +298,15 @@ class Astra(SequenceParallel):
                 kv = torch.index_select(table[0], 0, idx_r[:, 0])
             else:
                 kv = sum(torch.index_select(table[i], 0, idx_r[:, i]) for i in range(g))
-            kv = (kv + bias).view(b, -1, 2 * d)
+            kv = (kv if bias is None else kv + bias).view(b, -1, w.shape[0])
         else:
             kv = F.linear(vq.decode(idx_r, self.codebooks[index]).view(b, -1, d), w, bias)
         if self.index_loss:
             lost = [vq.lost_tokens(self.loss_seed, index, j, self.comm.rank, b, x.shape[1], self.index_loss)
                     for j, x in zip(need, got)]
-            if self.loss_fill == "zero":  # a zero vector's K|V projection is the bias
-                kv = torch.where(torch.cat(lost, 1)[..., None], bias.expand_as(kv), kv)
+            if self.loss_fill == "zero":  # a zero vector's K|V projection is the bias (or zero)
+                fill = bias.expand_as(kv) if bias is not None else torch.zeros_like(kv)
+                kv = torch.where(torch.cat(lost, 1)[..., None], fill, kv)
             else:
                 self.lost_keys = lost
-        return self.split_kv(kv, need)
+        return self.split_kv(kv, need, index)

@@ -69,6 +69,7 @@ class Method:
     is_baseline = False  # the single-device run speedups are measured against
     is_proposed = False  # the method this project studies: reports set it against the fastest of the others
     overlaps = False  # starts collectives and waits for them later, computing meanwhile (``comm_hidden_ms``)
+    uniform_blocks = True  # every block runs the same code: a profile of two blocks stands for any depth
 
     def __init__(self, model: Transformer, comm: Comm, opts: dict | None = None):
         self.model = model
@@ -163,7 +164,7 @@ def traffic_of(spec, records: list[tuple[str, str, int]]) -> list[tuple[str, str
 
 def single_device_output(model: Transformer, inputs: torch.Tensor, all_positions: bool) -> Output:
     """The whole model on one device (used by ``single`` and ``tp``, whose ranks all see the full sequence)."""
-    if model.cfg.kind == "gpt2":
+    if model.cfg.decoder:
         t = inputs.shape[1]
         logits = model(inputs, all_positions=all_positions)
         pos = torch.arange(t) if all_positions else torch.tensor([t - 1])

@@ -40,6 +40,7 @@ class BlockParallelAllGather(Method):
     title = "BP+AG"
     exchanges_per_retained = 1  # shard-sends per retained layer in the paper's accounting
     Options = BlockParallelOptions
+    uniform_blocks = False  # decoupled layers between retained ones
 
     # -- the controller's side ------------------------------------------------------------------------------------
     @classmethod
@@ -94,7 +95,7 @@ class BlockParallelAllGather(Method):
 
     def output(self, h: torch.Tensor, all_positions: bool) -> Output:
         bp = self.bp
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             t = h.shape[1]
             return Output(bp.head(h, all_positions), torch.arange(t) if all_positions else torch.tensor([t - 1]))
         return Output(bp.head(h))

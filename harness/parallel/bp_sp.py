@@ -67,9 +67,10 @@ class BlockParallelSP(BlockParallelAllGather):
         s, e = self.rows[comm.rank]
         attn = block.attn
         a = block.ln1(x[:, :e] if cfg.causal else x)  # keys/values: every token (causal: up to my last row)
-        w, bias = attn.qkv.weight, attn.qkv.bias
-        q = F.linear(a[:, s:e], w[:d], bias[:d])
-        k, v = F.linear(a, w[d:], bias[d:]).chunk(2, dim=-1)
+        w, bias, qs = attn.qkv.weight, attn.qkv.bias, attn.q_size
+        q = attn.rotate(F.linear(a[:, s:e], w[:qs], None if bias is None else bias[:qs]), torch.arange(s, e))
+        k, v = F.linear(a, *attn.kv_weights()).chunk(2, dim=-1)
+        k = attn.rotate(k, torch.arange(a.shape[1]))
         mask = torch.arange(e)[None, :] <= torch.arange(s, e)[:, None] if cfg.causal else None
         y = x[:, s:e] + attn.proj(attn.attend(q, k, v, mask=mask))
         y = y + block.mlp(block.ln2(y))  # (B, rows, D): this device's rows, full width
@@ -83,7 +84,7 @@ class BlockParallelSP(BlockParallelAllGather):
 
     def output(self, h: torch.Tensor, all_positions: bool) -> Output:
         y, (s, e) = self.out_rows, self.rows[self.comm.rank]
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             seq = self.rows[-1][1]
             if all_positions:
                 return Output(self.bp.head(y, True), torch.arange(s, e))

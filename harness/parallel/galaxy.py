@@ -35,6 +35,10 @@ from harness.parallel.base import Method, MethodOptions, Output, register, seque
 from harness.parallel.tp import _rows, head_shard
 
 
+def _biased(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias
+
+
 @dataclass
 class GalaxyOptions(MethodOptions):
     name: str = opt("galaxy", "the method")
@@ -91,12 +95,12 @@ class Galaxy(Method):
         if cfg.heads < n:
             raise ValueError(f"galaxy needs a head per device: {cfg.heads} heads over {n} devices")
         self.tiles = int(self.opts.get("tiles", 4))
-        mine, cols, qkv_rows = head_shard(cfg, n, r)
+        self.shard = sh = head_shard(cfg, n, r)
         self.weights = []
         for blk in model.blocks:  # this rank's heads and MLP columns; the row-parallel halves keep their bias apart
-            self.weights.append({"qkv": _rows(blk.attn.qkv, qkv_rows), "proj_w": blk.attn.proj.weight[:, mine],
-                                 "proj_b": blk.attn.proj.bias, "fc": _rows(blk.mlp.fc, [cols]),
-                                 "out_w": blk.mlp.proj.weight[:, cols], "out_b": blk.mlp.proj.bias})
+            self.weights.append({"qkv": _rows(blk.attn.qkv, sh.qkv_rows), "proj_w": blk.attn.proj.weight[:, sh.mine],
+                                 "proj_b": blk.attn.proj.bias, "fc": _rows(blk.mlp.fc, blk.mlp.fc_rows(sh.cols)),
+                                 "out_w": blk.mlp.proj.weight[:, sh.cols], "out_b": blk.mlp.proj.bias})
         self.layout: list[list[tuple[int, int]]] = []
         self.seq = 0
 
@@ -140,17 +144,19 @@ class Galaxy(Method):
             if t + 1 < nt:
                 gathers[t + 1] = self._gather(h, t + 1, tag)
             qkv.append(w["qkv"](self._joined(gathers[t].wait(), t)))
-        q, k, v = torch.cat(qkv, 1).chunk(3, dim=-1)
-        attn, scatters = blk.attn, []
+        sh, attn, scatters = self.shard, blk.attn, []
+        q, k, v = torch.cat(qkv, 1).split([sh.q_size, sh.kv_size, sh.kv_size], dim=-1)  # the tiles in sequence order
+        every = torch.arange(self.seq)
+        q, k = attn.rotate(q, every), attn.rotate(k, every)
         for t, subs in enumerate(self.layout):  # query tile t's attention and projection while tile t-1 scatters
             a, b = subs[0][0], subs[-1][1]
             if self.cfg.causal:
                 mask = torch.arange(b)[None, :] <= torch.arange(a, b)[:, None]
-                o = attn.attend(q[:, a:b], k[:, :b], v[:, :b], mask=mask)
+                o = attn.attend(q[:, a:b], k[:, :b], v[:, :b], mask=mask, kv_index=sh.kv_index)
             else:
-                o = attn.attend(q[:, a:b], k, v)
+                o = attn.attend(q[:, a:b], k, v, kv_index=sh.kv_index)
             scatters.append(self._scatter(F.linear(o, w["proj_w"]), t, tag))
-        return torch.cat([self._own(p.wait(), t) for t, p in enumerate(scatters)], 1) + w["proj_b"]
+        return _biased(torch.cat([self._own(p.wait(), t) for t, p in enumerate(scatters)], 1), w["proj_b"])
 
     def _mlp(self, blk, w: dict, x: torch.Tensor, index: int) -> torch.Tensor:
         tag, nt = f"block{index}.mlp", len(self.layout)
@@ -161,9 +167,9 @@ class Galaxy(Method):
             if t + 1 < nt:
                 gathers[t + 1] = self._gather(h, t + 1, tag)
             full = self._joined(gathers[t].wait(), t)
-            y = F.linear(F.gelu(w["fc"](full), approximate=blk.mlp.approximate), w["out_w"])
+            y = F.linear(blk.mlp.activate(w["fc"](full)), w["out_w"])
             scatters.append(self._scatter(y, t, tag))
-        return torch.cat([self._own(p.wait(), t) for t, p in enumerate(scatters)], 1) + w["out_b"]
+        return _biased(torch.cat([self._own(p.wait(), t) for t, p in enumerate(scatters)], 1), w["out_b"])
 
     def _own(self, summed: torch.Tensor, t: int) -> torch.Tensor:
         """This rank's rows of a reduce-scattered tile (without the padding)."""

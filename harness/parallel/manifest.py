@@ -36,7 +36,8 @@ def read_manifest(d: Path) -> dict:
 
 # Model fields that must agree between a checkpoint and the run that uses it.
 ARCH_FIELDS = ("kind", "layers", "hidden", "heads", "mlp_ratio", "patch_size", "channels", "num_classes", "vocab_size",
-               "max_positions", "ln_eps")
+               "max_positions", "ln_eps", "kv_heads", "mlp_hidden", "rope_theta", "tie_embeddings",
+               "qkv_bias")
 
 
 def check_checkpoint(manifest: dict, mc: ModelConfig, groups: int, codebook_size: int, tokens: int | None,
@@ -45,7 +46,7 @@ def check_checkpoint(manifest: dict, mc: ModelConfig, groups: int, codebook_size
     m = manifest["model"]
     diff = [f"{f}={m.get(f)} (run: {getattr(mc, f)})" for f in ARCH_FIELDS
             if f in m and m.get(f) != getattr(mc, f) and not (mc.kind == "vit" and f in ("vocab_size", "max_positions"))
-            and not (mc.kind == "gpt2" and f in ("patch_size", "channels", "num_classes"))]
+            and not (mc.decoder and f in ("patch_size", "channels", "num_classes"))]
     if diff:
         raise ConfigError(f"checkpoint {where} was trained for another model: {', '.join(diff)}: {fix}")
     if (manifest["groups"], manifest["codebook_size"]) != (groups, codebook_size):
@@ -54,7 +55,7 @@ def check_checkpoint(manifest: dict, mc: ModelConfig, groups: int, codebook_size
     if tokens is not None and mc.kind == "vit" and m.get("tokens") != tokens:
         raise ConfigError(f"checkpoint {where} was trained for {m.get('tokens')} tokens (ViT position table) but "
                          f"the run uses tokens={tokens}: use tokens={m.get('tokens')}")
-    if tokens is not None and mc.kind == "gpt2":
+    if tokens is not None and mc.kind == "gpt2":  # its position table
         table = max(int(m.get("max_positions", 0)), int(m.get("tokens", 0)))
         mp = int(m.get("max_positions", 0))
         if max(mp, tokens) != table:

@@ -91,8 +91,8 @@ class Ring(Method):
 
     @classmethod
     def traffic(cls, spec, rank: int) -> list[tuple[str, str, int]]:
-        n_max = max(len(p) for p in ring_positions(spec.tokens, spec.devices, spec.model.kind == "gpt2"))
-        block = spec.batch * n_max * 2 * spec.model.hidden * 4  # k|v of the largest shard, fp32
+        n_max = max(len(p) for p in ring_positions(spec.tokens, spec.devices, spec.model.decoder))
+        block = spec.batch * n_max * 2 * spec.model.n_kv_heads * spec.model.head_dim * 4  # k|v of the largest shard
         return traffic_of(spec, [("shift", f"block{i}.step{s}", block)
                                  for i in range(spec.model.layers) for s in range(1, spec.devices)])
 
@@ -114,7 +114,9 @@ class Ring(Method):
 
     def attention(self, attn: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
         w, r, p = self.comm.world, self.comm.rank, self.prefix
-        q, k, v = (attn.split_heads(t) for t in attn.qkv(x).chunk(3, dim=-1))  # (B, H, p + n, d)
+        # rotary models (no class token) rotate q and k at the tokens' global positions, before k travels
+        at = torch.arange(x.shape[1]) if p else self.positions[r]
+        q, k, v = (attn.split_heads(t) for t in attn.project(x, at))  # (B, H or kv heads, p + n, d)
         n_max = max(len(pos) for pos in self.positions)
         kv = torch.cat([k[:, :, p:], v[:, :, p:]], dim=1)  # (B, 2H, n, d): this rank's block, what travels
         short = n_max - kv.shape[2]
@@ -125,20 +127,21 @@ class Ring(Method):
         own_mask = self.masks[r]
         if own_mask is not None and p:
             own_mask = torch.cat([torch.ones(own_mask.shape[0], p, dtype=torch.bool), own_mask], 1)
-        out, lse = block_attention(q, k, v, own_mask)
-        heads = k.shape[1]
+        hq = q.shape[1]
+        out, lse = block_attention(q, attn.expand_kv(k, hq), attn.expand_kv(v, hq), own_mask)
+        heads = k.shape[1]  # key/value heads: what travels
         for s in range(1, w):
             cur = pending.wait()  # rank r - s's block
             if s + 1 < w:
                 pending = self.comm.start_shift(cur, tag=f"block{index}.step{s + 1}")
-            out, lse = self._fold(q, out, lse, cur, heads, (r - s) % w)
+            out, lse = self._fold(attn, q, out, lse, cur, heads, (r - s) % w)
         b, h, n, d = out.shape
         return attn.proj(out.transpose(1, 2).reshape(b, n, h * d))
 
-    def _fold(self, q, out, lse, block, heads, src):
+    def _fold(self, attn, q, out, lse, block, heads, src):
         """Merge the attention over rank ``src``'s k|v ``block`` (padded to the largest shard) into (out, lse)."""
-        n = len(self.positions[src])
-        kj, vj = block[:, :heads, :n], block[:, heads:, :n]
+        n, hq = len(self.positions[src]), q.shape[1]
+        kj, vj = attn.expand_kv(block[:, :heads, :n], hq), attn.expand_kv(block[:, heads:, :n], hq)
         blk, blk_lse = block_attention(q, kj, vj, self.masks[src])
         return merge(out, lse, blk, blk_lse)
 
@@ -148,7 +151,7 @@ class Ring(Method):
         if not self.positions or sum(len(p) for p in self.positions) != t:
             self.setup(t)
         m, mine = self.model, self.positions[self.comm.rank]
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             h = m.encode(m.embed_tokens(inputs[:, mine], mine))
             if all_positions:
                 return Output(m.logits(h), mine)

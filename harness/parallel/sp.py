@@ -103,8 +103,8 @@ class SequenceParallel(Method):
         vit = self.cfg.kind == "vit"
         self.prefix = 1 if (vit and self.replicate_cls) else 0
         self.causal = self.cfg.causal
-        d = self.cfg.hidden
-        self.kv_weights = [(b.attn.qkv.weight[d:], b.attn.qkv.bias[d:]) for b in model.blocks]
+        self.attns = [b.attn for b in model.blocks]
+        self.kv_weights = [b.attn.kv_weights() for b in model.blocks]
         for i, blk in enumerate(model.blocks):
             blk.attn = SeqParallelAttention(blk.attn, self, i)
         self.slices: list[tuple[int, int]] = []
@@ -123,6 +123,7 @@ class SequenceParallel(Method):
             raise ValueError(f"split shares {self.shares} do not add up to the input's {content_tokens} tokens")
         self.slices = token_slices(content_tokens, extra, self.comm.world, self.shares)
         s, e = self.slices[self.comm.rank]
+        self.positions = [torch.arange(a, b) for a, b in self.slices]  # each rank's global positions (rotary)
         if self.causal:
             self.mask = torch.arange(e)[None, :] <= torch.arange(s, e)[:, None]
 
@@ -137,7 +138,7 @@ class SequenceParallel(Method):
 
     def embed_local(self, inputs: torch.Tensor) -> torch.Tensor:
         m, (s, e) = self.model, self.my_slice
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             return m.embed_tokens(inputs[:, s:e], torch.arange(s, e))
         b = inputs.shape[0]
         if self.prefix:  # class token replicated
@@ -169,16 +170,22 @@ class SequenceParallel(Method):
             return []
         x = torch.cat([shards[j][:, : self.slices[j][1] - self.slices[j][0]] for j in need], 1)
         w, b = self.kv_weights[index]
-        return self.split_kv(F.linear(x, w, b), need)
+        return self.split_kv(F.linear(x, w, b), need, index)
 
-    def split_kv(self, kv: torch.Tensor, need: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def split_kv(self, kv: torch.Tensor, need: list[int], index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Remote ranks' k|v (B, their tokens, 2 x kv width) -> (k, v) per rank, k rotated at its tokens' global
+        positions (rotary models: remote keys are formed here, from what crossed the wire, like local ones)."""
         sizes = [self.slices[j][1] - self.slices[j][0] for j in need]
-        return [tuple(part.chunk(2, dim=-1)) for part in kv.split(sizes, dim=1)]
+        out = []
+        for j, part in zip(need, kv.split(sizes, dim=1)):
+            k, v = part.chunk(2, dim=-1)
+            out.append((self.attns[index].rotate(k, self.positions[j]), v))
+        return out
 
     # -- attention ----------------------------------------------------------------------------------------------
     def attention(self, attn: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
         p = self.prefix
-        q, k, v = attn.qkv(x).chunk(3, dim=-1)
+        q, k, v = attn.project(x, self.positions[self.comm.rank] if self.causal else torch.arange(x.shape[1]))
         self.lost_keys = None
         remote = iter(self.remote_kv(x[:, p:], index))
         ks, vs = [k[:, :p]], [v[:, :p]]
@@ -205,7 +212,7 @@ class SequenceParallel(Method):
             self.setup(t)
         h = self.model.encode(self.embed_local(inputs))
         s, e = self.my_slice
-        if self.cfg.kind == "gpt2":
+        if self.cfg.decoder:
             if all_positions:
                 return Output(self.model.logits(h), torch.arange(s, e))
             if e == t:

@@ -5,6 +5,7 @@ benchmark (``profile_ranks``), and as the compute profiles a replay sleeps throu
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -71,13 +72,56 @@ def speed_probe(threads: int = 1, repeats: int = 7) -> float:
     return 1e3 * statistics.median(times)
 
 
+def recorded_layers(spec) -> int:
+    """How many of the model's blocks a profile of ``spec`` is recorded on (``device.profile_layers``): auto is every
+    block unless the model's fp32 weights would fill more than a quarter of this machine's memory, then 2."""
+    want, depth = spec.device.profile_layers, spec.model.layers
+    if want != "auto":
+        return min(int(want), depth)
+    from harness.models.transformer import parameter_count
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return depth if 4 * parameter_count(spec.model) <= memory / 4 else min(2, depth)
+
+
+def shallow(spec, layers: int, workdir: Path):
+    """``spec`` on the first ``layers`` blocks of its model, its method's files made for that depth (of the right
+    shapes only: a profile's timing does not depend on their values). Refused for a method whose blocks differ."""
+    import dataclasses
+
+    from harness.errors import ConfigError
+
+    if not spec.method_class.uniform_blocks:
+        raise ConfigError(f"method={spec.method.name} runs blocks of different kinds, so a profile recorded on "
+                          f"{layers} of {spec.model.name}'s {spec.model.layers} blocks cannot stand for the others: "
+                          "set device.profile_layers to the model's depth, or use a smaller model")
+    small = spec.replace(model=dataclasses.replace(spec.model, layers=layers), codebooks=None)
+    return small.method_class.prepare_shapes(small, workdir)
+
+
 def record_profile(spec, repeats: int = 3, warmup: int = 1, accelerator: str = "cpu") -> Profile:
     """Each rank of ``spec`` alone (``RecordingComm``: collectives answered locally) at this device's speed:
     ``warmup`` inferences, then ``repeats`` recorded ones; each segment's median. A rank whose recorded inferences
     spread by more than ``SPREAD`` (the machine was disturbed) is recorded again, up to ``ATTEMPTS`` times, keeping
     the steadiest. On a CPU, ``speed_probe`` runs before and after; the profile keeps their mean (``probe_ms``) and
     the largest spread of its ranks. ``accelerator`` ``cuda``: the model and inputs on the GPU, the clock read after
-    ``torch.cuda.synchronize``."""
+    ``torch.cuda.synchronize``. A model deeper than ``recorded_layers`` is recorded on that many of its blocks and
+    its last recorded block repeated to the full depth (``harness.comm.profile.repeat_blocks``)."""
+    layers = recorded_layers(spec)
+    if layers < spec.model.layers:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="astra-shallow-") as tmp:
+            profile = _record(shallow(spec, layers, Path(tmp)), repeats, warmup, accelerator, marks=True)
+        from harness.comm.profile import repeat_blocks
+        from harness.spec.identity import profile_point
+
+        return Profile(profile_point(spec), profile.device, {**profile.measured, "layers_recorded": layers},
+                       [repeat_blocks(r, spec.model.layers) for r in profile.ranks])
+    return _record(spec, repeats, warmup, accelerator)
+
+
+def _record(spec, repeats: int, warmup: int, accelerator: str, marks: bool = False) -> Profile:
     import torch
 
     from harness.comm.profile import RecordingComm, median_profile
@@ -100,6 +144,10 @@ def record_profile(spec, repeats: int = 3, warmup: int = 1, accelerator: str = "
         if cuda:
             model, inputs = model.cuda(), inputs.cuda()
         plan = spec.method_class.plan(model, comm, spec)
+        if marks:  # where each block starts (its first norm) and where the blocks end (the final norm)
+            for i, blk in enumerate(plan.model.blocks):
+                blk.ln1.register_forward_pre_hook(lambda *_, i=i, c=comm: c.block_mark(f"block{i}"))
+            plan.model.ln_f.register_forward_pre_hook(lambda *_, c=comm: c.block_mark("end"))
         best = None
         for _ in range(ATTEMPTS):
             runs = []
@@ -147,7 +195,8 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
     p = provenance()
     point = profile_point(spec)
     key = json.dumps([point, spec.seed, spec.model_state, spec.codebooks and Path(spec.codebooks).name,
-                      spec.device.threads, p["cpu_model"], p["torch_version"], repeats, warmup],
+                      spec.device.threads, p["cpu_model"], p["torch_version"], repeats, warmup,
+                      *([recorded_layers(spec)] if recorded_layers(spec) < spec.model.layers else [])],
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(spec.cache_dir).resolve() / "profiles" / (f"{spec.model.name}-{spec.method.name}-N{spec.devices}-"

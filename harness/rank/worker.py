@@ -32,7 +32,7 @@ from harness.spec.schema import RunSpec
 def reference_output(model, inputs) -> torch.Tensor:
     """Single-device output with every position (GPT2) / the class prediction (ViT)."""
     with torch.no_grad():
-        return model(inputs, all_positions=True) if model.cfg.kind == "gpt2" else model(inputs)
+        return model(inputs, all_positions=True) if model.cfg.decoder else model(inputs)
 
 
 _MODEL: dict[str, torch.nn.Module] = {}  # a persistent worker's last built model, kept pristine

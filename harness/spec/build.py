@@ -47,8 +47,8 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
             raise ConfigError(f"model.{key} is not a model option: the token count is the top-level tokens=")
     mc = parse_options(ModelConfig, values, "model.", f"model={values.get('name')}")
     mc.tokens = tokens
-    if mc.kind not in ("vit", "gpt2"):
-        raise ConfigError(f"model.kind={mc.kind} is unknown: use vit or gpt2")
+    if mc.kind not in ("vit", "gpt2", "llama"):
+        raise ConfigError(f"model.kind={mc.kind} is unknown: use vit, gpt2 or llama")
     for key in ("layers", "hidden", "heads", "mlp_ratio", "patch_size", "channels", "num_classes", "vocab_size",
                 "max_positions"):
         if getattr(mc, key) < 1:
@@ -70,7 +70,14 @@ def model_config(values: dict, tokens: int, check_positions: bool = True) -> Mod
                           "a divisor of model.hidden, or 0 for one scale per row")
     if mc.hidden % mc.heads:
         raise ConfigError(f"model.hidden={mc.hidden} is not divisible by model.heads={mc.heads}: change one of them")
-    if check_positions and mc.kind == "gpt2" and tokens > mc.max_positions:
+    if mc.kv_heads is not None and (mc.kv_heads < 1 or mc.heads % mc.kv_heads):
+        raise ConfigError(f"model.kv_heads={mc.kv_heads} must divide model.heads={mc.heads} (grouped-query "
+                          "attention: each key/value head serves heads/kv_heads query heads)")
+    if mc.kind == "llama" and mc.head_dim % 2:
+        raise ConfigError(f"{mc.name}'s head width {mc.head_dim} is odd: rotary positions rotate pairs of channels")
+    if mc.mlp_hidden is not None and mc.mlp_hidden < 1:
+        raise ConfigError(f"model.mlp_hidden={mc.mlp_hidden} must be >= 1")
+    if check_positions and mc.decoder and tokens > mc.max_positions:
         raise ConfigError(f"tokens={tokens} exceeds {mc.name}'s {mc.max_positions} positions (model.max_positions): "
                           f"lower tokens or raise model.max_positions")
     if mc.weights and not Path(mc.weights).is_dir():
@@ -341,6 +348,6 @@ def make_spec(model: ModelConfig, method: dict, **knobs) -> RunSpec:
     cfg.update(knobs)
     cfg["tokens"] = knobs.get("tokens", model.tokens)
     cfg["model"] = {k: v for k, v in model.to_dict().items() if k in MODEL_FIELDS}
-    if model.kind == "gpt2":  # a trained GPT2's position table holds max(max_positions, tokens) positions
+    if model.decoder:  # a trained GPT2's position table holds max(max_positions, tokens) positions
         cfg["model"]["max_positions"] = max(model.max_positions, model.tokens)
     return build_spec(cfg)

@@ -106,6 +106,11 @@ class DeviceOptions:
                        "measured here, alone at this device's speed (cached in cache_dir/profiles); reference: the "
                        "same, scaled so that the single device takes device.reference_ms; or a profile file, or a "
                        "folder of them, recorded by astra-profile (on any machine, a GPU's included)")
+    profile_layers: Any = opt("auto", "device.compute=replay and astra-profile: record the profile on this many of "
+                              "the model's blocks (at least 2) and repeat the last one's compute and calls to the "
+                              "model's depth (its blocks all have one shape); auto: every block, or 2 when the "
+                              "model's fp32 weights would fill more than a quarter of this machine's memory "
+                              "(llama3_8b: 32 GB)", lo=2, hi=10000, kind="auto_number")
     replay_sched: str = opt("fifo", "device.compute=replay: how the ranks are scheduled. fifo: each rank and its "
                             "gloo threads run SCHED_FIFO at priority 1 where the process may (root), so a rank whose "
                             "sleep ended or whose message arrived runs at once instead of up to a scheduler tick "

@@ -287,17 +287,20 @@ class AstraSim:
     def attention(self, attn, x, xq, same, allowed, lost=None) -> torch.Tensor:
         """Eq. 1's masked attention. ``lost`` (B, 1, S, S): pairs whose key never arrived — left out (fill
         ``mask``) or attended as a zero vector (``zero``: key and value are the projections' biases)."""
-        d = self.cfg.hidden
-        q, k, v = attn.qkv(x).chunk(3, dim=-1)
-        w, bias = attn.qkv.weight[d:], attn.qkv.bias[d:]
+        pos = torch.arange(x.shape[1])  # rotary models: every key rotated at its own position, remote ones too
+        q, k, v = attn.project(x, pos)
+        w, bias = attn.kv_weights()
         kq, vq_ = F.linear(xq, w, bias).chunk(2, dim=-1)
-        q, k, v, kq, vq_ = (attn.split_heads(t) for t in (q, k, v, kq, vq_))
+        q = attn.split_heads(q)
+        hq = q.shape[1]
+        k, v, kq, vq_ = (attn.expand_kv(attn.split_heads(t), hq) for t in (k, v, attn.rotate(kq, pos), vq_))
         scale = 1.0 / math.sqrt(attn.head_dim)
         s_full = (q @ k.transpose(-2, -1)) * scale
         s_q = (q @ kq.transpose(-2, -1)) * scale
         zero_fill = lost is not None and self.opts.index_loss_fill == "zero"
-        if zero_fill:  # a zero vector's key is the key bias: one score per query and head
-            k_bias, v_bias = (attn.split_heads(t.view(1, 1, -1)) for t in bias.chunk(2))
+        if zero_fill:  # a zero vector's key is the key bias (or zero): one score per query and head
+            bias = bias if bias is not None else w.new_zeros(w.shape[0])
+            k_bias, v_bias = (attn.expand_kv(attn.split_heads(t.view(1, 1, -1)), hq) for t in bias.chunk(2))
             s_q = torch.where(lost, (q * k_bias).sum(-1, keepdim=True) * scale, s_q)
         elif lost is not None:
             allowed = allowed & ~lost

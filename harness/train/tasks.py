@@ -92,8 +92,8 @@ def load_task(cfg: DictConfig) -> Task:
     elif t.dataset in ("pydoc", "textfiles"):
         tokens = int(t.tokens)
         mc = _model_config(t, tokens)
-        if mc.kind != "gpt2":
-            raise TrainError(f"task.dataset={t.dataset} is a text task but the model is a {mc.kind}: use a GPT2")
+        if not mc.decoder:
+            raise TrainError(f"task.dataset={t.dataset} is a text task but the model is a {mc.kind}: use a GPT2 or a Llama")
         if tokens > max(mc.max_positions, mc.tokens) or (t.weights and tokens > mc.max_positions):
             raise TrainError(f"task.tokens={tokens} exceeds the model's {mc.max_positions} positions: lower it")
         if t.dataset == "pydoc":
@@ -167,7 +167,7 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def full_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
-    return model(x, all_positions=True) if model.cfg.kind == "gpt2" else model(x)
+    return model(x, all_positions=True) if model.cfg.decoder else model(x)
 
 
 def evaluate_split(task: Task, model: Transformer, forward, split: str) -> dict:
