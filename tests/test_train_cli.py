@@ -46,11 +46,13 @@ def vit(digits_smoke):
     return digits_smoke
 
 
-@pytest.fixture(scope="module")
-def gpt(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gpt")
-    p = run(["task=pydoc_smoke", f"out_dir={tmp}/out", f"results_path={tmp}/acc.parquet", "astra.codebook_size=16",
-             "astra.devices=3", "evaluate.weight_bits=[]", "evaluate.index_loss=[]", "evaluate.fpar_quintiles=false"],
+@pytest.fixture(scope="module", params=["gpt2_bytes", "llama_bytes"])
+def gpt(tmp_path_factory, request):
+    """The byte-level text task with the GPT2 and with the Llama-family decoder."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    p = run(["task=pydoc_smoke", f"task.model={request.param}", f"out_dir={tmp}/out",
+             f"results_path={tmp}/acc.parquet", "astra.codebook_size=16", "astra.devices=3", "evaluate.weight_bits=[]",
+             "evaluate.index_loss=[]", "evaluate.fpar_quintiles=false"],
             tmp)  # the extra evaluations (Tables 5, 9, 11) are checked on the ViT run
     assert p.returncode == 0, p.stderr[-4000:]
     return tmp, p
@@ -176,15 +178,17 @@ def test_bench_runs_trained_checkpoint(vit):
     assert_one_line_error(bad, 2, "layers=2 (run: 4)")
 
 
-def test_gpt2_every_stage(gpt):
-    tmp, _ = gpt
+def test_text_model_every_stage(gpt):
+    tmp, p = gpt
     df = store(tmp / "acc.parquet")
     full = value(df, "ppl", method="full")
     astra = value(df, "ppl", method="astra")
     same_weights = value(df, "ppl_fp", method="astra")
     assert math.isfinite(astra) and astra > same_weights and astra > full
-    assert value(df, "runtime_agreement", method="astra") == 1.0
+    assert value(df, "runtime_agreement", method="astra") == 1.0  # the multi-process runtime agrees with training's
     assert df[df["method"] == "astra"]["dct"].isna().all()
+    llama = "llama" in tmp.name
+    assert ("paper (Llama-3-8B, Wikipedia)" in p.stdout) == llama and ("GPT2-S" in p.stdout) != llama
 
 
 @pytest.mark.slow
@@ -251,7 +255,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, args, needle):
 
 
 @pytest.mark.slow
-def test_checkpoint_mismatch(vit, gpt, tmp_path):
+def test_checkpoint_mismatch(vit, tmp_path):
     tmp, _ = vit
     d = tmp / "out" / "runs" / "G16-K16-N4-lam1-beta0.0005-dct-contiguous"
     common = ["task=digits_smoke", f"out_dir={tmp}/out", f"results_path={tmp_path}/acc.parquet", "stages=evaluate",

@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> None:
             raise TrainError(f"no accuracy store at {path}: run the evaluate stage first")
         if "evaluate" not in stages:
             load_base(cfg, task)  # the model config for bits/token
-        text = build_tables(_read(path), cfg, task.name, task.vit, task.mc.hidden, task.mc.layers)
+        text = build_tables(_read(path), cfg, task.name, task.vit, task.mc.hidden, task.mc.layers, task.mc.kind)
         atomic_write(Path(cfg.out_dir) / "tables.md", text)
         print(text)
     log(f"done in {time.perf_counter() - t0:.0f} s")

@@ -116,7 +116,8 @@ def seed_table(df: pd.DataFrame, main: dict, vit: bool, groups: list[int], dct_o
     return _table(["setting", "seeds", "mean", "std", "per seed"], rows)
 
 
-def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, hidden: int, layers: int) -> str:
+def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, hidden: int, layers: int,
+                 kind: str = "gpt2") -> str:
     all_rows = df[df["task"] == task_name]
     df = latest(df, task_name, int(cfg.seed))
     if df.empty:
@@ -137,7 +138,10 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
     parts = [title]
 
     full = look.full(metric)
-    paper_g = PAPER_VIT_G if vit else PAPER_GPT2_G
+    llama = kind == "llama"
+    paper_g = PAPER_VIT_G if vit else ({g: v[0] for g, v in PAPER_LOSS.items()} if llama else PAPER_GPT2_G)
+    paper_name = "paper (CIFAR-100)" if vit else ("paper (Llama-3-8B, Wikipedia)" if llama else
+                                                 "paper (GPT2-S, Wikipedia)")
     groups = sorted({main["groups"], *[int(g) for g in s.groups]})
     rows = [["full", bits_full, "–", full, "–", "–", "–", "–", paper_g[None], None, None]]
     for g in groups:
@@ -149,10 +153,10 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
         rows.append([g, bits, bits_full / bits, v, v - full if full is not None else None,
                      look.value(f"{metric}_fp", groups=g), look.value("quant_rel_mse", groups=g), look.value("runtime_agreement", groups=g),
                      paper_g.get(g), tw, ew])
-    parts.append(f"## {name} vs groups G (paper Table {'1' if vit else '3'})\n")
+    parts.append(f"## {name} vs groups G (paper Table {'1' if vit else ('6' if llama else '3')})\n")
     parts.append(_table(["G", "bits/token", "CR", name, "Δ vs full", "same weights, full precision",
                          "rel. quant. MSE", "runtime agreement",
-                         "paper (CIFAR-100)" if vit else "paper (GPT2-S, Wikipedia)", "fine-tune s", "eval s"], rows))
+                         paper_name, "fine-tune s", "eval s"], rows))
 
     ptq = sorted({int(m.split("_w")[-1]) for m in df["metric"].unique() if m.startswith(f"{metric}_w")}, reverse=True)
     if ptq:
