@@ -199,9 +199,10 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
 
     p = provenance()
     point = profile_point(spec)
+    layers = recorded_layers(spec)
     key = json.dumps([point, spec.seed, spec.model_state, spec.codebooks and Path(spec.codebooks).name,
                       spec.device.threads, p["cpu_model"], p["torch_version"], repeats, warmup,
-                      *([recorded_layers(spec)] if recorded_layers(spec) < spec.model.layers else [])],
+                      *([layers] if layers < spec.model.layers else [])],
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(spec.cache_dir).resolve() / "profiles" / (f"{spec.model.name}-{spec.method.name}-N{spec.devices}-"
