@@ -8,7 +8,10 @@ Mininet star of ``--hosts`` hosts with the quota and core placement ``device.dil
 give them (idle CPUs polling where possible, as ``device.idle_poll`` does), and runs ranks that repeatedly compute
 for ``--compute-ms`` of CPU (matmuls, plus a random 0-10 ms so arrivals differ) and then all-gather a 320-byte shard
 with ``DistComm``'s direct exchange, once per tick setting in ``--ticks`` (``device.tick_us``; 0: the kernel's tick
-alone). ``--compute-ms 0`` sleeps instead: the same exchange between idle hosts.
+alone). ``--compute-ms 0`` sleeps instead: the same exchange between idle hosts. ``--shard-bytes`` sets the shard
+(320 by default); with a large one (megabytes) the last column is what moving a byte costs a device's core — the CPU
+its process used in the exchange over the bytes it sent and received: the ``device.cpu_ns_per_byte`` of the
+emulated hosts (``benchmarks/overlap.py`` passes it to the model).
 
 Per setting it prints the exchange's real time from the last rank's arrival to the last rank's departure (median and
 p90 over repeats), and for the last rank to arrive: how often its host's cgroup was throttled inside the exchange,
@@ -16,6 +19,7 @@ for how long on average, and the CPU its process used there.
 
     python benchmarks/exchange.py                         # 4 hosts, ticks 0 and 500 µs, 40 exchanges each
     python benchmarks/exchange.py --ticks 0,250,500,1000 --compute-ms 0,60
+    python benchmarks/exchange.py --hosts 2 --ticks 500 --compute-ms 0 --mbps 1000 --shard-bytes 4000000 --repeats 20
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def rank_main(cfg: dict) -> None:
     def throttled_s() -> float:
         return throttled_from_text(os.pread(fd, 4096, 0).decode()) or 0.0
 
-    a, shard, out = torch.randn(256, 256), torch.ones(SHARD_FLOATS), []
+    a, shard, out = torch.randn(256, 256), torch.ones(cfg["shard_floats"]), []
     rng = random.Random(comm.rank)
     try:
         comm._all_gather(shard)  # connections up before anything is timed
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compute-ms", default="60", help="CPU ms of compute before each exchange (comma list; 0: sleep)")
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--mbps", type=float, default=10.0, help="emulated link rate (shaped at rate / k)")
+    ap.add_argument("--shard-bytes", type=int, default=4 * SHARD_FLOATS, help="bytes each rank contributes")
     ap.add_argument("--rank", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rank:
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.hosts < 2 or args.repeats < 2:
         ap.error("--hosts and --repeats must be at least 2")
+    if args.shard_bytes < 4:
+        ap.error("--shard-bytes must be at least 4 (one fp32 value)")
     bad = [t for t in ticks if t and not tick.MIN_US <= t <= tick.MAX_US]
     if bad or any(c < 0 for c in computes):
         ap.error(f"--ticks takes 0 (off) or {tick.MIN_US}..{tick.MAX_US} µs, --compute-ms numbers >= 0")
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     for r, h in enumerate(session.hosts):
                         env = rank_env(r, args.hosts, session.hosts[0].IP(), 29800 + n, f"{h.name}-eth0", 1)
                         cfg = {"repeats": args.repeats, "compute_ms": compute, "stat_fds": fds,
+                               "shard_floats": args.shard_bytes // 4,
                                "out": f"{wd}/r{r}-{n}.json"}
                         with open(f"{wd}/r{r}-{n}.log", "wb") as log:
                             procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env,
@@ -173,13 +181,16 @@ def main(argv: list[str] | None = None) -> int:
             for fd in fds:
                 os.close(fd)
     print(f"## {args.hosts} hosts, k = {k:.2f} ({quota:.3f} real cores each, spread {spread}), "
-          f"{args.mbps:g} Mbit/s emulated; 320-byte all-gather, {args.repeats} repeats per row\n")
+          f"{args.mbps:g} Mbit/s emulated; {4 * (args.shard_bytes // 4)}-byte all-gather, {args.repeats} repeats "
+          "per row\n")
+    moved = 2 * (args.hosts - 1) * 4 * (args.shard_bytes // 4)  # bytes the rank sent and received
     print("| compute before (CPU ms) | tick µs | exchange ms: median | p90 | last arrival throttled in it | "
-          "its throttled ms (mean) | its CPU ms (mean) |")
-    print("|---|---|---|---|---|---|---|")
+          "its throttled ms (mean) | its CPU ms (mean) | its CPU ns per byte moved |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['compute_ms']:g} | {r['tick_us'] or 'off'} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-              f"{r['throttled_frac']:.0%} | {r['throttled_ms']:.2f} | {r['cpu_ms']:.2f} |")
+              f"{r['throttled_frac']:.0%} | {r['throttled_ms']:.2f} | {r['cpu_ms']:.2f} | "
+              f"{1e6 * r['cpu_ms'] / moved:.2f} |")
     return 0
 
 

@@ -102,6 +102,49 @@ def test_timeline_pipeline_costs_the_longer_of_compute_and_transfer(compute_ms, 
     assert hidden == pytest.approx(n * x - waited)
 
 
+@pytest.mark.parametrize("share", [0.1, 0.4])
+def test_timeline_a_transfer_under_compute_takes_its_share_of_the_core(share):
+    """One started transfer of x under compute c (x < c): the compute runs at 1 − share while the transfer moves,
+    so the rank finishes share·x later than without it; the transfer itself keeps the link's pace."""
+    c, x = 0.010, 0.004
+    events = [[0.0, "post", 0, "shift", 1], [c, "wait", 0, "shift", 0]]
+    latency, waited, hidden = timeline(events, 0.0, charge_ms(x * 1e3), share)
+    assert latency == pytest.approx(c + share * x)
+    assert waited == 0 and hidden == pytest.approx(x)
+    assert timeline(events, 0.0, charge_ms(x * 1e3), 0.0)[0] == pytest.approx(c)  # no share: fully hidden
+
+
+def test_timeline_a_transfer_needing_the_whole_core_overlaps_nothing():
+    """share = 1 (moving the bytes at link speed takes a whole core): under compute both get half the core, so a
+    pipeline costs compute + transfer as if nothing overlapped; a blocking call keeps the link's pace."""
+    c, x = 0.010, 0.010
+    events = [[0.0, "post", 0, "shift", 1], [c, "wait", 0, "shift", 0]]
+    latency, waited, hidden = timeline(events, 0.0, charge_ms(x * 1e3), 1.0)
+    assert latency == pytest.approx(c + x) and waited == pytest.approx(0.0, abs=1e-12)
+    blocking = [[c, "call", None, "shift", 1]]
+    assert timeline(blocking, 0.0, charge_ms(x * 1e3), 1.0)[0] == pytest.approx(c + x)
+    assert timeline(blocking, 0.0, charge_ms(x * 1e3), 2.0)[0] == pytest.approx(c + 2 * x)  # the core is the limit
+
+
+def test_overlapped_counts_the_slowed_compute_as_communication():
+    """What the analytic backend adds to a rank's compute: its waits alone without a share of the core; with one,
+    also the compute the transfers took."""
+    events = [[0.0, "post", 0, "shift", 1], [0.010, "wait", 0, "shift", 0], [0.0, "call", None, "shift", 1]]
+    rep = {"events": events, "tail_s": 0.002}
+    assert overlapped(rep, charge_ms(4), 0.0) == pytest.approx((0.004, 0.004))
+    added, hidden = overlapped(rep, charge_ms(4), 0.25)
+    assert added == pytest.approx(0.004 + 0.25 * 0.004) and hidden == pytest.approx(0.004)
+
+
+def test_share_of_core_counts_bytes_sent_and_received():
+    from harness.comm.cost import share_of_core
+
+    # 4 ns per byte each way at 1000 Mbit/s: 2 × 4 ns per payload byte against the link's 8 ns per byte
+    assert share_of_core(4.0, 1000, 1e6, 1.0) == pytest.approx(1.0)
+    assert share_of_core(4.0, 100, 1e6, 1.0) == pytest.approx(0.1)
+    assert share_of_core(0.0, 1000, 1e6, 1.0) == 0.0
+
+
 def test_overlapped_reads_records_of_a_local_run(tiny_cfg):
     """The analytic backend's view of a profiled rank: its started collectives and the compute between them, from
     the records of a run whose collectives were answered locally; a faster link hides more."""

@@ -28,7 +28,18 @@ def charge_seconds(op: str, nbytes: int, world: int, bw_mbps: float, unit: float
     return volume * 8 * overhead / (bw_mbps * unit)
 
 
-def timeline(events: list, tail_s: float, charge: Callable[[str, int], float]) -> tuple[float, float, float]:
+def share_of_core(cpu_ns_per_byte: float, bw_mbps: float, unit: float, overhead: float) -> float:
+    """CPU seconds a transfer costs the device per second of link time: ``cpu_ns_per_byte`` for every payload byte
+    it sends and every one it receives (a ring step or ring collective receives what it sends), on a link of
+    ``bw_mbps`` × ``unit`` bit/s carrying payload × ``overhead``. 0: the device's compute never pays for its
+    transfers (the paper's model; a NIC with offload)."""
+    if cpu_ns_per_byte <= 0:
+        return 0.0
+    return 2 * cpu_ns_per_byte * 1e-9 * bw_mbps * unit / (8 * overhead)
+
+
+def timeline(events: list, tail_s: float, charge: Callable[[str, int], float],
+             share: float = 0.0) -> tuple[float, float, float]:
     """One rank's inference with its collectives charged by ``charge(op, payload bytes)``: (latency, the time it
     waited for collectives, the time started collectives transferred while it computed).
 
@@ -37,26 +48,76 @@ def timeline(events: list, tail_s: float, charge: Callable[[str, int], float]) -
     starts when the link is free, the rank goes on at once), ``wait`` the rank waits for started collective
     ``number``. The link carries one transfer at a time, in the order they were issued, so a pipeline of tiles or
     ring steps costs the longer of compute and transfer per step, plus its fill and drain. ``tail_s``: compute after
-    the last event. With only blocking calls this is compute + Σ charges, the paper's model."""
-    t = link = waited = hidden = 0.0
-    done: dict = {}
+    the last event. With only blocking calls this is compute + Σ charges, the paper's model.
+
+    ``share`` (``share_of_core``): the CPU a transfer needs per second of link time, from the core that computes. A
+    transfer running under compute takes that much of the core, at most half of it (the scheduler's fair share
+    between the computing thread and the one moving bytes): compute slows to 1 − that, and a transfer that would
+    need more than half the core slows too. A transfer the rank waits for has the core to itself (it slows only if
+    ``share`` > 1). 0: compute and transfers never meet on the core."""
+    t = waited = hidden = 0.0
+    queue: list = []  # transfers on the link, the first one moving: [number, link seconds left]
+    hid: dict = {}  # link seconds each started transfer moved while the rank computed
+    finished: set = set()
+    comm_cpu = min(share, 0.5)
+    rate_busy = comm_cpu / share if share > 0 else 1.0  # a transfer's pace (link seconds per second) under compute
+    rate_alone = min(1.0, 1.0 / share) if share > 0 else 1.0
+    compute_rate = 1.0 - comm_cpu
+
+    def run(work: float, until=None) -> float:
+        """Advance time by ``work`` seconds of compute (``until`` None) or until transfer ``until`` finished (the
+        rank waits); the link moves its queue meanwhile. Returns the seconds the rank waited."""
+        nonlocal t
+        idle = 0.0
+        while True:
+            if until is None and work <= 1e-15:
+                return idle
+            if until is not None and until in finished:
+                return idle
+            if not queue:
+                if until is not None:  # nothing on the link: the awaited transfer is already done
+                    return idle
+                t += work
+                return idle
+            number, left = queue[0]
+            pace = rate_alone if until is not None else rate_busy
+            to_move = left / pace
+            if until is None:
+                to_work = work / compute_rate
+                step = min(to_move, to_work)
+                work -= step * compute_rate
+                hid[number] = hid.get(number, 0.0) + step * pace
+            else:
+                step = to_move
+                idle += step
+            t += step
+            queue[0][1] -= step * pace
+            if step >= to_move - 1e-15:
+                queue.pop(0)
+                finished.add(number)
+
+    calls = 0
     for compute, kind, number, op, nbytes in events:
-        t += compute
+        run(compute)
         if kind == "wait":
-            start, end, took = done.pop(number)
-            waited += max(0.0, end - t)
-            hidden += took - max(0.0, end - t)
-            t = max(t, end)
+            took = run(0.0, until=number)
+            waited += took
+            hidden += hid.pop(number, 0.0)
+            finished.discard(number)
             continue
         took = charge(op, nbytes)
-        start = max(t, link)
-        link = start + took
-        if kind == "post":
-            done[number] = (start, link, took)
+        key = number if kind == "post" else ("call", calls)
+        calls += 1
+        if took > 0:
+            queue.append([key, took])
         else:
-            waited += link - t
-            t = link
-    return t + tail_s, waited, hidden
+            finished.add(key)
+        if kind != "post":
+            waited += run(0.0, until=key)
+            hid.pop(key, None)
+            finished.discard(key)
+    run(tail_s)
+    return t, waited, hidden
 
 
 def record_events(records: list, t0: float, latency_s: float) -> tuple[list, float] | None:
@@ -84,11 +145,12 @@ def record_events(records: list, t0: float, latency_s: float) -> tuple[list, flo
     return events, max(0.0, t0 + latency_s - mark)
 
 
-def overlapped(rep: dict, charge) -> tuple[float | None, float]:
-    """A rank whose collectives overlap its compute (started ones, ``Comm.start_*``): (the time it waits for them,
-    the time they transfer hidden under compute) from its timeline (``harness.comm.cost.timeline``: a link carrying
-    one transfer at a time, each started one overlapping the compute up to its wait). (None, 0) when every
-    collective blocks."""
+def overlapped(rep: dict, charge, share: float = 0.0) -> tuple[float | None, float]:
+    """A rank whose collectives overlap its compute (started ones, ``Comm.start_*``): (the time communication adds
+    to its compute: its waits, plus the compute slowed under transfers when they take ``share`` of its core; the
+    time they transfer hidden under compute) from its timeline (``harness.comm.cost.timeline``: a link carrying one
+    transfer at a time, each started one overlapping the compute up to its wait). (None, 0) when every collective
+    blocks."""
     if rep.get("events") is not None:  # a replay profile's calls
         events, tail = rep["events"], rep["tail_s"]
     else:
@@ -101,5 +163,5 @@ def overlapped(rep: dict, charge) -> tuple[float | None, float]:
         events, tail = got
     if not any(e[1] == "post" for e in events):
         return None, 0.0
-    _latency, waited, hidden = timeline(events, tail, charge)
-    return waited, hidden
+    latency, _waited, hidden = timeline(events, tail, charge, share)
+    return max(0.0, latency - tail - sum(e[0] for e in events)), hidden

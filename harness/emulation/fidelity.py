@@ -198,12 +198,14 @@ def solo_compute_ms(reports: list[dict]) -> float | None:
     return 1e3 * max(vals) if vals else None
 
 
-def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, overhead: float = 1.0) -> float | None:
+def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, overhead: float = 1.0,
+                cpu_ns_per_byte: float = 0.0) -> float | None:
     """The paper's cost model fed with this point's own per-rank compute: each rank's solo compute (÷ k) plus
     every collective it issued charged bits ÷ bandwidth (``network=analytic``'s ring model, 10^6 bit/s; payload
     bits × ``overhead``: 1.0 is the paper's formula, ``TCP_FRAMING`` the frames on the wire), the slowest rank.
-    Beside ``latency_ms`` it shows what the emulated network adds to the formula."""
-    from harness.comm.cost import charge_seconds, record_events, timeline
+    Beside ``latency_ms`` it shows what the emulated network adds to the formula. ``cpu_ns_per_byte``
+    (``device.cpu_ns_per_byte``): the core a started transfer takes from the compute it overlaps."""
+    from harness.comm.cost import charge_seconds, record_events, share_of_core, timeline
 
     solo = solo_medians(reports)
     if bandwidth_mbps is None or solo is None:
@@ -213,23 +215,24 @@ def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, ove
         def charge(op, nbytes, world=r["world"]):
             return charge_seconds(op, nbytes, world, bandwidth_mbps, 1e6, "ring", overhead)
 
+        share = share_of_core(cpu_ns_per_byte, bandwidth_mbps, 1e6, overhead)
         got = None
         if any(len(rec) > 6 and rec[6] is not None for rec in r["records"]) and r.get("records_t0") is not None:
             got = record_events(r["records"], r["records_t0"], r["latency_s"][-1])
         if got is not None:  # overlapped collectives: the rank's own timeline, its compute scaled to its solo ÷ k
             events, tail = got
             scale = (alone / k) / max(sum(e[0] for e in events) + tail, 1e-12)
-            latency, _, _ = timeline([[e[0] * scale, *e[1:]] for e in events], tail * scale, charge)
+            latency, _, _ = timeline([[e[0] * scale, *e[1:]] for e in events], tail * scale, charge, share)
             out.append(latency)
             continue
-        out.append(alone / k + sum(charge(rec[0], rec[2]) for rec in r["records"]))
+        out.append(alone / k + max(1.0, share) * sum(charge(rec[0], rec[2]) for rec in r["records"]))
     return 1e3 * max(out)
 
 
 def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | None, k: float = 1.0,
-           bandwidth_mbps: float | None = None) -> dict:
-    """The fidelity columns of a point from its ranks' reports, the real (shaped) link rates, the dilation k and
-    the (emulated) bottleneck bandwidth."""
+           bandwidth_mbps: float | None = None, cpu_ns_per_byte: float = 0.0) -> dict:
+    """The fidelity columns of a point from its ranks' reports, the real (shaped) link rates, the dilation k, the
+    (emulated) bottleneck bandwidth and the devices' CPU per byte moved (``analytic_wire_ms``'s timeline)."""
     solo = solo_compute_ms(reports)
     woke = wakeups(reports)  # a replay: how late its ranks woke, instead of how their compute was inflated
     cols = {"compute_inflation": None if woke else compute_inflation(reports), "idle_cores": idle_cores(reports),
@@ -238,7 +241,7 @@ def assess(reports: list[dict], oversubscribed: bool, link_mbps: list[float] | N
     cols.pop("oversubscribed")
     cols["solo_compute_ms"] = None if solo is None else solo / k
     cols["analytic_ms"] = analytic_ms(reports, bandwidth_mbps, k)
-    cols["analytic_wire_ms"] = analytic_ms(reports, bandwidth_mbps, k, TCP_FRAMING)
+    cols["analytic_wire_ms"] = analytic_ms(reports, bandwidth_mbps, k, TCP_FRAMING, cpu_ns_per_byte)
     split = comm_split(reports)
     cols["comm_skew_ms"] = None if split is None else 1e3 * split[0] / k
     cols["comm_collective_ms"] = None if split is None else 1e3 * split[1] / k

@@ -72,6 +72,12 @@ class DeviceOptions:
                         "devices fit the machine's cores minus reserve_cores", lo=1, kind="auto_number")
     reserve_cores: float = opt(0.25, "Mininet, dilation=auto: cores kept free for the kernel's bridging and shaping "
                                "and for the controller", lo=0)
+    cpu_ns_per_byte: float = opt(0.0, "CPU time (ns) the device's compute core spends per payload byte it sends "
+                                 "or receives: the analytic backend and a row's own timeline (analytic_wire_ms) then "
+                                 "slow compute under a started transfer and share the core between them "
+                                 "(harness.comm.cost.timeline). 0: transfers cost the compute nothing (the paper's "
+                                 "model, a NIC with offload); the emulated one-core hosts pay what "
+                                 "benchmarks/tcp_cpu.py measures", lo=0)
     reference_ms: float | None = opt(None, "Mininet: emulate a device whose single-device latency for this model and "
                                      "token count is this many ms: k = measured single latency / reference_ms",
                                      above=0)

@@ -69,7 +69,8 @@ def row(spec: RunSpec, network: dict, reports: list[dict] | None = None, measure
         k = out["dilation"] or 1.0
         out.update(dilation.scale_row(out, k))
         out.update(fidelity.assess(reports, bool(out.get("oversubscribed")), links_mbps, k,
-                                   out.get("bandwidth_mbps") if spec.method_class.communicates else None))
+                                   out.get("bandwidth_mbps") if spec.method_class.communicates else None,
+                                   spec.device.cpu_ns_per_byte))
         out.update(fidelity.interleaved(reports, k))
         if not spec.backend_class.emulates:
             out["fidelity"] = None
