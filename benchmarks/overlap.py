@@ -8,9 +8,11 @@
 ViT-Base, 1024 tokens (``experiment=overlap``: one-core devices, time-dilated on Mininet). Prints, per device count
 and bandwidth, every method's speedup over the single device, the share of its communication that ran hidden under
 compute (``comm_hidden_ms`` ÷ (``comm_hidden_ms`` + ``comm_ms``)), ASTRA over the fastest other method, and, for
-every Mininet point, the analytic model's latency for it — the ``analytic`` backend's row (compute profiled apart,
-TCP/IP framing charged: ``network.wire_overhead``) and the row's own ``analytic_wire_ms`` (the timeline fed with the point's own compute, frames counted) — with the
-gap to the measured latency. With ``--tiles``, galaxy runs once per tile count. Rows go to ``--store`` (default
+every Mininet point, the analytic model's latency for it — the ``analytic`` backend's row (each device count's
+compute profile scaled to the speed its Mininet single device showed, ``--analytic-compute``; TCP/IP framing charged:
+``network.wire_overhead``) and the row's own ``analytic_wire_ms`` (the timeline fed with the point's own compute,
+frames counted) — with the gap to the measured latency. Both charge the CPU the emulated hosts spend per byte moved
+(``device.cpu_ns_per_byte``, ``--cpu-ns-per-byte``). With ``--tiles``, galaxy runs once per tile count. Rows go to ``--store`` (default
 ``results/overlap/overlap.parquet``).
 """
 
@@ -40,6 +42,23 @@ def label_of(config: str) -> str:
     return f"galaxy tiles={m['tiles']}" if m["name"] == "galaxy" else m["name"]
 
 
+def mininet_single_ms(store: Path, devices: int, cpu_ns_per_byte: float) -> float | None:
+    """The latency of the single device that the Mininet points at ``devices`` devices divide (their
+    ``baseline_key``: the same quota and dilation), latest first; None without such points."""
+    if not store.exists():
+        return None
+    df = latest_points(load(store))
+    df = df[(df["network"] == "mininet") & (df["status"] == "ok") & (df["model"] == "vit_base")
+            & (df["tokens"] == 1024)]
+    charged = df["config"].map(lambda c: json.loads(c).get("device", {}).get("cpu_ns_per_byte", 0.0))
+    points = df[(df["devices"] == devices) & (charged == cpu_ns_per_byte)].sort_values("timestamp")
+    for key in reversed(points["baseline_key"].tolist()):
+        single = df[(df["timing_key"] == key) & (df["devices"] == 1)].sort_values("timestamp")
+        if len(single):
+            return float(single["latency_ms"].iloc[-1])
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", default="2,4")
@@ -52,6 +71,12 @@ def main() -> int:
                     help="the emulated hosts' CPU per byte sent or received (device.cpu_ns_per_byte) that the model "
                          "charges, the analytic backend and the rows' own timeline alike; measured by "
                          "benchmarks/exchange.py --shard-bytes 4000000 (0: the paper's model)")
+    ap.add_argument("--analytic-compute", choices=("mininet", "measured"), default="mininet",
+                    help="the analytic backend's compute. mininet: each device count's compute profile (recorded "
+                         "here, device.compute=replay) scaled so that its single device takes what the Mininet "
+                         "single device of that device count took (device.profile=reference): the model is fed the "
+                         "emulated device's speed, so the comparison tests the network and overlap model and not "
+                         "this machine's drift between the two halves; measured: compute profiled apart, unscaled")
     ap.add_argument("--store", type=Path, default=ROOT / "results" / "overlap" / "overlap.parquet")
     ap.add_argument("--no-run", action="store_true", help="only print the tables of the store")
     args = ap.parse_args()
@@ -67,14 +92,29 @@ def main() -> int:
             t0 = time.perf_counter()
             # the model charges the frames the emulated links carry, as the rows' own timeline does
             framing = [f"network.wire_overhead={TCP_FRAMING!r}"] if backend == "analytic" else []
-            subprocess.run([sys.executable, "-m", "harness.bench", "-m", *common, f"network={backend}", *framing],
-                           cwd=ROOT, check=False)
+            runs = [[]]
+            if backend == "analytic" and args.analytic_compute == "mininet":
+                runs = []
+                for n in args.devices.split(","):
+                    ms = mininet_single_ms(args.store, int(n), args.cpu_ns_per_byte)
+                    if ms is None:
+                        print(f"overlap.py: no Mininet point at {n} devices in {args.store} to take the device's "
+                              "speed from: run the mininet backend first, or --analytic-compute measured",
+                              file=sys.stderr)
+                        return 2
+                    runs.append([f"devices={n}", "device.compute=replay", "device.profile=reference",
+                                 f"device.reference_ms={ms:.6g}"])
+            for extra in runs:
+                subprocess.run([sys.executable, "-m", "harness.bench", "-m", *common, f"network={backend}", *framing,
+                                *extra], cwd=ROOT, check=False)
             took[backend] = time.perf_counter() - t0
     df = latest_points(load(args.store))
     df = df[(df["status"] == "ok") & (df["model"] == "vit_base") & (df["tokens"] == 1024)].copy()
     df["variant"] = df["config"].map(label_of)
     charged = df["config"].map(lambda c: json.loads(c).get("device", {}).get("cpu_ns_per_byte", 0.0))
     df = df[charged == args.cpu_ns_per_byte]  # the rows of this setting of the model
+    replayed = df["config"].map(lambda c: json.loads(c)["device"].get("compute") == "replay")
+    df = df[(df["network"] != "analytic") | (replayed == (args.analytic_compute == "mininet"))]
     for backend in backends:
         part = df[df["network"] == backend]
         if part.empty:
@@ -102,6 +142,7 @@ def main() -> int:
     emu, model = df[df["network"] == "mininet"], df[df["network"] == "analytic"]
     framed = model["config"].map(lambda c: json.loads(c)["network"].get("wire_overhead") == TCP_FRAMING)
     model = model[framed] if framed.any() else model  # rows of older runs charged the payload alone
+    model = model.sort_values("timestamp").drop_duplicates(["variant", "devices", "bandwidth_mbps"], keep="last")
     if not emu.empty:
         key = ["variant", "devices", "bandwidth_mbps"]
         both = emu.merge(model[[*key, "latency_ms"]].rename(columns={"latency_ms": "analytic_backend_ms"}), on=key,

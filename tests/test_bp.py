@@ -1,26 +1,15 @@
 """DeTransformer block parallelism (bp_ag, bp_sp): the architecture, both execution plans against the same model on
 one device, their equality, their traffic per retained layer, and the analytic charge of the all-to-all."""
 
-import copy
 
 import pytest
 import torch
-from threadcomm import run_ranks
+from threadcomm import run_method as run_bp
 
 from harness.comm.cost import charge_seconds
 from harness.models import build_model, make_inputs
 from harness.models.detransformer import DecoupledModel, check_shape, flops_per_layer, parameter_count
 from harness.parallel import METHODS
-
-
-def run_bp(model, x, method, world, opts, all_positions=True):
-    def fn(comm):
-        plan = METHODS[method](copy.deepcopy(model), comm, opts)
-        comm.reset()
-        out = plan.forward(x, all_positions=all_positions)
-        return out, plan, list(comm.records)
-
-    return run_ranks(world, fn)
 
 
 def cfg_of(tiny_cfg, kind, tokens=13):

@@ -57,6 +57,16 @@ def save(model, path, fmt: str) -> None:
         (path / "model.safetensors").unlink()
 
 
+def assert_same_decoder_logits(hf, cfg, seed: int) -> None:
+    """Our model built from ``cfg`` gives the HF decoder's logits on random ids (2 × 40)."""
+    ours = build_model(cfg)
+    ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = hf(input_ids=ids).logits
+        got = ours(ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_vit_logits_match(tmp_path, fmt):
     hf = tiny_vit()
@@ -79,12 +89,7 @@ def test_gpt2_logits_match(tmp_path, fmt):
     cfg = config_from_hf(tmp_path)
     assert (cfg.kind, cfg.hidden, cfg.layers, cfg.heads, cfg.mlp_ratio) == ("gpt2", 32, 2, 4, 4)
     assert (cfg.vocab_size, cfg.max_positions, cfg.tokens, cfg.ln_eps) == (97, 40, 40, 1e-5)
-    ours = build_model(cfg)
-    ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        want = hf(input_ids=ids).logits
-        got = ours(ids)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_same_decoder_logits(hf, cfg, seed=4)
 
 
 def test_missing_directory(tmp_path):
@@ -168,12 +173,7 @@ def test_llama_logits_match(tmp_path, kind, tied, rope):
     assert (cfg.kind, cfg.hidden, cfg.layers, cfg.heads, cfg.n_kv_heads, cfg.inner) == ("llama", 32, 2, 8, 2, 88)
     assert (cfg.tie_embeddings, cfg.qkv_bias, cfg.rope_theta) == (tied, kind == "qwen2", 500.0)
     assert cfg.max_positions == (48 if kind == "mistral" else 64)  # mistral: its sliding window
-    ours = build_model(cfg)
-    ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        want = hf(input_ids=ids).logits
-        got = ours(ids)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_same_decoder_logits(hf, cfg, seed=5)
 
 
 def test_llama_rope_scaling_matters(tmp_path):
