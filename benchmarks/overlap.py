@@ -42,16 +42,22 @@ def label_of(config: str) -> str:
     return f"galaxy tiles={m['tiles']}" if m["name"] == "galaxy" else m["name"]
 
 
-def mininet_single_ms(store: Path, devices: int, cpu_ns_per_byte: float) -> float | None:
-    """The latency of the single device that the Mininet points at ``devices`` devices divide (their
-    ``baseline_key``: the same quota and dilation), latest first; None without such points."""
-    if not store.exists():
-        return None
+def cpu_charged(df: pd.DataFrame) -> pd.Series:
+    """Each row's ``device.cpu_ns_per_byte`` (0 in rows stored before the option)."""
+    return df["config"].map(lambda c: json.loads(c).get("device", {}).get("cpu_ns_per_byte", 0.0))
+
+
+def points_of(store: Path) -> pd.DataFrame:
+    """The store's latest ok points of the benchmark's model and token count."""
     df = latest_points(load(store))
-    df = df[(df["network"] == "mininet") & (df["status"] == "ok") & (df["model"] == "vit_base")
-            & (df["tokens"] == 1024)]
-    charged = df["config"].map(lambda c: json.loads(c).get("device", {}).get("cpu_ns_per_byte", 0.0))
-    points = df[(df["devices"] == devices) & (charged == cpu_ns_per_byte)].sort_values("timestamp")
+    return df[(df["status"] == "ok") & (df["model"] == "vit_base") & (df["tokens"] == 1024)].copy()
+
+
+def mininet_single_ms(df: pd.DataFrame, devices: int, cpu_ns_per_byte: float) -> float | None:
+    """The latency of the single device that the Mininet points (of ``points_of``) at ``devices`` devices divide
+    (their ``baseline_key``: the same quota and dilation), latest first; None without such points."""
+    df = df[df["network"] == "mininet"]
+    points = df[(df["devices"] == devices) & (cpu_charged(df) == cpu_ns_per_byte)].sort_values("timestamp")
     for key in reversed(points["baseline_key"].tolist()):
         single = df[(df["timing_key"] == key) & (df["devices"] == 1)].sort_values("timestamp")
         if len(single):
@@ -95,8 +101,9 @@ def main() -> int:
             runs = [[]]
             if backend == "analytic" and args.analytic_compute == "mininet":
                 runs = []
+                stored = points_of(args.store) if args.store.exists() else None
                 for n in args.devices.split(","):
-                    ms = mininet_single_ms(args.store, int(n), args.cpu_ns_per_byte)
+                    ms = None if stored is None else mininet_single_ms(stored, int(n), args.cpu_ns_per_byte)
                     if ms is None:
                         print(f"overlap.py: no Mininet point at {n} devices in {args.store} to take the device's "
                               "speed from: run the mininet backend first, or --analytic-compute measured",
@@ -108,11 +115,9 @@ def main() -> int:
                 subprocess.run([sys.executable, "-m", "harness.bench", "-m", *common, f"network={backend}", *framing,
                                 *extra], cwd=ROOT, check=False)
             took[backend] = time.perf_counter() - t0
-    df = latest_points(load(args.store))
-    df = df[(df["status"] == "ok") & (df["model"] == "vit_base") & (df["tokens"] == 1024)].copy()
+    df = points_of(args.store)
     df["variant"] = df["config"].map(label_of)
-    charged = df["config"].map(lambda c: json.loads(c).get("device", {}).get("cpu_ns_per_byte", 0.0))
-    df = df[charged == args.cpu_ns_per_byte]  # the rows of this setting of the model
+    df = df[cpu_charged(df) == args.cpu_ns_per_byte]  # the rows of this setting of the model
     replayed = df["config"].map(lambda c: json.loads(c)["device"].get("compute") == "replay")
     df = df[(df["network"] != "analytic") | (replayed == (args.analytic_compute == "mininet"))]
     for backend in backends:

@@ -38,6 +38,13 @@ def share_of_core(cpu_ns_per_byte: float, bw_mbps: float, unit: float, overhead:
     return 2 * cpu_ns_per_byte * 1e-9 * bw_mbps * unit / (8 * overhead)
 
 
+def blocking_seconds(charges, share: float = 0.0) -> float:
+    """The time a rank waits for collectives it blocks on, charged ``charges`` (seconds each): their sum, the paper's
+    model, unless moving the bytes at the link's pace needs more than the whole core (``share`` > 1: the core is then
+    the limit, as in ``timeline``)."""
+    return max(1.0, share) * sum(charges)
+
+
 def timeline(events: list, tail_s: float, charge: Callable[[str, int], float],
              share: float = 0.0) -> tuple[float, float, float]:
     """One rank's inference with its collectives charged by ``charge(op, payload bytes)``: (latency, the time it

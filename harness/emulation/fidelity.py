@@ -205,17 +205,17 @@ def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, ove
     bits × ``overhead``: 1.0 is the paper's formula, ``TCP_FRAMING`` the frames on the wire), the slowest rank.
     Beside ``latency_ms`` it shows what the emulated network adds to the formula. ``cpu_ns_per_byte``
     (``device.cpu_ns_per_byte``): the core a started transfer takes from the compute it overlaps."""
-    from harness.comm.cost import charge_seconds, record_events, share_of_core, timeline
+    from harness.comm.cost import blocking_seconds, charge_seconds, record_events, share_of_core, timeline
 
     solo = solo_medians(reports)
     if bandwidth_mbps is None or solo is None:
         return None
+    share = share_of_core(cpu_ns_per_byte, bandwidth_mbps, 1e6, overhead)
     out = []
     for r, alone in zip(reports, solo):
         def charge(op, nbytes, world=r["world"]):
             return charge_seconds(op, nbytes, world, bandwidth_mbps, 1e6, "ring", overhead)
 
-        share = share_of_core(cpu_ns_per_byte, bandwidth_mbps, 1e6, overhead)
         got = None
         if any(len(rec) > 6 and rec[6] is not None for rec in r["records"]) and r.get("records_t0") is not None:
             got = record_events(r["records"], r["records_t0"], r["latency_s"][-1])
@@ -225,7 +225,7 @@ def analytic_ms(reports: list[dict], bandwidth_mbps: float | None, k: float, ove
             latency, _, _ = timeline([[e[0] * scale, *e[1:]] for e in events], tail * scale, charge, share)
             out.append(latency)
             continue
-        out.append(alone / k + max(1.0, share) * sum(charge(rec[0], rec[2]) for rec in r["records"]))
+        out.append(alone / k + blocking_seconds((charge(rec[0], rec[2]) for rec in r["records"]), share))
     return 1e3 * max(out)
 
 

@@ -35,7 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.comm.cost import charge_seconds, overlapped, share_of_core
+from harness.comm.cost import blocking_seconds, charge_seconds, overlapped, share_of_core
 from harness.errors import ConfigError, atomic_write
 from harness.launch import REPO_ROOT, ProcessHandle, rank_env, read_reports, stop_processes, supervise
 from harness.network.base import Backend, Result, ShapedOptions, device_bandwidths, register
@@ -206,9 +206,8 @@ class AnalyticBackend(Backend):
             compute = [a - c for a, c in zip(rep["latency_s"], rep["comm_s"])]
             share = share_of_core(spec.device.cpu_ns_per_byte, bw, net.mbps_unit, net.wire_overhead)
             comm, hidden = overlapped(rep, charge, share)
-            if comm is None:  # every collective blocks: compute + the sum of the charges, the paper's model (a
-                # transfer that needs more than the whole core to keep the link busy is as slow as the core)
-                comm = max(1.0, share) * sum(charge(op, b) for op, _tag, b, *_ in rep["records"])
+            if comm is None:  # every collective blocks: compute + the sum of the charges, the paper's model
+                comm = blocking_seconds((charge(op, b) for op, _tag, b, *_ in rep["records"]), share)
                 hidden = 0.0
             out.append({**rep, "latency_s": [c + comm for c in compute], "comm_s": [comm] * len(compute),
                         "comm_hidden_s": [hidden] * len(compute)})

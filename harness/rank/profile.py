@@ -127,7 +127,7 @@ def _record(spec, repeats: int, warmup: int, accelerator: str, marks: bool = Fal
 
     from harness.comm.profile import RecordingComm, median_profile
     from harness.models import make_inputs
-    from harness.rank.worker import _MODEL, fresh_model
+    from harness.rank.worker import forget_model, fresh_model
     from harness.spec.identity import profile_point
     from harness.spec.schema import FaultOptions
     from harness.store.provenance import provenance
@@ -169,7 +169,7 @@ def _record(spec, repeats: int, warmup: int, accelerator: str, marks: bool = Fal
         ranks.append(median_profile(best[1], r))
         del plan, model  # before the next rank's copy: a large model is held once, not twice
         gc.collect()
-    _MODEL.clear()  # the recording process goes on to run the point: it keeps no model
+    forget_model()  # the recording process goes on to run the point: it keeps no model
     gc.collect()
     if not cuda:
         probes.append(speed_probe(spec.device.threads))

@@ -38,6 +38,11 @@ def reference_output(model, inputs) -> torch.Tensor:
 _MODEL: dict[str, torch.nn.Module] = {}  # a persistent worker's last built model, kept pristine
 
 
+def forget_model() -> None:
+    """Drop the kept model (a process that goes on without it frees its memory)."""
+    _MODEL.clear()
+
+
 def fresh_model(spec: RunSpec) -> torch.nn.Module:
     """The point's model with its weights (random from the seed, or an astra-train checkpoint's). A persistent
     worker builds it once per sweep and hands each point a copy (plans may change the model they are given, and a

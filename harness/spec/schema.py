@@ -77,7 +77,7 @@ class DeviceOptions:
                                  "slow compute under a started transfer and share the core between them "
                                  "(harness.comm.cost.timeline). 0: transfers cost the compute nothing (the paper's "
                                  "model, a NIC with offload); the emulated one-core hosts pay what "
-                                 "benchmarks/tcp_cpu.py measures", lo=0)
+                                 "benchmarks/exchange.py --shard-bytes measures", lo=0)
     reference_ms: float | None = opt(None, "Mininet: emulate a device whose single-device latency for this model and "
                                      "token count is this many ms: k = measured single latency / reference_ms",
                                      above=0)
