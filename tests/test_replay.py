@@ -66,6 +66,53 @@ def test_recorded_calls_are_the_real_runs_byte_for_byte(tmp_path, method, device
         assert replayed == recorded
 
 
+@pytest.mark.parametrize("room", [True, False])
+def test_profiles_recorded_together_run_in_rotating_rounds(tmp_path, monkeypatch, room):
+    """A method's ranks and its single device are recorded in rounds, one inference each in turn, the order
+    rotating, so a drift of the machine lands on all of them; when their models would not fit in memory together,
+    rank after rank. Each profile is of its own point."""
+    from harness.comm.profile import RecordingComm
+    from harness.rank import profile as prof
+
+    sp, single = spec_of("sp", 2, tmp_path), spec_of("single", 1, tmp_path)
+    order = []
+    start = RecordingComm.start
+    monkeypatch.setattr(RecordingComm, "start", lambda self: (order.append((self.world, self.rank)), start(self)))
+    monkeypatch.setattr(prof, "ATTEMPTS", 1)
+    if not room:
+        import harness.models.transformer as tr
+
+        monkeypatch.setattr(tr, "parameter_count", lambda model: 1 << 60)
+    got = prof.record_profiles([sp, single], repeats=2, warmup=1)
+    if room:
+        assert order == [(2, 0), (2, 1), (1, 0), (2, 1), (1, 0), (2, 0), (1, 0), (2, 0), (2, 1)]
+    else:
+        assert order == [(2, 0)] * 3 + [(2, 1)] * 3 + [(1, 0)] * 3
+    assert [p.point for p in got] == [profile_point(sp), profile_point(single)]
+    assert [len(p.ranks) for p in got] == [2, 1] and all(r.compute_s > 0 for p in got for r in p.ranks)
+
+
+def test_a_reference_profile_is_scaled_by_the_single_device_of_its_own_rounds(tmp_path, monkeypatch):
+    """``device.profile=reference``: the multi-device profile keeps the compute its single device took in the same
+    recording rounds (``single_s``) and is scaled by it, not by a single device recorded at another moment."""
+    from harness.rank import profile as prof
+
+    monkeypatch.setattr(prof, "_FRESH", {})
+    spec = spec_of("sp", 2, tmp_path, "device.compute=replay", "device.profile=reference",
+                   "device.reference_ms=100")
+    said = []
+    ready = prof.prepare(spec, said.append)
+    replayed = load(ready.profile_path)
+    single_s = replayed.measured["single_s"]
+    assert single_s > 0 and replayed.measured["scale"] == pytest.approx(0.1 / single_s)
+    cached = sorted(p.name for p in (tmp_path / "profiles").glob("*.json"))
+    assert len(cached) == 1 and cached[0].startswith("vit_tiny-sp-N2")  # the single is not a profile of its own
+    assert prof.measured(spec, said.append, single=spec) is prof.measured(spec, said.append, single=spec)
+    alone = spec.replace(devices=1, method=spec_of("single", 1, tmp_path).method, shares=None)
+    mine = load(prof.prepare(alone, said.append).profile_path)
+    assert mine.ranks[0].compute_s == pytest.approx(0.1)  # the single device itself: its own compute is the scale
+
+
 def test_replay_sleeps_through_each_segment():
     rank = RankProfile(0, [Call(0.020, "all_gather", "a", {"shape": [4, 8], "dtype": "float32"}),
                            Call(0.005, "all_reduce", "b", {"shape": [16], "dtype": "float32", "wire": "fp32"})], 0.030)

@@ -102,95 +102,127 @@ def shallow(spec, layers: int, workdir: Path):
 
 def record_profile(spec, repeats: int = 3, warmup: int = 1, accelerator: str = "cpu") -> Profile:
     """Each rank of ``spec`` alone (``RecordingComm``: collectives answered locally) at this device's speed:
-    ``warmup`` inferences, then ``repeats`` recorded ones; each segment's median. A rank whose recorded inferences
-    spread by more than ``SPREAD`` (the machine was disturbed) is recorded again, up to ``ATTEMPTS`` times, keeping
-    the steadiest. On a CPU, ``speed_probe`` runs before and after; the profile keeps their mean (``probe_ms``) and
-    the largest spread of its ranks. ``accelerator`` ``cuda``: the model and inputs on the GPU, the clock read after
+    ``record_profiles`` of this one point."""
+    return record_profiles([spec], repeats, warmup, accelerator)[0]
+
+
+def record_profiles(specs: list, repeats: int = 3, warmup: int = 1, accelerator: str = "cpu") -> list[Profile]:
+    """The profiles of several points (a method's and its single device's), recorded together: ``warmup``
+    inferences, then ``repeats`` recorded rounds in which every rank of every point runs one inference in turn (the
+    order rotating from round to round); each segment's median. Recorded in rounds, a drift of this machine's speed
+    (a VM's neighbours) lands on all ranks and points alike instead of on whichever rank ran during it, so ranks
+    that do the same work get the same compute and the ratio of a method to its single device holds. A rank whose
+    recorded inferences spread by more than ``SPREAD`` (the machine was disturbed) makes the rounds run again, up to
+    ``ATTEMPTS`` times, each rank keeping its steadiest recording. When the copies of the model would fill more than
+    a quarter of this machine's memory (or on an accelerator), the ranks are recorded one after the other instead.
+    On a CPU, ``speed_probe`` runs before and after; each profile keeps their mean (``probe_ms``) and the largest
+    spread of its ranks. ``accelerator`` ``cuda``: the model and inputs on the GPU, the clock read after
     ``torch.cuda.synchronize``. A model deeper than ``recorded_layers`` is recorded on that many of its blocks and
     its last recorded block repeated to the full depth (``harness.comm.profile.repeat_blocks``)."""
-    layers = recorded_layers(spec)
-    if layers < spec.model.layers:
-        import tempfile
+    import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="astra-shallow-") as tmp:
-            profile = _record(shallow(spec, layers, Path(tmp)), repeats, warmup, accelerator, marks=True)
-        from harness.comm.profile import repeat_blocks
-        from harness.spec.identity import profile_point
+    from harness.comm.profile import repeat_blocks
+    from harness.spec.identity import profile_point
 
-        return Profile(profile_point(spec), profile.device, {**profile.measured, "layers_recorded": layers},
-                       [repeat_blocks(r, spec.model.layers) for r in profile.ranks])
-    return _record(spec, repeats, warmup, accelerator)
+    with tempfile.TemporaryDirectory(prefix="astra-shallow-") as tmp:
+        depth = [recorded_layers(s) for s in specs]
+        runs = [shallow(s, n, Path(tmp)) if n < s.model.layers else s for s, n in zip(specs, depth)]
+        got = _record(runs, repeats, warmup, accelerator, marks=[n < s.model.layers for s, n in zip(specs, depth)])
+    out = []
+    for spec, n, profile in zip(specs, depth, got):
+        if n < spec.model.layers:
+            profile = Profile(profile_point(spec), profile.device, {**profile.measured, "layers_recorded": n},
+                              [repeat_blocks(r, spec.model.layers) for r in profile.ranks])
+        out.append(profile)
+    return out
 
 
-def _record(spec, repeats: int, warmup: int, accelerator: str, marks: bool = False) -> Profile:
+def _record(specs: list, repeats: int, warmup: int, accelerator: str, marks: list[bool]) -> list[Profile]:
     import torch
 
     from harness.comm.profile import RecordingComm, median_profile
     from harness.models import make_inputs
+    from harness.models.transformer import parameter_count
     from harness.rank.worker import forget_model, fresh_model
     from harness.spec.identity import profile_point
     from harness.spec.schema import FaultOptions
     from harness.store.provenance import provenance
 
-    spec = spec.replace(verify=False, fault=FaultOptions(), solo_repeats=0, budget_s=None, interleave=False)
+    specs = [s.replace(verify=False, fault=FaultOptions(), solo_repeats=0, budget_s=None, interleave=False)
+             for s in specs]
     cuda = accelerator == "cuda"
-    probes = [] if cuda else [speed_probe(spec.device.threads)]
-    torch.set_num_threads(spec.device.threads)
+    threads = specs[0].device.threads
+    probes = [] if cuda else [speed_probe(threads)]
+    torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if cuda else None
-    ranks, spreads = [], []
-    for r in range(spec.devices):
-        comm = RecordingComm(r, spec.devices, sync)
-        model = fresh_model(spec)
-        inputs = make_inputs(spec.model, spec.tokens, spec.batch, seed=spec.seed)
-        if cuda:
-            model, inputs = model.cuda(), inputs.cuda()
-        plan = spec.method_class.plan(model, comm, spec)
-        if marks:  # where each block starts (its first norm) and where the blocks end (the final norm)
-            for i, blk in enumerate(plan.model.blocks):
-                blk.ln1.register_forward_pre_hook(lambda *_, i=i, c=comm: c.block_mark(f"block{i}"))
-            plan.model.ln_f.register_forward_pre_hook(lambda *_, c=comm: c.block_mark("end"))
-        best = None
+    members = [(i, r) for i, s in enumerate(specs) for r in range(s.devices)]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    together = not cuda and sum(4 * parameter_count(specs[i].model) for i, _ in members) <= memory / 4
+    best: dict = {}  # member -> (spread, runs)
+    for group in ([members] if together else [[m] for m in members]):
+        held = {}
+        for i, r in group:
+            spec, comm = specs[i], RecordingComm(r, specs[i].devices, sync)
+            model = fresh_model(spec)
+            inputs = make_inputs(spec.model, spec.tokens, spec.batch, seed=spec.seed)
+            if cuda:
+                model, inputs = model.cuda(), inputs.cuda()
+            plan = spec.method_class.plan(model, comm, spec)
+            if marks[i]:  # where each block starts (its first norm) and where the blocks end (the final norm)
+                for b, blk in enumerate(plan.model.blocks):
+                    blk.ln1.register_forward_pre_hook(lambda *_, b=b, c=comm: c.block_mark(f"block{b}"))
+                plan.model.ln_f.register_forward_pre_hook(lambda *_, c=comm: c.block_mark("end"))
+            held[(i, r)] = (comm, plan, inputs)
+            del model
         for _ in range(ATTEMPTS):
-            runs = []
+            runs = {m: [] for m in group}
             with torch.no_grad():
-                for i in range(warmup + repeats):
-                    comm.start()
-                    plan.forward(inputs)
-                    tail = comm.finish()
-                    if i >= warmup:
-                        runs.append((comm.calls, tail))
-            totals = [sum(c.compute_s for c in calls) + tail for calls, tail in runs]
-            spread = max(totals) / max(min(totals), 1e-9) - 1
-            if best is None or spread < best[0]:
-                best = (spread, runs)
-            if spread <= SPREAD:
+                for k in range(warmup + repeats):
+                    for m in group[k % len(group):] + group[:k % len(group)]:
+                        comm, plan, inputs = held[m]
+                        comm.start()
+                        plan.forward(inputs)
+                        tail = comm.finish()
+                        if k >= warmup:
+                            runs[m].append((comm.calls, tail))
+            for m, got in runs.items():
+                totals = [sum(c.compute_s for c in calls) + tail for calls, tail in got]
+                spread = max(totals) / max(min(totals), 1e-9) - 1
+                if m not in best or spread < best[m][0]:
+                    best[m] = (spread, got)
+            if all(best[m][0] <= SPREAD for m in group):
                 break
-        spreads.append(best[0])
-        ranks.append(median_profile(best[1], r))
-        del plan, model  # before the next rank's copy: a large model is held once, not twice
+        del held  # before the next rank's copy: a large model is held once, not twice
         gc.collect()
     forget_model()  # the recording process goes on to run the point: it keeps no model
     gc.collect()
     if not cuda:
-        probes.append(speed_probe(spec.device.threads))
+        probes.append(speed_probe(threads))
     p = provenance()
-    device = {"name": spec.device.name, "threads": spec.device.threads, "host": p["host"], "cpu_model": p["cpu_model"],
-              "torch": p["torch_version"],
-              "accelerator": torch.cuda.get_device_name() if cuda else "cpu"}
-    measured = {"repeats": repeats, "warmup": warmup, "scale": 1.0, "spread": round(max(spreads), 4)}
-    if probes:
-        measured["probe_ms"] = round(sum(probes) / 2, 3)
-        measured["probe_drift"] = round(max(probes) / min(probes) - 1, 4)
-    return Profile(profile_point(spec), device, measured, ranks)
+    device = {"name": specs[0].device.name, "threads": threads, "host": p["host"], "cpu_model": p["cpu_model"],
+              "torch": p["torch_version"], "accelerator": torch.cuda.get_device_name() if cuda else "cpu"}
+    out = []
+    for i, spec in enumerate(specs):
+        mine = [(r, best[(i, r)]) for r in range(spec.devices)]
+        measured = {"repeats": repeats, "warmup": warmup, "scale": 1.0,
+                    "spread": round(max(spread for _, (spread, _) in mine), 4)}
+        if probes:
+            measured["probe_ms"] = round(sum(probes) / 2, 3)
+            measured["probe_drift"] = round(max(probes) / min(probes) - 1, 4)
+        out.append(Profile(profile_point(spec), device, measured,
+                           [median_profile(got, r) for r, (_, got) in mine]))
+    return out
 
 
-def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
+def measured(spec, log, repeats: int = 3, warmup: int = 1, single=None) -> Profile:
     """This point's profile measured here, from the cache (``cache_dir/profiles``) when this machine measured it
     before: keyed by what the profile is of, the device's threads, the CPU, torch and the weights. A cached profile
     is used only while this machine runs at the speed it was measured at (``speed_probe`` within ``DRIFT``);
     otherwise, and when the probe moved during the recording, it is measured again (up to ``ATTEMPTS`` times). A
-    profile checked or recorded in this process less than ``FRESH_S`` ago is used as it is, so the profiles of one
-    point (a reference profile and its single device) come from one measurement."""
+    profile checked or recorded in this process less than ``FRESH_S`` ago is used as it is. With ``single`` (the
+    spec of the point's single device), the profile is recorded in rounds together with that device
+    (``record_profiles``) and keeps the single device's compute of the same rounds as ``measured["single_s"]``: the
+    ratio a reference profile is scaled by then comes from one measurement, whatever this machine did between two."""
     import hashlib
     import json
 
@@ -202,7 +234,7 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
     layers = recorded_layers(spec)
     key = json.dumps([point, spec.seed, spec.model_state, spec.codebooks and Path(spec.codebooks).name,
                       spec.device.threads, p["cpu_model"], p["torch_version"], repeats, warmup,
-                      *([layers] if layers < spec.model.layers else [])],
+                      *([layers] if layers < spec.model.layers else []), *(["with single"] if single else [])],
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(spec.cache_dir).resolve() / "profiles" / (f"{spec.model.name}-{spec.method.name}-N{spec.devices}-"
@@ -211,7 +243,7 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1) -> Profile:
     fresh = _FRESH.get(path)
     if fresh and time.monotonic() - fresh[0] < FRESH_S:  # checked a moment ago (the single of a reference profile)
         return fresh[1]
-    profile = _measured(spec, log, path, what, repeats, warmup)
+    profile = _measured(spec, log, path, what, repeats, warmup, single)
     _FRESH[path] = (time.monotonic(), profile)
     return profile
 
@@ -220,20 +252,22 @@ FRESH_S = 120.0  # a profile checked or recorded this long ago is used again wit
 _FRESH: dict = {}
 
 
-def _measured(spec, log, path: Path, what: str, repeats: int, warmup: int) -> Profile:
+def _measured(spec, log, path: Path, what: str, repeats: int, warmup: int, single=None) -> Profile:
     from harness.comm.profile import load
 
     if path.is_file():
         cached = load(path)
         then, now = cached.measured.get("probe_ms"), speed_probe(spec.device.threads)
-        if then and abs(now / then - 1) <= DRIFT:
+        if then and abs(now / then - 1) <= DRIFT and (single is None or "single_s" in cached.measured):
             return cached
         log(f"profile: {what}: this machine now runs at {then / now:.2f}x the speed it was measured at; measuring it "
             "again" if then else f"profile: {what}: the cached profile has no speed probe; measuring it again")
     t0 = time.perf_counter()
     profile = None
     for attempt in range(ATTEMPTS):
-        got = record_profile(spec, repeats, warmup)
+        got, *alongside = record_profiles([spec, *([single] if single else [])], repeats, warmup)
+        if alongside:
+            got.measured["single_s"] = alongside[0].ranks[0].compute_s
         if profile is None or got.measured["probe_drift"] < profile.measured["probe_drift"]:
             profile = got
         if got.measured["probe_drift"] <= DRIFT:
@@ -257,12 +291,18 @@ def prepare(spec, log):
     from harness.spec.identity import profile_point
 
     dev = spec.device
-    if dev.profile in ("measure", "reference"):
+    if dev.profile == "measure":
         profile = measured(spec, log)
-        if dev.profile == "reference":
-            name = next(n for n, cls in METHODS.items() if cls.is_baseline)
-            single = measured(spec.replace(method=METHODS[name].Options(name=name), devices=1, shares=None), log)
-            profile = profile.scaled(dev.reference_ms / (1e3 * single.ranks[0].compute_s))
+    elif dev.profile == "reference":  # the single device's compute of the same recording rounds sets the scale
+        name = next(n for n, cls in METHODS.items() if cls.is_baseline)
+        single = spec.replace(method=METHODS[name].Options(name=name), devices=1, shares=None)
+        if spec.devices == 1 and spec.method_class.is_baseline:
+            profile = measured(spec, log)
+            base = profile.ranks[0].compute_s
+        else:
+            profile = measured(spec, log, single=single)
+            base = profile.measured["single_s"]
+        profile = profile.scaled(dev.reference_ms / (1e3 * base))
     else:
         profile = load(find(dev.profile, profile_point(spec)))
     text = profile.to_json()
