@@ -1,7 +1,7 @@
 """The baselines that overlap communication with compute (``ring_attn``, ``galaxy``) beside the paper's (``tp``,
 ``sp``) and ASTRA, on the emulated network and in the analytic overlap model, in one run:
 
-    sudo python benchmarks/overlap.py [--devices 2,4] [--bandwidths 10,100,1000] [--backends mininet,analytic]
+    sudo python benchmarks/overlap.py [--devices 2,4] [--bandwidths 10,100,1000] [--backends mininet,analytic] [--rerun]
     python benchmarks/overlap.py --backends analytic                      (no root: the model alone)
     python benchmarks/overlap.py --tiles 1,2,4,8,16 --backends analytic  (galaxy's tile count)
 
@@ -85,11 +85,15 @@ def main() -> int:
                          "this machine's drift between the two halves; measured: compute profiled apart, unscaled")
     ap.add_argument("--store", type=Path, default=ROOT / "results" / "overlap" / "overlap.parquet")
     ap.add_argument("--no-run", action="store_true", help="only print the tables of the store")
+    ap.add_argument("--rerun", action="store_true",
+                    help="measure points the store already holds again (results.skip_existing=false)")
     args = ap.parse_args()
     backends = args.backends.split(",")
     common = ["experiment=overlap", f"devices={args.devices}", f"network.bandwidth_mbps={args.bandwidths}",
               f"method={args.methods}", f"repeats={args.repeats}", f"results.path={args.store}",
               "results.allow_failures=true", f"device.cpu_ns_per_byte={args.cpu_ns_per_byte!r}"]
+    if args.rerun:
+        common.append("results.skip_existing=false")
     if args.tiles:
         common.append(f"++method.tiles={args.tiles}")
     took = {}
