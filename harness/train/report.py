@@ -32,6 +32,11 @@ PAPER_FPAR = [((0.2501, 0.2932), 78.89), ((0.2932, 0.3196), 78.96), ((0.3196, 0.
 PAPER_BETA = {0.0: {1: 88.85, 16: 90.46, 32: 91.42}, 0.25: {1: 88.75, 16: 89.7, 32: 89.97},
               "best": {1: 88.95, 16: 90.77, 32: 91.64}}
 
+# per model kind: the paper's metric against G, how its column is headed, and the table it comes from
+PAPER_GROUPS = {"vit": (PAPER_VIT_G, "paper (CIFAR-100)", "1"),
+                "gpt2": (PAPER_GPT2_G, "paper (GPT2-S, Wikipedia)", "3"),
+                "llama": ({g: v[0] for g, v in PAPER_LOSS.items()}, "paper (Llama-3-8B, Wikipedia)", "6")}
+
 KEYS = ["groups", "codebook_size", "devices", "noise_lambda", "commitment_beta", "dct", "split", "noise_cov",
         "ema_decay"]
 
@@ -138,10 +143,7 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
     parts = [title]
 
     full = look.full(metric)
-    llama = kind == "llama"
-    paper_g = PAPER_VIT_G if vit else ({g: v[0] for g, v in PAPER_LOSS.items()} if llama else PAPER_GPT2_G)
-    paper_name = "paper (CIFAR-100)" if vit else ("paper (Llama-3-8B, Wikipedia)" if llama else
-                                                 "paper (GPT2-S, Wikipedia)")
+    paper_g, paper_name, paper_table = PAPER_GROUPS["vit" if vit else kind]
     groups = sorted({main["groups"], *[int(g) for g in s.groups]})
     rows = [["full", bits_full, "–", full, "–", "–", "–", "–", paper_g[None], None, None]]
     for g in groups:
@@ -153,7 +155,7 @@ def build_tables(df: pd.DataFrame, cfg: DictConfig, task_name: str, vit: bool, h
         rows.append([g, bits, bits_full / bits, v, v - full if full is not None else None,
                      look.value(f"{metric}_fp", groups=g), look.value("quant_rel_mse", groups=g), look.value("runtime_agreement", groups=g),
                      paper_g.get(g), tw, ew])
-    parts.append(f"## {name} vs groups G (paper Table {'1' if vit else ('6' if llama else '3')})\n")
+    parts.append(f"## {name} vs groups G (paper Table {paper_table})\n")
     parts.append(_table(["G", "bits/token", "CR", name, "Δ vs full", "same weights, full precision",
                          "rel. quant. MSE", "runtime agreement",
                          paper_name, "fine-tune s", "eval s"], rows))
