@@ -157,8 +157,9 @@ def _record(specs: list, repeats: int, warmup: int, accelerator: str, marks: lis
     sync = torch.cuda.synchronize if cuda else None
     members = [(i, r) for i, s in enumerate(specs) for r in range(s.devices)]
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    together = not cuda and sum(4 * parameter_count(specs[i].model) for i, _ in members) <= memory / 4
-    best: dict = {}  # member -> (spread, runs)
+    # every member's copy of the model, and the one ``fresh_model`` keeps to copy from
+    together = not cuda and sum(4 * parameter_count(specs[i].model) for i, _ in [*members, members[0]]) <= memory / 4
+    best: dict = {}  # member -> (its spread, its runs)
     for group in ([members] if together else [[m] for m in members]):
         held = {}
         for i, r in group:
@@ -174,6 +175,7 @@ def _record(specs: list, repeats: int, warmup: int, accelerator: str, marks: lis
                 plan.model.ln_f.register_forward_pre_hook(lambda *_, c=comm: c.block_mark("end"))
             held[(i, r)] = (comm, plan, inputs)
             del model
+        kept = None  # (the worst spread, each member's spread, each member's runs) of the steadiest attempt
         for _ in range(ATTEMPTS):
             runs = {m: [] for m in group}
             with torch.no_grad():
@@ -185,14 +187,17 @@ def _record(specs: list, repeats: int, warmup: int, accelerator: str, marks: lis
                         tail = comm.finish()
                         if k >= warmup:
                             runs[m].append((comm.calls, tail))
+            spreads = {}
             for m, got in runs.items():
                 totals = [sum(c.compute_s for c in calls) + tail for calls, tail in got]
-                spread = max(totals) / max(min(totals), 1e-9) - 1
-                if m not in best or spread < best[m][0]:
-                    best[m] = (spread, got)
-            if all(best[m][0] <= SPREAD for m in group):
+                spreads[m] = max(totals) / max(min(totals), 1e-9) - 1
+            worst = max(spreads.values())
+            if kept is None or worst < kept[0]:  # a whole attempt: the members' rounds stay together
+                kept = (worst, spreads, runs)
+            if worst <= SPREAD:
                 break
-        del held  # before the next rank's copy: a large model is held once, not twice
+        best.update({m: (kept[1][m], kept[2][m]) for m in group})
+        del held, comm, plan, inputs  # before the next rank's copy: a large model is held once, not twice
         gc.collect()
     forget_model()  # the recording process goes on to run the point: it keeps no model
     gc.collect()
@@ -241,7 +246,7 @@ def measured(spec, log, repeats: int = 3, warmup: int = 1, single=None) -> Profi
                                                            f"T{spec.tokens}-{digest}.json")
     what = f"{spec.method.name} N={spec.devices} T={spec.tokens}"
     fresh = _FRESH.get(path)
-    if fresh and time.monotonic() - fresh[0] < FRESH_S:  # checked a moment ago (the single of a reference profile)
+    if fresh and time.monotonic() - fresh[0] < FRESH_S:  # checked a moment ago (by the same sweep's previous point)
         return fresh[1]
     profile = _measured(spec, log, path, what, repeats, warmup, single)
     _FRESH[path] = (time.monotonic(), profile)
@@ -258,7 +263,7 @@ def _measured(spec, log, path: Path, what: str, repeats: int, warmup: int, singl
     if path.is_file():
         cached = load(path)
         then, now = cached.measured.get("probe_ms"), speed_probe(spec.device.threads)
-        if then and abs(now / then - 1) <= DRIFT and (single is None or "single_s" in cached.measured):
+        if then and abs(now / then - 1) <= DRIFT:
             return cached
         log(f"profile: {what}: this machine now runs at {then / now:.2f}x the speed it was measured at; measuring it "
             "again" if then else f"profile: {what}: the cached profile has no speed probe; measuring it again")
