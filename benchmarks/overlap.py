@@ -42,9 +42,14 @@ def label_of(config: str) -> str:
     return f"galaxy tiles={m['tiles']}" if m["name"] == "galaxy" else m["name"]
 
 
+def setting(df: pd.DataFrame, section: str, key: str, default=None) -> pd.Series:
+    """Each row's ``section.key`` from its stored config (``default`` in rows stored before the option)."""
+    return df["config"].map(lambda c: json.loads(c).get(section, {}).get(key, default))
+
+
 def cpu_charged(df: pd.DataFrame) -> pd.Series:
     """Each row's ``device.cpu_ns_per_byte`` (0 in rows stored before the option)."""
-    return df["config"].map(lambda c: json.loads(c).get("device", {}).get("cpu_ns_per_byte", 0.0))
+    return setting(df, "device", "cpu_ns_per_byte", 0.0)
 
 
 def points_of(store: Path) -> pd.DataFrame:
@@ -122,7 +127,7 @@ def main() -> int:
     df = points_of(args.store)
     df["variant"] = df["config"].map(label_of)
     df = df[cpu_charged(df) == args.cpu_ns_per_byte]  # the rows of this setting of the model
-    replayed = df["config"].map(lambda c: json.loads(c)["device"].get("compute") == "replay")
+    replayed = setting(df, "device", "compute") == "replay"
     df = df[(df["network"] != "analytic") | (replayed == (args.analytic_compute == "mininet"))]
     for backend in backends:
         part = df[df["network"] == backend]
@@ -149,7 +154,7 @@ def main() -> int:
             print(best[["devices", "bandwidth_mbps", "speedup", "best_baseline", "best_speedup", "over_best",
                         "resolved"]].to_markdown(index=False, floatfmt=".3g"))
     emu, model = df[df["network"] == "mininet"], df[df["network"] == "analytic"]
-    framed = model["config"].map(lambda c: json.loads(c)["network"].get("wire_overhead") == TCP_FRAMING)
+    framed = setting(model, "network", "wire_overhead") == TCP_FRAMING
     model = model[framed] if framed.any() else model  # rows of older runs charged the payload alone
     model = model.sort_values("timestamp").drop_duplicates(["variant", "devices", "bandwidth_mbps"], keep="last")
     if not emu.empty:

@@ -73,6 +73,11 @@ def speed_probe(threads: int = 1, repeats: int = 7) -> float:
     return 1e3 * statistics.median(times)
 
 
+def fits_in_memory(parameters: int) -> bool:
+    """Whether that many fp32 weights fill at most a quarter of this machine's memory."""
+    return 4 * parameters <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+
+
 def recorded_layers(spec) -> int:
     """How many of the model's blocks a profile of ``spec`` is recorded on (``device.profile_layers``): auto is every
     block unless the model's fp32 weights would fill more than a quarter of this machine's memory, then 2."""
@@ -81,8 +86,7 @@ def recorded_layers(spec) -> int:
         return min(int(want), depth)
     from harness.models.transformer import parameter_count
 
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return depth if 4 * parameter_count(spec.model) <= memory / 4 else min(2, depth)
+    return depth if fits_in_memory(parameter_count(spec.model)) else min(2, depth)
 
 
 def shallow(spec, layers: int, workdir: Path):
@@ -113,7 +117,7 @@ def record_profiles(specs: list, repeats: int = 3, warmup: int = 1, accelerator:
     (a VM's neighbours) lands on all ranks and points alike instead of on whichever rank ran during it, so ranks
     that do the same work get the same compute and the ratio of a method to its single device holds. A rank whose
     recorded inferences spread by more than ``SPREAD`` (the machine was disturbed) makes the rounds run again, up to
-    ``ATTEMPTS`` times, each rank keeping its steadiest recording. When the copies of the model would fill more than
+    ``ATTEMPTS`` times, the steadiest whole attempt kept. When the copies of the model would fill more than
     a quarter of this machine's memory (or on an accelerator), the ranks are recorded one after the other instead.
     On a CPU, ``speed_probe`` runs before and after; each profile keeps their mean (``probe_ms``) and the largest
     spread of its ranks. ``accelerator`` ``cuda``: the model and inputs on the GPU, the clock read after
@@ -156,9 +160,8 @@ def _record(specs: list, repeats: int, warmup: int, accelerator: str, marks: lis
     torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if cuda else None
     members = [(i, r) for i, s in enumerate(specs) for r in range(s.devices)]
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     # every member's copy of the model, and the one ``fresh_model`` keeps to copy from
-    together = not cuda and sum(4 * parameter_count(specs[i].model) for i, _ in [*members, members[0]]) <= memory / 4
+    together = not cuda and fits_in_memory(sum(parameter_count(specs[i].model) for i, _ in [*members, members[0]]))
     best: dict = {}  # member -> (its spread, its runs)
     for group in ([members] if together else [[m] for m in members]):
         held = {}
@@ -299,12 +302,12 @@ def prepare(spec, log):
     if dev.profile == "measure":
         profile = measured(spec, log)
     elif dev.profile == "reference":  # the single device's compute of the same recording rounds sets the scale
-        name = next(n for n, cls in METHODS.items() if cls.is_baseline)
-        single = spec.replace(method=METHODS[name].Options(name=name), devices=1, shares=None)
         if spec.devices == 1 and spec.method_class.is_baseline:
             profile = measured(spec, log)
             base = profile.ranks[0].compute_s
         else:
+            name = next(n for n, cls in METHODS.items() if cls.is_baseline)
+            single = spec.replace(method=METHODS[name].Options(name=name), devices=1, shares=None)
             profile = measured(spec, log, single=single)
             base = profile.measured["single_s"]
         profile = profile.scaled(dev.reference_ms / (1e3 * base))
