@@ -10,6 +10,7 @@ for an all-reduce), framed as TCP/IP frames (1514 bytes per 1448 of payload), ÷
 
     python benchmarks/collectives.py                               # 4 hosts, 100 and 10 Mbit/s dilated by 2.29
     python benchmarks/collectives.py --hosts 8 --rates 21.9 --impls p2p,ring
+    python benchmarks/collectives.py --rates 4.37 --impls ring --queues ack,fifo   # the ACK class against one FIFO
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def main() -> None:
                     help="op:bytes (an all-gather's shard, an all-reduce's tensor); the defaults are ASTRA's index "
                          "shard, SP's and TP's messages of ViT-Base at 1024 tokens on 4 devices, and smaller ones")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--queues", default="ack", help="the hosts' queueing, one session each, alternated per rate: ack "
+                                                    "(small packets in a priority class, network=mininet's default), "
+                                                    "fifo (one FIFO per link direction), or ack,fifo")
     ap.add_argument("--cores", type=float, default=None, help="each host's real CPU quota (default: fit the hosts "
                                                              "in the machine minus 0.25 cores)")
     ap.add_argument("--rank", help=argparse.SUPPRESS)
@@ -90,38 +94,42 @@ def main() -> None:
     ops = [(o.split(":")[0], int(o.split(":")[1])) for o in args.ops.split(",")]
     impls = args.impls.split(",")
     cores = args.cores or min(1.0, ((os.cpu_count() or 1) - 0.25) / n)
+    queues = args.queues.split(",")
+    if not set(queues) <= {"ack", "fifo"}:
+        raise SystemExit(f"--queues {args.queues}: give ack, fifo or ack,fifo")
     rows = []
-    opts = MininetOptions(bandwidth_mbps=rates[0], htb_burst_ms=10)
-    with tempfile.TemporaryDirectory(prefix="astra-collectives-") as wd, \
-            open_session("star", n, cores, 1, opts, Path(wd), workers=False) as session:
-        for i, bw in enumerate(rates):
-            session.apply(MininetOptions(bandwidth_mbps=bw, htb_burst_ms=10), [bw] * n)
-            procs = []
-            for r, h in enumerate(session.hosts):
-                env = rank_env(r, n, session.hosts[0].IP(), 29700 + i, f"{h.name}-eth0", 1)
-                cfg = {"impls": impls, "ops": ops, "repeats": args.repeats, "out": f"{wd}/r{r}-{i}.json",
-                       "timeout_s": 900}
-                procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env))
-            for p in procs:  # ours, by handle
-                try:
-                    p.wait(timeout=1800)
-                except Exception:  # noqa: BLE001
-                    p.kill()
-                    p.wait()
-                    raise
-            for r in range(n):
-                rows += [dict(x, rank=r, mbps=bw) for x in json.loads(Path(f"{wd}/r{r}-{i}.json").read_text())]
-    df = pd.DataFrame(rows).groupby(["mbps", "op", "bytes", "impl", "rep"], as_index=False)["s"].max()
+    for i, bw in enumerate(rates):
+        for q, queue in enumerate(queues):  # alternated per rate, so that drift hits both alike
+            opts = MininetOptions(bandwidth_mbps=bw, htb_burst_ms=10, htb_ack_class=queue == "ack")
+            with tempfile.TemporaryDirectory(prefix="astra-collectives-") as wd, \
+                    open_session("star", n, cores, 1, opts, Path(wd), workers=False) as session:
+                procs = []
+                for r, h in enumerate(session.hosts):
+                    env = rank_env(r, n, session.hosts[0].IP(), 29700 + 2 * i + q, f"{h.name}-eth0", 1)
+                    cfg = {"impls": impls, "ops": ops, "repeats": args.repeats, "out": f"{wd}/r{r}.json",
+                           "timeout_s": 900}
+                    procs.append(h.popen([sys.executable, __file__, "--rank", json.dumps(cfg)], env=env))
+                for p in procs:  # ours, by handle
+                    try:
+                        p.wait(timeout=1800)
+                    except Exception:
+                        p.kill()
+                        p.wait()
+                        raise
+                for r in range(n):
+                    rows += [dict(x, rank=r, mbps=bw, queue=queue)
+                             for x in json.loads(Path(f"{wd}/r{r}.json").read_text())]
+    df = pd.DataFrame(rows).groupby(["mbps", "queue", "op", "bytes", "impl", "rep"], as_index=False)["s"].max()
     df["efficiency"] = [sent_bytes(o, b, n) * FRAME / (m * 1e6 / 8) / s
                         for o, b, m, s in zip(df.op, df.bytes, df.mbps, df.s)]
-    cells = df.groupby(["mbps", "op", "bytes", "impl"]).agg(
+    cells = df.groupby(["mbps", "queue", "op", "bytes", "impl"]).agg(
         ms=("s", lambda s: 1e3 * statistics.median(s)), efficiency=("efficiency", "median"),
         eff_min=("efficiency", "min"), eff_max=("efficiency", "max")).reset_index()
     print(f"## {n} hosts, star; efficiency = framed bytes each rank sends ÷ (link rate × time), median "
           f"[min, max] of {args.repeats}\n")
     cells["cell"] = [f"{e:.3f} [{lo:.2f}, {hi:.2f}] ({ms:.0f} ms)"
                      for e, lo, hi, ms in zip(cells.efficiency, cells.eff_min, cells.eff_max, cells.ms)]
-    print(cells.pivot(index=["mbps", "op", "bytes"], columns="impl", values="cell").to_markdown())
+    print(cells.pivot(index=["mbps", "op", "bytes", "queue"], columns="impl", values="cell").to_markdown())
 
 
 if __name__ == "__main__":

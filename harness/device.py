@@ -133,7 +133,8 @@ def run(argv: list[str]) -> dict | None:
             spec = share_prepared(spec, rank, Path(folder))
             if iface:
                 spec = spec.replace(wire_ifaces=[iface])
-            shaping = Shaper(iface, bw[rank], spec.network.htb_burst_ms) if bw else contextlib.nullcontext()
+            net = spec.network
+            shaping = Shaper(iface, bw[rank], net.htb_burst_ms, net.htb_ack_class) if bw else contextlib.nullcontext()
             dist.barrier()
             with shaping:
                 comm = DistComm(spec.collectives)

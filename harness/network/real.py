@@ -32,6 +32,8 @@ class RealOptions(NetworkOptions):
     iface: str | None = opt(None, "the interface to shape and whose bytes count as the wire (default: the one that "
                             "routes to MASTER_ADDR)")
     htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
+    htb_ack_class: bool = opt(True, "small packets (pure TCP ACKs, handshakes) in a priority HTB class ahead of "
+                              "data, as a host's per-flow queue sends them; false: one FIFO")
 
 
 @register
@@ -81,8 +83,8 @@ class Shaper:
     """HTB on this device's interface for the length of a point; the interface's default queueing back after,
     also when the point fails. An interface that already has queueing of its own is refused, never replaced."""
 
-    def __init__(self, iface: str, mbps: float, burst_ms: float):
-        self.iface, self.mbps, self.burst_ms, self.active = iface, mbps, burst_ms, False
+    def __init__(self, iface: str, mbps: float, burst_ms: float, ack_class: bool = True):
+        self.iface, self.mbps, self.burst_ms, self.ack_class, self.active = iface, mbps, burst_ms, ack_class, False
 
     def __enter__(self) -> "Shaper":
         root = re.search(r"qdisc (\S+) (\S+) root", _tc("qdisc", "show", "dev", self.iface))
@@ -91,7 +93,7 @@ class Shaper:
                               f"{root.group(2)}), not one of this machine's defaults: remove it or shape another "
                               "interface (network.iface)")
         self.active = True
-        for cmd in htb_commands(self.iface, self.mbps, self.burst_ms):
+        for cmd in htb_commands(self.iface, self.mbps, self.burst_ms, ack_class=self.ack_class):
             _tc(*cmd.split()[1:])
         return self
 

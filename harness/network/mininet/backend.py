@@ -6,7 +6,8 @@ What it does for a point:
 - shapes every link direction with one HTB class at ``network.bandwidth_mbps``. Unlike stock Mininet (fixed 15 kB
   burst, default cburst) we set ``ceil`` = rate and ``burst`` = ``cburst`` = max(2 frames, rate × ``htb_burst_ms``):
   the small default cburst is what costs stock Mininet 5-13 % of the configured rate, and a 15 kB burst lets short
-  messages through at line rate (12 ms worth at 10 Mbit/s);
+  messages through at line rate (12 ms worth at 10 Mbit/s). Under that class, small packets (pure ACKs) have a
+  priority leaf of their own ahead of the data (``htb_ack_class``; ``shaping.py`` says why);
 - sets reno and no slow-start-after-idle in every host (bbr is erratic under HTB);
 - starts one persistent worker per host (``python -m harness.rank.worker --serve``) with the gloo environment
   (``GLOO_SOCKET_IFNAME=<host>-eth0``), sends it the point, collects its report, and reads the hosts' interface tx
@@ -116,7 +117,7 @@ class MininetBackend(Backend):
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
                pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, spec.tick_us, net.htb_burst_ms,
-               net.htb_stock, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None,
+               net.htb_stock, net.htb_ack_class, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None,
                dev.compute == "replay" and dev.replay_sched == "fifo")
         self.setup_s = 0.0
         session = current(key if net.reuse else None)

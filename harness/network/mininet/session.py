@@ -26,7 +26,7 @@ from harness.launch import REPO_ROOT, describe_exit, rank_env, supervise
 from harness.network.base import ShapedOptions, device_bandwidths
 from harness.network.mininet.conditions import TraceFollower, drop_packets, dropped_packets
 from harness.network.mininet.host_state import PREFIX, acquire_lock, cleanup_leftovers, release_lock, save_state
-from harness.network.mininet.shaping import htb_commands, netem_command
+from harness.network.mininet.shaping import htb_commands, leaves, netem_commands
 from harness.options import opt
 
 MAX_BW = 1000.0
@@ -56,6 +56,8 @@ class MininetOptions(ShapedOptions):
     name: str = opt("mininet", "the backend")
     htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
     htb_stock: bool = opt(False, "shape like stock Mininet's TCLink (fixed 15 kB burst), for comparison only")
+    htb_ack_class: bool = opt(True, "small packets (pure TCP ACKs, handshakes) in a priority HTB class ahead of "
+                              "data, as a host's per-flow queue sends them; false: one FIFO per link direction")
     delay_ms: float | None = opt(None, "one-way delay per link (needs netem; refused on kernels without it)", lo=0,
                                  hi=10000)
     loss_pct: float | None = opt(None, "packet loss per link in %, each direction (nftables random drop in the "
@@ -197,6 +199,7 @@ class Session:
         self.dropped_before = self.dropped_after = None
         self.burst_ms = float(net.htb_burst_ms)
         self.stock = bool(net.htb_stock)
+        self.ack_class = bool(net.htb_ack_class)
         self.poll = idle.PollIdle()
         self.ticker = tick.Ticker(dilation.cpuset_cpus(cpus), tick_us) if tick_us else None
         cleanup_leftovers()
@@ -290,12 +293,11 @@ class Session:
                 self.bw = bw
             return
         for node, intf, host_idx in self.shaped:
-            for cmd in htb_commands(intf, bw[host_idx], self.burst_ms, "add", self.stock):
+            for cmd in htb_commands(intf, bw[host_idx], self.burst_ms, "add", self.stock, self.ack_class):
                 errors = [ln for ln in node.cmd(cmd).splitlines() if ln.strip() and not ln.startswith("Warning")]
                 if errors:
                     raise RunFailed(f"shaping {intf} failed: {errors[0]}")
-            nc = netem_command(intf, net)
-            if nc:
+            for nc in netem_commands(intf, net, leaves(self.stock, self.ack_class)):
                 out = node.cmd(nc)
                 if out.strip():
                     raise RunFailed(f"netem on {intf} failed: {out.strip().splitlines()[0]}")
@@ -307,7 +309,7 @@ class Session:
         each other rather than one shell round trip per interface in turn (measured: benchmarks/trace_change.py)."""
         by_node: dict = {}
         for node, intf, host_idx in self.shaped:
-            cmds = htb_commands(intf, bw[host_idx], self.burst_ms, "change", self.stock)
+            cmds = htb_commands(intf, bw[host_idx], self.burst_ms, "change", self.stock, self.ack_class)
             by_node.setdefault(node, []).extend(c.removeprefix("tc ") for c in cmds)
         procs = []
         for node, cmds in by_node.items():
