@@ -52,10 +52,29 @@ def cpu_charged(df: pd.DataFrame) -> pd.Series:
     return setting(df, "device", "cpu_ns_per_byte", 0.0)
 
 
-def points_of(store: Path) -> pd.DataFrame:
-    """The store's latest ok points of the benchmark's model and token count."""
+def points_of(store: Path, fifo: bool = False) -> pd.DataFrame:
+    """The store's latest ok points of the benchmark's model and token count; of Mininet's, those whose links had
+    the chosen queueing (one FIFO, or acknowledgements in a priority class: rows stored before the option had a
+    FIFO)."""
     df = latest_points(load(store))
-    return df[(df["status"] == "ok") & (df["model"] == "vit_base") & (df["tokens"] == 1024)].copy()
+    return of_queueing(df[(df["status"] == "ok") & (df["model"] == "vit_base") & (df["tokens"] == 1024)], fifo)
+
+
+def of_queueing(df: pd.DataFrame, fifo: bool) -> pd.DataFrame:
+    """The rows of other backends, and Mininet's whose links had one FIFO (``fifo``) or the priority class for
+    acknowledgements (rows stored before ``network.htb_ack_class`` existed had a FIFO)."""
+    had_fifo = ~setting(df, "network", "htb_ack_class", False).astype(bool)
+    return df[(df["network"] != "mininet") | (had_fifo == fifo)].copy()
+
+
+def latest_model(df: pd.DataFrame) -> pd.DataFrame:
+    """Of the analytic rows, the latest of each method, device count and bandwidth, and the single devices they were
+    scaled to (``device.reference_ms``): earlier runs, scaled to other single devices, are left out."""
+    model = df[df["network"] == "analytic"].sort_values("timestamp")
+    multi = model[model["devices"] > 1].drop_duplicates(["variant", "devices", "bandwidth_mbps"], keep="last")
+    refs = set(setting(multi, "device", "reference_ms").map(repr))
+    single = model[(model["devices"] == 1) & setting(model, "device", "reference_ms").map(repr).isin(refs)]
+    return pd.concat([df[df["network"] != "analytic"], multi, single])
 
 
 def mininet_single_ms(df: pd.DataFrame, devices: int, cpu_ns_per_byte: float) -> float | None:
@@ -89,6 +108,9 @@ def main() -> int:
                          "emulated device's speed, so the comparison tests the network and overlap model and not "
                          "this machine's drift between the two halves; measured: compute profiled apart, unscaled")
     ap.add_argument("--store", type=Path, default=ROOT / "results" / "overlap" / "overlap.parquet")
+    ap.add_argument("--fifo", action="store_true",
+                    help="Mininet links with one FIFO per direction (network.htb_ack_class=false) instead of the "
+                         "default priority class for acknowledgements; the tables show the rows of the chosen one")
     ap.add_argument("--no-run", action="store_true", help="only print the tables of the store")
     ap.add_argument("--rerun", action="store_true",
                     help="measure points the store already holds again (results.skip_existing=false)")
@@ -107,10 +129,12 @@ def main() -> int:
             t0 = time.perf_counter()
             # the model charges the frames the emulated links carry, as the rows' own timeline does
             framing = [f"network.wire_overhead={TCP_FRAMING!r}"] if backend == "analytic" else []
+            if backend == "mininet" and args.fifo:
+                framing = ["network.htb_ack_class=false"]
             runs = [[]]
             if backend == "analytic" and args.analytic_compute == "mininet":
                 runs = []
-                stored = points_of(args.store) if args.store.exists() else None
+                stored = points_of(args.store, args.fifo) if args.store.exists() else None
                 for n in args.devices.split(","):
                     ms = None if stored is None else mininet_single_ms(stored, int(n), args.cpu_ns_per_byte)
                     if ms is None:
@@ -124,11 +148,12 @@ def main() -> int:
                 subprocess.run([sys.executable, "-m", "harness.bench", "-m", *common, f"network={backend}", *framing,
                                 *extra], cwd=ROOT, check=False)
             took[backend] = time.perf_counter() - t0
-    df = points_of(args.store)
+    df = points_of(args.store, args.fifo)
     df["variant"] = df["config"].map(label_of)
     df = df[cpu_charged(df) == args.cpu_ns_per_byte]  # the rows of this setting of the model
     replayed = setting(df, "device", "compute") == "replay"
     df = df[(df["network"] != "analytic") | (replayed == (args.analytic_compute == "mininet"))]
+    df = latest_model(df)
     for backend in backends:
         part = df[df["network"] == backend]
         if part.empty:
