@@ -61,10 +61,11 @@ def points_of(store: Path, fifo: bool = False) -> pd.DataFrame:
 
 
 def of_queueing(df: pd.DataFrame, fifo: bool) -> pd.DataFrame:
-    """The rows of other backends, and Mininet's whose links had one FIFO (``fifo``) or the priority class for
-    acknowledgements (rows stored before ``network.htb_ack_class`` existed had a FIFO)."""
+    """The rows of other backends, the single devices (no links: one point whatever the queueing), and Mininet's
+    whose links had one FIFO (``fifo``) or the priority class for acknowledgements (rows stored before
+    ``network.htb_ack_class`` existed had a FIFO)."""
     had_fifo = ~setting(df, "network", "htb_ack_class", False).astype(bool)
-    return df[(df["network"] != "mininet") | (had_fifo == fifo)].copy()
+    return df[(df["network"] != "mininet") | (df["devices"] <= 1) | (had_fifo == fifo)].copy()
 
 
 def latest_model(df: pd.DataFrame) -> pd.DataFrame:

@@ -25,9 +25,10 @@ def test_mininet_rows_of_the_chosen_queueing():
     df = pd.DataFrame([row("mininet", "tp", 4, 10, "1"),  # stored before the option: one FIFO
                        row("mininet", "tp", 4, 10, "2", network={"htb_ack_class": False}),
                        row("mininet", "tp", 4, 10, "3", network={"htb_ack_class": True}),
-                       row("analytic", "tp", 4, 10, "4")])
-    assert list(bench.of_queueing(df, fifo=False)["timestamp"]) == ["3", "4"]
-    assert list(bench.of_queueing(df, fifo=True)["timestamp"]) == ["1", "2", "4"]
+                       row("analytic", "tp", 4, 10, "4"),
+                       row("mininet", "single", 1, 10, "5")])  # no links: one point whatever the queueing
+    assert list(bench.of_queueing(df, fifo=False)["timestamp"]) == ["3", "4", "5"]
+    assert list(bench.of_queueing(df, fifo=True)["timestamp"]) == ["1", "2", "4", "5"]
 
 
 def test_latest_analytic_run_with_its_single_devices():

@@ -41,6 +41,31 @@ def test_priority_class_for_small_packets_under_the_link_rate():
     assert "match ip protocol 6 0xff" in flt and "match u16 0x0000 0xff80 at 2" in flt and flt.endswith("5:12")
 
 
+@pytest.mark.parametrize("bw", [10 / 2.29, 0.2, 1000, 43.7])
+def test_leaves_add_up_to_the_link_at_any_rate(bw):
+    cls = classes(htb_commands("e0", bw, 10))
+    link = kbit(cls["5:1"], "rate")
+    assert link == round(bw * 1000) and kbit(cls["5:11"], "rate") + kbit(cls["5:12"], "rate") == link
+    assert kbit(cls["5:12"], "rate") >= 1
+
+
+def test_point_keys_keep_the_fifo_of_older_rows():
+    """Rows stored before the option had one FIFO: a point with it keeps their key, the default gets a new one."""
+    from harness.network.mininet.backend import MininetBackend
+    from harness.spec.build import build_spec, compose
+    from harness.spec.identity import point_key
+
+    def spec(*extra):
+        return build_spec(compose(["network=mininet", "method=sp", "devices=2", "model=vit_tiny", *extra]))
+
+    assert "htb_ack_class" not in MininetBackend.identity(spec("network.htb_ack_class=false"))
+    assert MininetBackend.identity(spec())["htb_ack_class"] is True
+    assert point_key(spec()) != point_key(spec("network.htb_ack_class=false"))
+    # stock Mininet shaping has one FIFO whatever the option says
+    assert point_key(spec("network.htb_stock=true")) == point_key(spec("network.htb_stock=true",
+                                                                       "network.htb_ack_class=false"))
+
+
 def test_live_change_reaches_every_class_and_keeps_the_filter():
     cmds = htb_commands("e0", 43.7, 10, "change")
     assert all(c.startswith("tc class change dev e0 ") for c in cmds), cmds
@@ -134,4 +159,4 @@ def test_receivers_acknowledgements_take_the_priority_class(tmp_path):
         assert len(re.findall(r"ceil 7500Kbit", out)) == 3, out
     finally:
         for n in ns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+            subprocess.run(["ip", "netns", "del", n], check=False, capture_output=True, timeout=30)

@@ -3,7 +3,7 @@
 point's overrides (``harness.device``); rank 0 collects the reports into the usual row.
 
 With ``bandwidth_mbps`` set, every rank shapes its own interface (``iface``; by default the one that routes to
-MASTER_ADDR) with the HTB class the Mininet backend uses, for the length of the point, and restores the interface's
+MASTER_ADDR) with the HTB classes the Mininet backend uses, for the length of the point, and restores the interface's
 default queueing afterwards. Shaping needs root (CAP_NET_ADMIN) on every device and shapes what the device sends:
 each direction of a link is shaped by its sender, as on Mininet.
 """
@@ -32,8 +32,8 @@ class RealOptions(NetworkOptions):
     iface: str | None = opt(None, "the interface to shape and whose bytes count as the wire (default: the one that "
                             "routes to MASTER_ADDR)")
     htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
-    htb_ack_class: bool = opt(True, "small packets (pure TCP ACKs, handshakes) in a priority HTB class ahead of "
-                              "data, as a host's per-flow queue sends them; false: one FIFO")
+    htb_ack_class: bool = opt(True, "small IPv4 TCP packets (pure ACKs, handshakes) in a priority HTB class ahead "
+                              "of data, as a host's per-flow queue sends them; false: one FIFO")
 
 
 @register
@@ -93,8 +93,12 @@ class Shaper:
                               f"{root.group(2)}), not one of this machine's defaults: remove it or shape another "
                               "interface (network.iface)")
         self.active = True
-        for cmd in htb_commands(self.iface, self.mbps, self.burst_ms, ack_class=self.ack_class):
-            _tc(*cmd.split()[1:])
+        try:
+            for cmd in htb_commands(self.iface, self.mbps, self.burst_ms, ack_class=self.ack_class):
+                _tc(*cmd.split()[1:])
+        except BaseException:  # a command failing midway (a kernel without u32, say) leaves nothing behind
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

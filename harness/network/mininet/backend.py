@@ -75,6 +75,8 @@ class MininetBackend(Backend):
                 ident["trace"] = {"csv": str(trace)}
             ident.pop("trace_states")
             ident.pop("trace_step_s")
+        if not ident.get("htb_ack_class") or ident.get("htb_stock"):  # one FIFO, as before the option: old keys
+            ident.pop("htb_ack_class", None)
         for k in ("port", "reuse"):  # how the session is run, not what is measured
             ident.pop(k)
         return ident
@@ -117,8 +119,8 @@ class MininetBackend(Backend):
         pinned = dilation.pinned_cpus(dev)
         key = (spec.topology.name, spec.devices, quotas, int(dev.threads), dev.cfs_period_us,
                pinned and pinned[0], tuple(spec.cores_of_ranks or ()), spec.idle_poll, spec.tick_us, net.htb_burst_ms,
-               net.htb_stock, net.htb_ack_class, net.offloads, net.delay_ms or None, net.loss_pct or None, net.max_queue or None,
-               dev.compute == "replay" and dev.replay_sched == "fifo")
+               net.htb_stock, net.htb_ack_class, net.offloads, net.delay_ms or None, net.loss_pct or None,
+               net.max_queue or None, dev.compute == "replay" and dev.replay_sched == "fifo")
         self.setup_s = 0.0
         session = current(key if net.reuse else None)
         if session is None:

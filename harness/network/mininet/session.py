@@ -57,7 +57,8 @@ class MininetOptions(ShapedOptions):
     htb_burst_ms: float = opt(10.0, "HTB burst = cburst = max(2 frames, rate x this)", above=0, hi=1000)
     htb_stock: bool = opt(False, "shape like stock Mininet's TCLink (fixed 15 kB burst), for comparison only")
     htb_ack_class: bool = opt(True, "small packets (pure TCP ACKs, handshakes) in a priority HTB class ahead of "
-                              "data, as a host's per-flow queue sends them; false: one FIFO per link direction")
+                              "data, as a host's per-flow queue sends them; false: one FIFO per link direction "
+                              "(htb_stock has one FIFO)")
     delay_ms: float | None = opt(None, "one-way delay per link (needs netem; refused on kernels without it)", lo=0,
                                  hi=10000)
     loss_pct: float | None = opt(None, "packet loss per link in %, each direction (nftables random drop in the "

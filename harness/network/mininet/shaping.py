@@ -8,7 +8,8 @@ on (a ring, where a receiver's acknowledgements cannot ride on data flowing back
 step's sender then runs out of window while its acknowledgements queue. Measured (benchmarks/collectives.py, 4
 hosts, ring all-gather): 0.72 / 0.83 / 0.94 of the link with 48 / 192 / 768 KiB shards in one FIFO, 0.94 / 0.97 /
 0.98 with the priority class. The kernels here have no fq_codel or prio qdisc, so this is done with HTB classes
-and a u32 filter, which every kernel with HTB has."""
+and a u32 filter (the kernel's ``cls_u32``). The filter matches IPv4 only: over IPv6 (``network=real``) everything
+goes to the data class, as with one FIFO."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def htb_burst(bw: float, burst_ms: float) -> int:
     return max(MIN_BURST, int(bw * 1e6 / 8 * burst_ms / 1e3))
 
 
-def _rate(mbps: float) -> str:
-    """A rate for tc in kbit/s (whole numbers: tc's parser and its printout agree on them)."""
-    return f"{max(1, round(mbps * 1000))}kbit"
+def _kbit(mbps: float) -> int:
+    """A rate in whole kbit/s (tc's parser and its printout agree on them), at least 1."""
+    return max(1, round(mbps * 1000))
 
 
 def htb_commands(intf: str, bw: float, burst_ms: float, verb: str = "add", stock: bool = False,
@@ -50,14 +51,16 @@ def htb_commands(intf: str, bw: float, burst_ms: float, verb: str = "add", stock
     shape = f"burst {burst} cburst {burst} quantum 1514"
     default = DATA[2:] if ack_class else LINK[2:]
     cmds = [f"tc qdisc replace dev {intf} root handle {ROOT} htb default {default}"] if first else []
-    cmds.append(f"tc class {verb} dev {intf} parent {ROOT} classid {LINK} htb rate {_rate(bw)} ceil {_rate(bw)} "
+    link = _kbit(bw)
+    cmds.append(f"tc class {verb} dev {intf} parent {ROOT} classid {LINK} htb rate {link}kbit ceil {link}kbit "
                 f"{shape}")
     if not ack_class:
         return cmds
-    acks = bw * ACK_SHARE
-    cmds.append(f"tc class {verb} dev {intf} parent {LINK} classid {DATA} htb rate {_rate(bw - acks)} "
-                f"ceil {_rate(bw)} {shape} prio 1")
-    cmds.append(f"tc class {verb} dev {intf} parent {LINK} classid {ACKS} htb rate {_rate(acks)} ceil {_rate(bw)} "
+    acks = min(link - 1, _kbit(bw * ACK_SHARE)) if link > 1 else 1  # the leaves' rates add up to the link's
+    data = max(1, link - acks)
+    cmds.append(f"tc class {verb} dev {intf} parent {LINK} classid {DATA} htb rate {data}kbit ceil {link}kbit "
+                f"{shape} prio 1")
+    cmds.append(f"tc class {verb} dev {intf} parent {LINK} classid {ACKS} htb rate {acks}kbit ceil {link}kbit "
                 f"{shape} prio 0")
     if first:
         # IPv4, protocol TCP, total length (bytes 2-3 of the IP header) under SMALL_IP_LEN
