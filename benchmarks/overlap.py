@@ -182,7 +182,6 @@ def main() -> int:
     emu, model = df[df["network"] == "mininet"], df[df["network"] == "analytic"]
     framed = setting(model, "network", "wire_overhead") == TCP_FRAMING
     model = model[framed] if framed.any() else model  # rows of older runs charged the payload alone
-    model = model.sort_values("timestamp").drop_duplicates(["variant", "devices", "bandwidth_mbps"], keep="last")
     if not emu.empty:
         key = ["variant", "devices", "bandwidth_mbps"]
         both = emu.merge(model[[*key, "latency_ms"]].rename(columns={"latency_ms": "analytic_backend_ms"}), on=key,

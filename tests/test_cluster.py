@@ -165,21 +165,10 @@ def _netns_ok() -> str | None:
 def test_torchrun_on_two_namespaces_with_htb_shaping(tmp_path):
     """Two "devices" in network namespaces this test creates, joined by a veth pair: torchrun in each, the point
     shaped to 20 Mbit/s by each rank on its own interface; the interfaces' queueing is back to default after."""
-    tag = f"astd{os.getpid() % 100000}"
-    ns, veth, ips = [f"{tag}a", f"{tag}b"], [f"{tag}x", f"{tag}y"], ["10.213.7.1", "10.213.7.2"]
+    from netns import veth_pair
 
-    def sh(*cmd):
-        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-
-    try:
-        for n in ns:
-            sh("ip", "netns", "add", n)
-        sh("ip", "link", "add", veth[0], "type", "veth", "peer", "name", veth[1])
-        for n, v, ip in zip(ns, veth, ips):
-            sh("ip", "link", "set", v, "netns", n)
-            sh("ip", "-n", n, "addr", "add", f"{ip}/24", "dev", v)
-            sh("ip", "-n", n, "link", "set", v, "up")
-            sh("ip", "-n", n, "link", "set", "lo", "up")
+    ips = ["10.213.7.1", "10.213.7.2"]
+    with veth_pair("astd", ips) as (ns, veth):
         point = [*TINY, "method=sp", "devices=2", "tokens=512", "repeats=3", "network=real"]
 
         def run(port, *extra):
@@ -208,9 +197,6 @@ def test_torchrun_on_two_namespaces_with_htb_shaping(tmp_path):
             q = subprocess.run(["ip", "netns", "exec", n, "tc", "qdisc", "show", "dev", v], capture_output=True,
                                text=True).stdout
             assert "htb" not in q, q
-    finally:
-        for n in ns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
 # ------------------------------------------------------------------------------------------------ Ray launcher

@@ -112,23 +112,14 @@ def _class_packets(ns: str, dev: str) -> dict[str, int]:
 def test_receivers_acknowledgements_take_the_priority_class(tmp_path):
     """A bulk transfer from namespace a to b, both ends shaped: b sends almost only pure ACKs, and they leave b
     through 5:12, while a's data leaves through 5:11. A live change then shows the new rate on all three classes."""
-    tag = f"astk{os.getpid() % 100000}"
-    ns, veth, ips = [f"{tag}a", f"{tag}b"], [f"{tag}x", f"{tag}y"], ["10.213.9.1", "10.213.9.2"]
-
-    def sh(*cmd):
-        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    from netns import sh, veth_pair
 
     def tc(n, cmd):
         sh("ip", "netns", "exec", n, *cmd.split())
 
-    try:
-        for n in ns:
-            sh("ip", "netns", "add", n)
-        sh("ip", "link", "add", veth[0], "type", "veth", "peer", "name", veth[1])
-        for n, v, ip in zip(ns, veth, ips):
-            sh("ip", "link", "set", v, "netns", n)
-            sh("ip", "-n", n, "addr", "add", f"{ip}/24", "dev", v)
-            sh("ip", "-n", n, "link", "set", v, "up")
+    ips = ["10.213.9.1", "10.213.9.2"]
+    with veth_pair("astk", ips) as (ns, veth):
+        for n, v in zip(ns, veth):
             sh("ip", "netns", "exec", n, "ethtool", "-K", v, "tso", "off", "gso", "off", "gro", "off")  # as Mininet's
             for cmd in htb_commands(v, 50, 10):
                 tc(n, cmd)
@@ -157,6 +148,3 @@ def test_receivers_acknowledgements_take_the_priority_class(tmp_path):
         out = subprocess.run(["ip", "netns", "exec", ns[0], "tc", "class", "show", "dev", veth[0]],
                              capture_output=True, text=True, check=True, timeout=10).stdout
         assert len(re.findall(r"ceil 7500Kbit", out)) == 3, out
-    finally:
-        for n in ns:
-            subprocess.run(["ip", "netns", "del", n], check=False, capture_output=True, timeout=30)
